@@ -1,0 +1,33 @@
+"""Reference models (MLP, CNN, transformer in linen and nnx), their data, and trained weights."""
+
+from jaxinterp.models._tasks import Digits, SeqBatch, Split, load_digits, offset_batch
+from jaxinterp.models._transformer import (
+    NNXTransformer,
+    Transformer,
+    TransformerConfig,
+    attention_mask,
+    linen_to_nnx,
+)
+from jaxinterp.models._vision import CNN, MLP, init_vision
+from jaxinterp.models._zoo import Trained, cache_dir, digits_cnn, digits_mlp, offset_transformer
+
+__all__ = [
+    "CNN",
+    "MLP",
+    "Digits",
+    "NNXTransformer",
+    "SeqBatch",
+    "Split",
+    "Trained",
+    "Transformer",
+    "TransformerConfig",
+    "attention_mask",
+    "cache_dir",
+    "digits_cnn",
+    "digits_mlp",
+    "init_vision",
+    "linen_to_nnx",
+    "load_digits",
+    "offset_batch",
+    "offset_transformer",
+]

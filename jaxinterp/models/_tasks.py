@@ -1,0 +1,76 @@
+"""Data for the reference models: scikit-learn's bundled digits and synthetic sequence tasks.
+
+The sequence task has a mechanism known in advance, which makes it ground truth for
+attention analysis, probes and patching:
+
+* **offset-k copy** (:func:`offset_batch`): the target at position ``t`` is the token at
+  ``t - k``. A single attention head that puts its mass on offset ``k`` solves it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Split(NamedTuple):
+    """A supervised data split. ``x: [n, ...]``, ``y: [n]`` int labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+class Digits(NamedTuple):
+    """scikit-learn digits as 8×8×1 images in [0, 1], split 75/25 with a fixed seed."""
+
+    train: Split
+    test: Split
+
+
+def load_digits(seed: int = 0) -> Digits:
+    """Loads scikit-learn's bundled digits (1797 images, 10 classes).
+
+    Args:
+      seed: seed of the stratified train/test split.
+
+    Returns:
+      ``Digits(train, test)`` with ``x: [n, 8, 8, 1] float32`` in [0, 1] and ``y: [n] int32``.
+    """
+    from sklearn.datasets import load_digits as _load
+    from sklearn.model_selection import train_test_split
+
+    data = _load()
+    x = (data.images / 16.0).astype(np.float32)[..., None]
+    y = data.target.astype(np.int32)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
+    return Digits(Split(xtr, ytr), Split(xte, yte))
+
+
+class SeqBatch(NamedTuple):
+    """A batch of a sequence task: ``tokens, targets: [batch, seq] int32``; ``loss_mask``
+    ``[batch, seq] bool`` marks the positions whose target is determined by the mechanism."""
+
+    tokens: jax.Array
+    targets: jax.Array
+    loss_mask: jax.Array
+
+
+def offset_batch(key: jax.Array, batch: int, seq_len: int, vocab: int, offset: int) -> SeqBatch:
+    """Offset-k copy task: ``targets[:, t] = tokens[:, t - offset]`` for ``t >= offset``.
+
+    Args:
+      key: PRNG key.
+      batch, seq_len, vocab: batch size, sequence length and vocabulary size.
+      offset: ``k``, how far back the answer lies.
+
+    Returns:
+      A :class:`SeqBatch`.
+    """
+    tokens = jax.random.randint(key, (batch, seq_len), 0, vocab, dtype=jnp.int32)
+    targets = jnp.roll(tokens, offset, axis=1)
+    pos = jnp.arange(seq_len)
+    mask = jnp.broadcast_to(pos >= offset, (batch, seq_len))
+    return SeqBatch(tokens, targets, mask)
