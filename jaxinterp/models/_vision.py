@@ -57,7 +57,7 @@ class CNN(nn.Module):
       num_classes: output width.
     """
 
-    channels: Sequence[int] = (16, 32)
+    channels: Sequence[int] = (8, 16)
     hidden: int = 64
     num_classes: int = 10
 

@@ -109,7 +109,7 @@ def digits_mlp(steps: int = 1500, seed: int = 0) -> Trained:
     return _train_digits(MLP(), "digits_mlp", steps, seed)
 
 
-def digits_cnn(steps: int = 1500, seed: int = 0) -> Trained:
+def digits_cnn(steps: int = 400, seed: int = 0) -> Trained:
     """A :class:`CNN` trained on digits (held-out accuracy ≈ 0.98)."""
     return _train_digits(CNN(), "digits_cnn", steps, seed)
 
