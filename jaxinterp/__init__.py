@@ -1,4 +1,5 @@
 """jaxinterp: mechanistic interpretability in JAX."""
+
 from jaxinterp.capture import capture, list_paths
 
 __version__ = "0.1.0"

@@ -217,8 +217,10 @@ def linen_to_nnx(cfg: TransformerConfig, params: dict) -> NNXTransformer:
             node = node[str(part)]
         value = jnp.asarray(node)
         if value.shape != var.get_value().shape:
-            raise ValueError(f"params: {'/'.join(map(str, path))} has shape {value.shape}, "
-                             f"expected {var.get_value().shape}")
+            raise ValueError(
+                f"params: {'/'.join(map(str, path))} has shape {value.shape}, "
+                f"expected {var.get_value().shape}"
+            )
         var.set_value(value)
     nnx.update(model, state)
     return model

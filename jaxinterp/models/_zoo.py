@@ -72,7 +72,9 @@ def _fit(loss_fn, params, batches, steps: int, lr: float, key: jax.Array):
             updates, state = opt.update(grads, state, params)
             return (optax.apply_updates(params, updates), state), loss
 
-        (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, steps))
+        (params, _), losses = jax.lax.scan(
+            step, (params, opt.init(params)), jax.random.split(key, steps)
+        )
         return params, losses
 
     return run(params, key)
@@ -94,7 +96,9 @@ def _train_digits(model: nn.Module, name: str, steps: int, seed: int) -> Trained
             idx = jax.random.randint(k, (128,), 0, xtr.shape[0])
             return xtr[idx], ytr[idx]
 
-        params, _ = _fit(loss_fn, template["params"], batches, steps, 3e-3, jax.random.fold_in(key, 1))
+        params, _ = _fit(
+            loss_fn, template["params"], batches, steps, 3e-3, jax.random.fold_in(key, 1)
+        )
         variables = {"params": params}
         pred = model.apply(variables, jnp.asarray(data.test.x)).argmax(-1)
         return variables, {"test_accuracy": float((np.asarray(pred) == data.test.y).mean())}
@@ -137,7 +141,9 @@ def offset_transformer(
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, b.targets)
             return (ce * b.loss_mask).sum() / b.loss_mask.sum()
 
-        params, _ = _fit(loss_fn, template["params"], sample, steps, 3e-3, jax.random.fold_in(key, 1))
+        params, _ = _fit(
+            loss_fn, template["params"], sample, steps, 3e-3, jax.random.fold_in(key, 1)
+        )
         variables = {"params": params}
         b = sample(jax.random.key(10_000 + seed), 512)
         pred = model.apply(variables, b.tokens).argmax(-1)

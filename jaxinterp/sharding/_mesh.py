@@ -35,9 +35,7 @@ def data_mesh(axis: str = "data", devices: Sequence[jax.Device] | None = None) -
     ('data',)
     """
     devices = list(jax.devices() if devices is None else devices)
-    return jax.make_mesh(
-        (len(devices),), (axis,), axis_types=(AxisType.Auto,), devices=devices
-    )
+    return jax.make_mesh((len(devices),), (axis,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def _axis_size(mesh: Mesh, axes: str | tuple[str, ...]) -> int:
@@ -102,9 +100,9 @@ def shard_batched(
                 jax.tree.map(lambda x, s: jax.reshard(x, NamedSharding(mesh, s)), a, sp)
                 for a, sp in zip(padded, specs)
             ]
-        out = jax.shard_map(
-            fn, mesh=mesh, in_specs=specs, out_specs=P(axes), check_vma=False
-        )(*padded)
+        out = jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(axes), check_vma=False)(
+            *padded
+        )
         if any(t == AxisType.Explicit for t in mesh.axis_types) and n % size:
             out = jax.tree.map(lambda y: jax.reshard(y, NamedSharding(mesh, P())), out)
         return jax.tree.map(lambda y: y[:n], out)

@@ -1,0 +1,59 @@
+"""Image grids: optimized inputs, dataset examples, feature maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def image_grid(
+    images: np.ndarray,
+    titles: Sequence[str] | None = None,
+    *,
+    ncols: int = 8,
+    cmap: str = "gray",
+    size: float = 1.4,
+    suptitle: str | None = None,
+) -> Figure:
+    """A grid of images with optional per-image titles.
+
+    Args:
+      images: ``[n, h, w]`` or ``[n, h, w, c]`` (``c`` of 1 or 3); each image is scaled to its
+        own min–max range for display.
+      titles: ``n`` labels, e.g. target names.
+      ncols: images per row.
+      cmap: colormap for single-channel images.
+      size: inches per image.
+      suptitle: figure title.
+
+    Returns:
+      A matplotlib ``Figure`` (never shown; save or display it yourself).
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
+        raise ValueError(f"images: expected [n, h, w] or [n, h, w, 1|3], got shape {images.shape}")
+    n = images.shape[0]
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"titles: expected {n} labels, got {len(titles)}")
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        img = images[i]
+        lo, hi = float(img.min()), float(img.max())
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+        ax.imshow(img, cmap=cmap if img.ndim == 2 else None, interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
