@@ -114,7 +114,9 @@ def test_grad_through_capture_equals_analytic():
             return nn.Dense(1, name="d")(x)
 
     wrap = Wrap()
-    g = jax.grad(lambda x: capture(wrap, {"params": {"d": v["params"]}}, select="d")(x)[1]["d"].sum())
+    g = jax.grad(
+        lambda x: capture(wrap, {"params": {"d": v["params"]}}, select="d")(x)[1]["d"].sum()
+    )
     np.testing.assert_allclose(g(jnp.ones((1, 3))), w.T, rtol=1e-6)
     del m
 
@@ -134,7 +136,9 @@ def test_apply_with_hook_edits_output(mlp):
         return jnp.zeros_like(out) if path == "act_1" else out
 
     out = jax.jit(lambda x: apply_with_hook(mlp.model, mlp.variables, around, x))(x)
-    np.testing.assert_allclose(out, jnp.broadcast_to(mlp.variables["params"]["logits"]["bias"], out.shape), rtol=1e-6)
+    np.testing.assert_allclose(
+        out, jnp.broadcast_to(mlp.variables["params"]["logits"]["bias"], out.shape), rtol=1e-6
+    )
 
 
 def test_paths_and_globs():

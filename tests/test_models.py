@@ -24,7 +24,9 @@ def test_cached_models_reload_identically(mlp):
 
 def test_held_out_accuracy_recomputed(cnn, digits):
     pred = jax.jit(cnn.model.apply)(cnn.variables, jnp.asarray(digits.test.x)).argmax(-1)
-    assert abs(float((np.asarray(pred) == digits.test.y).mean()) - cnn.metrics["test_accuracy"]) < 1e-6
+    assert (
+        abs(float((np.asarray(pred) == digits.test.y).mean()) - cnn.metrics["test_accuracy"]) < 1e-6
+    )
 
 
 def test_linen_to_nnx_equal_outputs(offset_tf, offset_nnx):

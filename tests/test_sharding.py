@@ -41,3 +41,36 @@ def test_one_device_mesh_and_chunked_in_process():
     np.testing.assert_allclose(jax.jit(chunked(lambda r: jnp.cumsum(r) * 2.0, 3))(x), f(x))
     with pytest.raises(ValueError, match="chunk_size"):
         chunked(lambda r: r, 0)
+
+
+def test_stream_reduce_equals_full_batch(mlp, digits):
+    import jax.numpy as jnp
+
+    from jaxinterp.capture import capture
+    from jaxinterp.sharding import iter_chunks, stream_reduce
+
+    x = digits.test.x.reshape(len(digits.test.x), -1)  # 450 rows, not a multiple of 64
+    f = capture(mlp.model, mlp.variables, select="act_1")
+
+    def step(state, chunk, valid):
+        acts = f(chunk)[1]["act_1"]
+        total, count, peak = state
+        acts_valid = acts * valid[:, None]
+        peak = jnp.maximum(peak, jnp.where(valid[:, None], acts, -jnp.inf).max(0))
+        return total + acts_valid.sum(0), count + valid.sum(), peak
+
+    init = (jnp.zeros(128), jnp.zeros((), jnp.int32), jnp.full(128, -jnp.inf))
+    total, count, peak = stream_reduce(step, init, iter_chunks(x, 64), chunk_size=64)
+    full = f(jnp.asarray(x))[1]["act_1"]
+    assert int(count) == 450
+    np.testing.assert_allclose(total / count, full.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(peak, full.max(0), rtol=1e-6)
+
+
+def test_stream_errors():
+    from jaxinterp.sharding import iter_chunks, stream_reduce
+
+    with pytest.raises(ValueError, match="leading lengths differ"):
+        list(iter_chunks((np.zeros(3), np.zeros(4)), 2))
+    with pytest.raises(ValueError, match="more than chunk_size=2"):
+        stream_reduce(lambda s, c, v: s, 0.0, [np.zeros(3)], chunk_size=2)

@@ -34,7 +34,19 @@ def main() -> None:
         assert "axis: 'nope'" in str(e)
     else:
         raise AssertionError("unknown axis accepted")
+    check_stream()
     print("ok")
+
+
+def check_stream() -> None:
+    from jaxinterp.sharding import iter_chunks, stream_reduce
+
+    x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+    step = lambda s, c, v: s + (c * v[:, None]).sum(0)
+    one = stream_reduce(step, jnp.zeros(3), iter_chunks(x, 16), chunk_size=16)
+    eight = stream_reduce(step, jnp.zeros(3), iter_chunks(x, 16), chunk_size=16, mesh=data_mesh())
+    np.testing.assert_allclose(one, x.sum(0), rtol=1e-5)
+    np.testing.assert_allclose(eight, x.sum(0), rtol=1e-5)
 
 
 if __name__ == "__main__":
