@@ -1,4 +1,4 @@
-"""One hook mechanism for Flax linen and nnx: run a model with a function around each submodule call.
+"""One hook for Flax linen and nnx: run a model with a function around each submodule call.
 
 Everything that looks inside a model (capture, attention extraction, interventions) is written
 once against :func:`apply_with_hook`. A hook receives the canonical path of the submodule being

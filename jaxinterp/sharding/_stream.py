@@ -40,7 +40,7 @@ def iter_chunks(data: Any, chunk_size: int) -> Iterator[Any]:
     if chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
     for start in range(0, n, chunk_size):
-        yield jax.tree.map(lambda a: a[start : start + chunk_size], data)
+        yield jax.tree.map(lambda a, s=start: a[s : s + chunk_size], data)
 
 
 def _pad_to(chunk: Any, size: int) -> tuple[Any, np.ndarray]:
