@@ -28,7 +28,8 @@ def chunks():
 def step(state, x, valid):
     a = f(x)[1]["act_1"]
     s, m = state
-    return s + (a * valid[:, None]).sum(0), jnp.maximum(m, jnp.where(valid[:, None], a, -1.0).max(0))
+    top = jnp.where(valid[:, None], a, -1.0).max(0)
+    return s + (a * valid[:, None]).sum(0), jnp.maximum(m, top)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if mode == "stream":
     s, m = stream_reduce(step, (jnp.zeros(128), jnp.full(128, -1.0)), chunks(), chunk_size=chunk)
@@ -38,7 +39,8 @@ else:
     s, m = a.sum(0), a.max(0)
 jax.block_until_ready((s, m))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_mb": peak / 1024, "growth_mb": (peak - base) / 1024, "mean0": float(s[0] / n)}))
+res = {"peak_mb": peak / 1024, "growth_mb": (peak - base) / 1024, "mean0": float(s[0] / n)}
+print(json.dumps(res))
 """
 
 
