@@ -1,6 +1,17 @@
 """Reference models (MLP, CNN, transformer in linen and nnx), their data, and trained weights."""
 
+from jaxinterp.models._bert import (
+    Bert,
+    BertConfig,
+    MiniLM,
+    embed_sentences,
+    load_minilm,
+    mean_pool,
+    tokenize_sentences,
+)
+from jaxinterp.models._safetensors import read_safetensors
 from jaxinterp.models._tasks import Digits, SeqBatch, Split, load_digits, offset_batch
+from jaxinterp.models._tokenizer import Tokenized, load_tokenizer, tokenize
 from jaxinterp.models._transformer import (
     NNXTransformer,
     Transformer,
@@ -12,6 +23,17 @@ from jaxinterp.models._vision import CNN, MLP, init_vision
 from jaxinterp.models._zoo import Trained, cache_dir, digits_cnn, digits_mlp, offset_transformer
 
 __all__ = [
+    "Bert",
+    "BertConfig",
+    "MiniLM",
+    "Tokenized",
+    "embed_sentences",
+    "load_minilm",
+    "load_tokenizer",
+    "mean_pool",
+    "read_safetensors",
+    "tokenize",
+    "tokenize_sentences",
     "CNN",
     "MLP",
     "Digits",
