@@ -92,9 +92,10 @@ def _linen_weights(path: str, module: nn.Module, call_next, a, k):
 
 
 def _nnx_weights(path: str, module: nnx.Module, call_next, a, k):
-    out, inter = nnx.capture(
-        lambda m: call_next(*a, **{**k, "sow_weights": True}), nnx.Intermediate
-    )(module)
+    def run(m: nnx.Module) -> Any:
+        return call_next(*a, **{**k, "sow_weights": True})
+
+    out, inter = nnx.capture(run, nnx.Intermediate)(module)
     sown = inter.get("attention_weights") if hasattr(inter, "get") else None
     if sown is None:
         raise RuntimeError(f"model: attention module {path!r} sowed no attention weights")

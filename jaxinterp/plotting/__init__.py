@@ -1,5 +1,6 @@
 """Plots: every function takes arrays and returns a matplotlib Figure (never shown)."""
 
+from jaxinterp.plotting._attention import attention_grid, attention_heatmap, head_score_map
 from jaxinterp.plotting._images import image_grid
 
-__all__ = ["image_grid"]
+__all__ = ["attention_grid", "attention_heatmap", "head_score_map", "image_grid"]
