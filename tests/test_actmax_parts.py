@@ -1,0 +1,207 @@
+"""Objectives, regularizers, parameterizations and transforms, checked against NumPy / SciPy."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from jaxinterp import actmax
+from jaxinterp.actmax import INPUT, OUTPUT
+
+RNG = np.random.RandomState(0)
+ACTS = {
+    "dense": RNG.randn(3, 12).astype(np.float32),
+    "conv": RNG.randn(3, 5, 6, 4).astype(np.float32),
+    OUTPUT: RNG.randn(3, 10).astype(np.float32),
+    INPUT: RNG.rand(3, 7, 7, 2).astype(np.float32),
+}
+
+
+def _j(acts):
+    return {k: jnp.asarray(v) for k, v in acts.items()}
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_objectives_match_numpy(use_jit):
+    v = RNG.randn(4).astype(np.float32)
+    cases = [
+        (actmax.neuron("dense", 5), ACTS["dense"][:, 5].mean()),
+        (actmax.neuron("conv", 2), ACTS["conv"][:, 2, 3, 2].mean()),  # centre position
+        (actmax.neuron("conv", 1, position=(0, 4)), ACTS["conv"][:, 0, 4, 1].mean()),
+        (actmax.channel("conv", 3), ACTS["conv"][..., 3].mean()),
+        (actmax.direction("conv", v), np.einsum("bhwc,c->bhw", ACTS["conv"], v).mean()),
+        (actmax.deepdream("conv"), (ACTS["conv"] ** 2).mean()),
+        (actmax.class_logit(7), ACTS[OUTPUT][:, 7].mean()),
+    ]
+    for obj, ref in cases:
+        f = jax.jit(obj) if use_jit else obj
+        np.testing.assert_allclose(f(_j(ACTS)), ref, rtol=1e-5, err_msg=obj.name)
+
+
+def test_cosine_direction_and_vmapped_targets():
+    v = RNG.randn(12).astype(np.float32)
+    a = ACTS["dense"]
+    cos = (a @ v) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(v))
+    got = actmax.direction("dense", v, cosine=True)(_j(ACTS))
+    np.testing.assert_allclose(got, cos.mean(), rtol=1e-5)
+    # a traced unit index: one vmap over targets gives every unit's objective
+    units = jnp.arange(12)
+    vals = jax.jit(jax.vmap(lambda u: actmax.neuron("dense", u)(_j(ACTS))))(units)
+    np.testing.assert_allclose(vals, a.mean(0), rtol=1e-5)
+    dirs = jnp.asarray(RNG.randn(5, 12).astype(np.float32))
+    vals = jax.vmap(lambda d: actmax.direction("dense", d)(_j(ACTS)))(dirs)
+    np.testing.assert_allclose(vals, (a @ np.asarray(dirs).T).mean(0), rtol=1e-5)
+
+
+def test_diversity_matches_pairwise_loop():
+    a = ACTS["conv"].reshape(3, -1, 4)
+    grams = [x.T @ x for x in a]
+    grams = [g.ravel() / np.linalg.norm(g) for g in grams]
+    ref = -sum(grams[i] @ grams[j] for i in range(3) for j in range(3) if i != j) / 3
+    np.testing.assert_allclose(jax.jit(actmax.diversity("conv"))(_j(ACTS)), ref, rtol=1e-5)
+
+
+def test_combinators():
+    a, b = actmax.neuron("dense", 1), actmax.channel("conv", 0)
+    va, vb = ACTS["dense"][:, 1].mean(), ACTS["conv"][..., 0].mean()
+    combo = a + 2 * b - b / 4 - 1.5
+    assert combo.paths == ("dense", "conv")
+    np.testing.assert_allclose(combo(_j(ACTS)), va + 2 * vb - vb / 4 - 1.5, rtol=1e-5)
+    np.testing.assert_allclose(sum([a, b, -a])(_j(ACTS)), vb, rtol=1e-5)
+    np.testing.assert_allclose((3 - a)(_j(ACTS)), 3 - va, rtol=1e-5)
+    with pytest.raises(TypeError, match="Objective"):
+        a + "x"
+    with pytest.raises(TypeError, match="number"):
+        a * a
+
+
+def test_regularizers_match_numpy():
+    x = ACTS[INPUT]
+    tv = np.abs(np.diff(x, axis=1)).sum((1, 2, 3)) + np.abs(np.diff(x, axis=2)).sum((1, 2, 3))
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    box = sum(padded[:, i : i + 7, j : j + 7] for i in range(3) for j in range(3)) / 9
+    cases = [
+        (actmax.l1(0.5), np.abs(x - 0.5).reshape(3, -1).sum(1).mean()),
+        (actmax.l2(), np.linalg.norm(x.reshape(3, -1), axis=1).mean()),
+        (actmax.total_variation(), tv.mean()),
+        (actmax.blur(), 0.5 * ((x - box) ** 2).reshape(3, -1).sum(1).mean()),
+    ]
+    for obj, ref in cases:
+        np.testing.assert_allclose(jax.jit(obj)(_j(ACTS)), ref, rtol=1e-5, err_msg=obj.name)
+    # the blur penalty's gradient points from the blurred image to the image
+    g = jax.grad(lambda z: actmax.blur()({INPUT: z}))(jnp.asarray(x))
+    np.testing.assert_allclose(g, (x - box) / 3, rtol=1e-4, atol=1e-6)
+
+
+def test_objective_errors_are_clear():
+    with pytest.raises(ValueError, match="unit 12 is out of range"):
+        actmax.neuron("dense", 12)(_j(ACTS))
+    with pytest.raises(KeyError, match="needs paths"):
+        actmax.neuron("missing", 0)(_j(ACTS))
+    with pytest.raises(ValueError, match="position"):
+        actmax.neuron("conv", 0, position=1)(_j(ACTS))
+    with pytest.raises(ValueError, match="vector has 3 features"):
+        actmax.direction("dense", np.ones(3))(_j(ACTS))
+
+
+# ------------------------------------------------------------------------- parameterizations
+
+
+def test_pixel_range_roundtrip_and_determinism():
+    p = actmax.pixel((5, 5, 3), batch=2, value_range=(-1.0, 2.0), decorrelate=True)
+    params = p.init(jax.random.key(0))
+    np.testing.assert_array_equal(params, p.init(jax.random.key(0)))
+    big = jnp.asarray(RNG.randn(*params.shape).astype(np.float32) * 5)
+    x = jax.jit(p.apply)(big)
+    assert x.shape == (2, 5, 5, 3) and float(x.min()) >= -1 and float(x.max()) <= 2
+    target = jnp.asarray(RNG.uniform(-0.9, 1.9, (2, 5, 5, 3)).astype(np.float32))
+    np.testing.assert_allclose(p.apply(p.invert(target)), target, atol=1e-4)
+
+
+def test_fourier_matches_numpy_irfft_and_inverts():
+    h, w, c = 6, 8, 3
+    p = actmax.fourier((h, w, c), batch=2, decorrelate=False)
+    params = np.asarray(p.init(jax.random.key(1))) * 30
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None]
+    scale = np.sqrt(h * w) / np.maximum(np.sqrt(fx**2 + fy**2), 1 / max(h, w))
+    img = np.fft.irfft2((params[..., 0] + 1j * params[..., 1]) * scale, s=(h, w)) / 4
+    ref = 1 / (1 + np.exp(-np.moveaxis(img, 1, -1)))
+    np.testing.assert_allclose(jax.jit(p.apply)(jnp.asarray(params)), ref, atol=1e-5)
+    pd = actmax.fourier((h, w, c), batch=2)  # with colour decorrelation
+    x = jnp.asarray(RNG.uniform(0.05, 0.95, (2, h, w, c)).astype(np.float32))
+    np.testing.assert_allclose(pd.apply(pd.invert(x)), x, atol=1e-4)
+
+
+def test_norm_ball_and_soft_prompt():
+    p = actmax.norm_ball((4, 3), radius=2.0, batch=3)
+    v = jnp.asarray(RNG.randn(3, 4, 3).astype(np.float32)) * jnp.asarray([0.1, 1, 10])[:, None, None]
+    x = np.asarray(jax.jit(p.apply)(v))
+    norms = np.linalg.norm(x.reshape(3, -1), axis=1)
+    assert norms[0] < 2 and np.allclose(norms[1:], 2.0, atol=1e-5)
+    np.testing.assert_allclose(x[0], np.asarray(v[0]), rtol=1e-6)  # inside the ball: unchanged
+    table = jnp.asarray(RNG.randn(11, 5).astype(np.float32))
+    sp = actmax.soft_prompt(table, 7, batch=2)
+    e = sp.init(jax.random.key(3))
+    ids = actmax.nearest_tokens(e + 1e-3, table)
+    np.testing.assert_allclose(e, np.asarray(table)[np.asarray(ids)], atol=1e-6)
+    d = ((np.asarray(e)[..., None, :] - np.asarray(table)) ** 2).sum(-1)
+    np.testing.assert_array_equal(jax.jit(actmax.nearest_tokens)(e, table), d.argmin(-1))
+    args, kwargs = sp.feed(e)
+    assert args[0].shape == (2, 7) and kwargs["embeddings"] is e
+    with pytest.raises(ValueError, match="radius"):
+        actmax.norm_ball((3,), 0.0)
+    with pytest.raises(ValueError, match=r"embedding: expected \[vocab, d_model\]"):
+        actmax.soft_prompt(jnp.ones(3), 4)
+
+
+# ------------------------------------------------------------------------------- transforms
+
+IMG = RNG.rand(2, 10, 10, 3).astype(np.float32)
+
+
+def test_pad_and_jitter():
+    out = jax.jit(actmax.pad(2, value=0.3))(jax.random.key(0), IMG)
+    ref = np.pad(IMG, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=0.3)
+    np.testing.assert_array_equal(out, ref)
+    j = actmax.jitter(3)
+    crops = {(oy, ox): IMG[:, oy : oy + 7, ox : ox + 7] for oy in range(4) for ox in range(4)}
+    seen = set()
+    for i in range(20):
+        out = np.asarray(jax.jit(j)(jax.random.key(i), IMG))
+        match = [o for o, c in crops.items() if np.array_equal(out, c)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) > 4  # the offset is random
+    np.testing.assert_array_equal(j(jax.random.key(5), IMG), j(jax.random.key(5), IMG))
+    with pytest.raises(ValueError, match="jitter"):
+        j(jax.random.key(0), IMG[0])
+
+
+@pytest.mark.parametrize("angle", [90.0, 17.0, -30.0])
+def test_rotate_matches_scipy(angle):
+    out = jax.jit(actmax.random_rotate([angle]))(jax.random.key(0), IMG)
+    ref = ndi.rotate(IMG, angle, axes=(1, 2), reshape=False, order=1, mode="nearest")
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("s", [1.2, 0.9])
+def test_scale_matches_scipy(s):
+    out = np.asarray(jax.jit(actmax.random_scale([s]))(jax.random.key(0), IMG))
+    offset = (0.5 - 10 * (1 - s) / 2) / s - 0.5
+    ref = ndi.affine_transform(
+        IMG[0, ..., 0], np.eye(2) / s, offset=offset, order=1, mode="nearest"
+    )
+    np.testing.assert_allclose(out[0, ..., 0], ref, atol=1e-5)
+
+
+def test_compose_under_vmap_and_keys():
+    t = actmax.compose(*actmax.standard_transforms())
+    big = jnp.asarray(RNG.rand(3, 1, 40, 40, 3).astype(np.float32))
+    keys = jax.random.split(jax.random.key(0), 3)
+    out = jax.jit(jax.vmap(t))(keys, big)
+    assert out.shape == (3, 1, 52, 52, 3)
+    np.testing.assert_allclose(out[1], t(keys[1], big[1]), atol=1e-5)
+    assert not np.allclose(out[0], t(keys[1], big[0]))
