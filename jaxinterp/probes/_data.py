@@ -1,0 +1,137 @@
+"""Probe data: splits of examples and features from any captured layer.
+
+:func:`layer_features` runs a model through :func:`jaxinterp.capture.capture` chunk by chunk
+(one jitted call per chunk, so peak memory is one chunk's activations) and pools each selected
+activation into one feature vector per example, giving the ``[layer, n, d]`` array the fitting
+functions take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp.capture import capture
+
+Array = jax.Array
+
+
+def train_val_test_split(
+    key: Array, n: int, fractions: Sequence[float] = (0.6, 0.2, 0.2)
+) -> tuple[Array, ...]:
+    """Random disjoint index arrays covering ``range(n)``, one per fraction.
+
+    Args:
+      key: PRNG key.
+      n: number of examples.
+      fractions: split sizes (normalised to sum to 1), e.g. ``(train, val, test)``.
+
+    Returns:
+      A tuple of ``[n_i]`` int32 index arrays, sizes rounded so they sum to ``n``.
+
+    >>> tr, va, te = train_val_test_split(jax.random.key(0), 10, (0.6, 0.2, 0.2))
+    >>> (len(tr), len(va), len(te))
+    (6, 2, 2)
+    """
+    fr = np.asarray(fractions, float)
+    if fr.ndim != 1 or fr.size == 0 or np.any(fr < 0) or fr.sum() <= 0:
+        raise ValueError(f"fractions: expected non-negative numbers, got {fractions}")
+    if n < 1:
+        raise ValueError(f"n: expected >= 1, got {n}")
+    edges = np.round(np.cumsum(fr / fr.sum()) * n).astype(int)
+    edges[-1] = n
+    perm = jax.random.permutation(key, n).astype(jnp.int32)
+    starts = np.concatenate([[0], edges[:-1]])
+    return tuple(perm[s:e] for s, e in zip(starts, edges))
+
+
+def _pool(act: Array, pool: str | Callable[[Array], Array], mask: Array | None) -> Array:
+    if callable(pool):
+        return pool(act)
+    if act.ndim == 2 or pool == "flatten":
+        return act.reshape(act.shape[0], -1)
+    if pool == "tokens":
+        return act.reshape(-1, act.shape[-1])
+    if pool not in ("mean", "last"):
+        raise ValueError(
+            f"pool: expected 'mean', 'last', 'flatten', 'tokens' or a callable, got {pool!r}"
+        )
+    if mask is None:
+        mask = jnp.ones(act.shape[:2], bool)
+    if act.ndim != 3 or mask.shape != act.shape[:2]:
+        raise ValueError(
+            f"token_mask: expected [batch, seq] = {act.shape[:2]} for a [batch, seq, d] "
+            f"activation, got mask {mask.shape} and activation {act.shape}"
+        )
+    m = mask.astype(jnp.float32)
+    if pool == "mean":
+        return (act * m[..., None]).sum(1) / jnp.maximum(m.sum(1), 1.0)[:, None]
+    last = jnp.maximum(m.sum(1).astype(jnp.int32) - 1, 0)
+    return jnp.take_along_axis(act, last[:, None, None], axis=1)[:, 0]
+
+
+def layer_features(
+    model: Any,
+    variables: Any,
+    inputs: Any,
+    paths: Sequence[str],
+    *,
+    pool: str | Callable[[Array], Array] = "mean",
+    token_mask: Array | None = None,
+    chunk_size: int = 256,
+    dtype: Any = jnp.float32,
+) -> Array:
+    """Features ``[layer, n, d]`` from the outputs of ``paths``, one row per example.
+
+    Args:
+      model: linen module (with ``variables``) or nnx module (``variables=None``).
+      variables: linen variables or ``None``.
+      inputs: the model's input ``[batch, ...]``, or a tuple of positional inputs that all
+        have a leading batch axis (e.g. ``(input_ids, attention_mask)``).
+      paths: canonical paths (exact, no globs), one per layer.
+      pool: how an activation becomes rows: ``"mean"`` over positions (``[batch, seq, d]``;
+        real tokens only when ``token_mask`` is given), ``"last"`` (last real) position,
+        ``"flatten"`` all non-batch axes, ``"tokens"`` one row per position
+        (``n = batch · seq``), or a callable ``act -> [rows, d]``. ``[batch, d]`` activations
+        are used as they are.
+      token_mask: ``[batch, seq]``, 1/True for real tokens, for ``"mean"`` and ``"last"``.
+      chunk_size: examples per jitted call (peak memory is one chunk's activations).
+      dtype: output dtype (``jnp.bfloat16`` halves memory and probe fitting traffic).
+
+    Returns:
+      ``[layer, n, d]`` where ``d`` is the widest layer; narrower layers are zero-padded on the
+      right (zero columns change neither logistic nor ridge probes).
+
+    Raises:
+      KeyError: a path matches nothing (lists the available paths).
+      ValueError: bad ``pool`` or ``token_mask``.
+    """
+    paths = list(paths)
+    if not paths:
+        raise ValueError("paths: expected at least one path")
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    n = jax.tree.leaves(args)[0].shape[0]
+    if token_mask is not None and token_mask.shape[0] != n:
+        raise ValueError(f"token_mask: expected {n} rows (batch), got shape {token_mask.shape}")
+    f = capture(model, variables, select=paths)
+
+    @jax.jit
+    def run(chunk, mask):
+        _, acts = f(*chunk)
+        missing = [p for p in paths if p not in acts]
+        if missing:
+            raise KeyError(f"paths: {missing} are not exact captured paths; got {sorted(acts)}")
+        return [_pool(acts[p], pool, mask).astype(dtype) for p in paths]
+
+    parts = []
+    for s in range(0, n, chunk_size):
+        chunk = jax.tree.map(lambda a, s=s: a[s : s + chunk_size], args)
+        mask = None if token_mask is None else token_mask[s : s + chunk_size]
+        parts.append(run(chunk, mask))
+    per_layer = [jnp.concatenate([p[i] for p in parts]) for i in range(len(paths))]
+    d = max(a.shape[-1] for a in per_layer)
+    return jnp.stack([jnp.pad(a, ((0, 0), (0, d - a.shape[-1]))) for a in per_layer])

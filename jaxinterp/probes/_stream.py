@@ -1,0 +1,224 @@
+"""Fitting logistic probes from a stream of chunks, with memory independent of ``n``.
+
+Same objective and solver as :func:`~jaxinterp.probes.fit_logistic` (preconditioned L-BFGS),
+but the data arrive as an iterable of ``(features [layer, m, d], labels [task, m])`` chunks that
+can be re-read, e.g. from disk or a model run batch by batch. Nothing of size ``n`` is kept:
+
+* one pass accumulates the Gram matrix ``x̃ᵀx̃`` per layer (the preconditioner), the number of
+  examples and the classes present;
+* each iteration makes two passes: one sums the objective along the L-BFGS direction at a grid
+  of step sizes (the line search; the best step is kept), one sums the gradient at the new point.
+
+The chunk computations are the single-probe pieces of the in-memory solver, vmapped over the
+same layer × task grid (:func:`~jaxinterp.probes._fit._over_grid`); the Python loop only streams
+chunks and carries ``[layer, task, d + 1, classes]`` state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp.probes._fit import (
+    FitInfo,
+    LinearProbe,
+    _backward,
+    _ce,
+    _check_features,
+    _check_labels,
+    _Feat,
+    _forward,
+    _LbfgsState,
+    _over_grid,
+    _penalty_mask,
+    _precond,
+    _probs,
+    _task,
+    _two_loop,
+)
+
+Array = jax.Array
+_ALPHAS = (0.0, 0.05, 0.15, 0.3, 0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0, 3.0)
+
+
+def _feat(x: Array) -> _Feat:
+    d = x.shape[-1]
+    return _Feat(x, jnp.zeros((d,), jnp.float32), jnp.ones((d,), jnp.float32))
+
+
+@partial(jax.jit, static_argnames="num_classes")
+def _stats_chunk(x, y, *, num_classes):
+    """Per chunk: ``x̃ᵀx̃ [layer, d+1, d+1]`` and class counts ``[task, classes]``."""
+
+    def gram(x):
+        xt = jnp.concatenate([x.astype(jnp.float32), jnp.ones((x.shape[0], 1))], axis=1)
+        return xt.T @ xt
+
+    counts = jax.nn.one_hot(y, num_classes).sum(1)
+    return jax.vmap(gram)(x), counts
+
+
+@jax.jit
+def _grad_chunk(x, y, theta, present):
+    """Per chunk and probe: summed cross-entropy ``[]`` and summed ``x̃ᵀ(p - y)``."""
+
+    def core(x, y_present, theta):
+        y, present = y_present
+        t = _task(y, theta.shape[-1], present)
+        f = _feat(x)
+        z = _forward(f, theta)
+        return _ce(t, z) * x.shape[0], _backward(f, _probs(t, z) - t.onehot)
+
+    return _over_grid(core, per_probe=True)(x, (y, present), theta)
+
+
+@jax.jit
+def _line_chunk(x, y, theta, p, present):
+    """Per chunk and probe: summed cross-entropy at ``theta + α p`` for each grid ``α``."""
+
+    def core(x, y_present, tp):
+        y, present = y_present
+        theta, p = tp
+        t = _task(y, theta.shape[-1], present)
+        f = _feat(x)
+        z, dz = _forward(f, theta), _forward(f, p)
+        return jnp.stack([_ce(t, z + a * dz) for a in _ALPHAS]) * x.shape[0]
+
+    return _over_grid(core, per_probe=True)(x, (y, present), (theta, p))
+
+
+def _line_at(x, y, *, theta, p, present):
+    return _line_chunk(x, y, theta, p, present)
+
+
+def _sum_over(chunks, fn):
+    total = None
+    for x, y in chunks():
+        out = fn(x, y)
+        total = out if total is None else jax.tree.map(jnp.add, total, out)
+    return total
+
+
+def fit_logistic_stream(
+    chunks: Callable[[], Iterable[tuple[Array, Array]]],
+    *,
+    num_classes: int,
+    C: float = 1.0,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    memory: int = 10,
+) -> tuple[LinearProbe, FitInfo]:
+    """Fits logistic probes for every layer × task from re-readable chunks of data.
+
+    Minimises the same objective as :func:`fit_logistic` (scikit-learn's
+    ``LogisticRegression(C)``) with memory ``O(layer · d² + chunk)``, independent of ``n``.
+
+    Args:
+      chunks: a function returning a fresh iterable of ``(features [layer, m, d],
+        labels [task, m])`` chunks each time it is called (it is called once per pass).
+      num_classes: classes per task.
+      C: inverse regularisation strength.
+      max_iter: iteration cap (each iteration is two passes over the chunks).
+      tol: stop when every probe's max-abs gradient is below ``tol``.
+      memory: L-BFGS history length.
+
+    Returns:
+      ``(probe, info)`` as :func:`fit_logistic`.
+
+    Raises:
+      ValueError: a chunk with bad shapes, NaN features, or a task with one class overall.
+    """
+    if not callable(chunks):
+        raise TypeError("chunks: expected a function returning an iterable of (x, y) chunks")
+
+    def checked():
+        for x, y in chunks():
+            _check_features(x)
+            _check_labels(y, x.shape[1], "labels", integer=True)
+            yield x, y
+
+    gram, counts = _sum_over(checked, partial(_stats_chunk, num_classes=num_classes))
+    if gram is None:
+        raise ValueError("chunks: the iterable yielded no chunks")
+    counts = np.asarray(counts)
+    for i, c in enumerate(counts):
+        if (c > 0).sum() < 2:
+            raise ValueError(f"labels: task {i} has one class only; a probe needs >= 2")
+    n = float(counts[0].sum())
+    layers, d1 = gram.shape[0], gram.shape[1]
+    tasks, k = counts.shape
+    present = jnp.asarray(counts > 0)
+    free = jax.vmap(lambda c: _task(jnp.zeros((1,), jnp.int32), k, c).free)(present)
+    lam = 1.0 / (C * n)
+    pen = _penalty_mask(d1 - 1)
+    chol = jax.vmap(lambda g: _precond(g / n, lam, pen, 0.25))(gram)
+
+    def objective(theta):
+        ce, g = _sum_over(chunks, lambda x, y: _grad_chunk(x, y, theta, present))
+        value = ce / n + 0.5 * lam * jnp.sum(pen[:, None] * theta**2, axis=(-2, -1))
+        return value, (g / n + lam * pen[:, None] * theta) * free[None, :, None, :]
+
+    shape = (layers, tasks, d1, k)
+    theta = jnp.zeros(shape, jnp.float32)
+    value, g = objective(theta)
+    st = _LbfgsState(
+        theta,
+        jnp.zeros((layers, tasks)),
+        g,
+        value,
+        jnp.zeros((layers, tasks, memory, d1, k)),
+        jnp.zeros((layers, tasks, memory, d1, k)),
+        jnp.zeros((layers, tasks, memory)),
+        jnp.ones((layers, tasks)),
+        jnp.zeros((layers, tasks), jnp.int32),
+        jnp.zeros((layers, tasks), bool),
+    )
+    alphas = jnp.asarray(_ALPHAS)
+    direction = jax.jit(
+        jax.vmap(jax.vmap(partial(_two_loop, memory=memory), in_axes=(0, None, 0)), (0, 0, 0))
+    )
+    update = jax.jit(jax.vmap(jax.vmap(_update_memory, in_axes=(0,) * 6 + (None,))))
+    for _ in range(max_iter):
+        active = (jnp.max(jnp.abs(st.g), axis=(-2, -1)) > tol) & ~st.stalled
+        if not bool(jnp.any(active)):
+            break
+        p = direction(st, chol, st.it)
+        p = p * free[None, :, None, :] * active[..., None, None]
+        ce = _sum_over(chunks, partial(_line_at, theta=st.theta, p=p, present=present))
+        reg = st.theta[..., None, :, :] + alphas[:, None, None] * p[..., None, :, :]
+        vals = ce / n + 0.5 * lam * jnp.sum(pen[:, None] * reg**2, axis=(-2, -1))
+        a = alphas[jnp.argmin(vals, axis=-1)]
+        theta = st.theta + a[..., None, None] * p
+        value, g = objective(theta)
+        st = update(st, theta, value, g, a, active, chol)
+    w, b = st.theta[..., :-1, :], st.theta[..., -1, :]
+    gnorm = jnp.max(jnp.abs(st.g), axis=(-2, -1))
+    probe = LinearProbe(w, b, jnp.broadcast_to(present, (layers, tasks, k)))
+    return probe, FitInfo(st.value, gnorm, st.it, gnorm <= tol)
+
+
+def _update_memory(st: _LbfgsState, theta, value, g, a, active, chol) -> _LbfgsState:
+    """One probe's L-BFGS memory update after a step (frozen when not ``active``)."""
+    memory = st.s.shape[0]
+    step, dg = theta - st.theta, g - st.g
+    sy = jnp.sum(step * dg)
+    ok = (sy > 1e-12) & active
+    slot = st.it % memory
+    mq = jax.scipy.linalg.cho_solve((chol, True), dg)
+    gamma = jnp.where(ok, sy / jnp.maximum(jnp.sum(dg * mq), 1e-30), st.gamma)
+    return _LbfgsState(
+        jnp.where(active, theta, st.theta),
+        st.z,
+        jnp.where(active, g, st.g),
+        jnp.where(active, value, st.value),
+        st.s.at[slot].set(jnp.where(ok, step, st.s[slot])),
+        st.y.at[slot].set(jnp.where(ok, dg, st.y[slot])),
+        st.rho.at[slot].set(jnp.where(ok, 1.0 / jnp.where(ok, sy, 1.0), st.rho[slot])),
+        gamma,
+        st.it + active.astype(jnp.int32),
+        st.stalled | (active & (a <= 0.0)),
+    )
