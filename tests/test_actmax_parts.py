@@ -137,7 +137,8 @@ def test_fourier_matches_numpy_irfft_and_inverts():
 
 def test_norm_ball_and_soft_prompt():
     p = actmax.norm_ball((4, 3), radius=2.0, batch=3)
-    v = jnp.asarray(RNG.randn(3, 4, 3).astype(np.float32)) * jnp.asarray([0.1, 1, 10])[:, None, None]
+    v = RNG.randn(3, 4, 3).astype(np.float32) * np.asarray([0.1, 1, 10], np.float32)[:, None, None]
+    v = jnp.asarray(v)
     x = np.asarray(jax.jit(p.apply)(v))
     norms = np.linalg.norm(x.reshape(3, -1), axis=1)
     assert norms[0] < 2 and np.allclose(norms[1:], 2.0, atol=1e-5)

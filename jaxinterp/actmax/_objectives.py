@@ -57,9 +57,7 @@ class Objective:
     def __call__(self, acts: Acts) -> jax.Array:
         missing = [p for p in self.paths if p not in acts]
         if missing:
-            raise KeyError(
-                f"acts: objective {self.name} needs paths {missing}; got {sorted(acts)}"
-            )
+            raise KeyError(f"acts: objective {self.name} needs paths {missing}; got {sorted(acts)}")
         return jnp.asarray(self.fn(acts), jnp.float32)
 
     def __add__(self, other: Objective | float) -> Objective:

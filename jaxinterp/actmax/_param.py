@@ -259,9 +259,7 @@ def soft_prompt(
     return Param(init, lambda v: v, lambda x: jnp.asarray(x, jnp.float32), feed)
 
 
-def nearest_tokens(
-    embeddings: jax.Array, embedding: jax.Array, *, metric: str = "l2"
-) -> jax.Array:
+def nearest_tokens(embeddings: jax.Array, embedding: jax.Array, *, metric: str = "l2") -> jax.Array:
     """Reads continuous embeddings out as the nearest token ids.
 
     Args:

@@ -1,0 +1,203 @@
+"""maximize and top_k_examples: analytic optima, batched == one-at-a-time, real models."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxinterp import actmax
+from jaxinterp.capture import capture
+
+
+def _unit_factory(path):
+    return lambda u: actmax.neuron(path, u)
+
+
+def test_linear_unit_reaches_analytic_optimum(mlp):
+    # dense_0 (pre-activation) is linear in the input: w . x + b, maximal on the ball of
+    # radius r at x = r w / ||w||, with value r ||w|| + b.
+    r, units = 2.0, jnp.asarray([0, 3, 17, 64, 127])
+    res = jax.jit(
+        lambda k, u: actmax.maximize(
+            k, mlp.model, mlp.variables, _unit_factory("dense_0"), u,
+            param=actmax.norm_ball((64,), r),
+        )
+    )(jax.random.key(0), units)  # fmt: skip
+    w = np.asarray(mlp.variables["params"]["dense_0"]["kernel"])[:, units]
+    b = np.asarray(mlp.variables["params"]["dense_0"]["bias"])[units]
+    optimum = r * w.T / np.linalg.norm(w, axis=0)[:, None]
+    assert res.inputs.shape == (5, 1, 64) and res.traces.shape == (5, 512)
+    np.testing.assert_allclose(res.inputs[:, 0], optimum, atol=1e-5)
+    np.testing.assert_allclose(res.values, r * np.linalg.norm(w, axis=0) + b, rtol=1e-5)
+    assert np.all(np.asarray(res.nonfinite_step) == -1)
+    # the trace is the objective during the ascent: it ends at the optimum value
+    np.testing.assert_allclose(res.traces[:, -1], res.values, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def cnn_runs(cnn):
+    """Class logits and hidden units of the digits CNN, batched and in chunks."""
+    kw = dict(
+        param=actmax.fourier((8, 8, 1)),
+        steps=60,
+        transforms=(actmax.pad(1), actmax.jitter(2), actmax.random_rotate([-5.0, 0.0, 5.0])),
+        regularizers=(1e-3 * actmax.total_variation(),),
+    )
+    keys = jax.random.split(jax.random.key(1), 6)
+    units = jnp.asarray([0, 5, 9, 20, 33, 41])
+    f = jax.jit(
+        lambda k, u, cs: actmax.maximize(
+            k, cnn.model, cnn.variables, _unit_factory("act_2"), u, chunk_size=cs, **kw
+        ),
+        static_argnums=2,
+    )
+    return kw, keys, units, f(keys, units, None), f(keys, units, 4), f
+
+
+def test_batched_equals_one_at_a_time_and_chunked(cnn_runs):
+    kw, keys, units, full, chunked, f = cnn_runs
+    for name in ("inputs", "traces", "values"):
+        got, want = getattr(chunked, name), getattr(full, name)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for i in (0, 4):
+        one = f(keys[i : i + 1], units[i : i + 1], None)
+        np.testing.assert_allclose(one.inputs[0], full.inputs[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(one.traces[0], full.traces[i], rtol=1e-5, atol=1e-5)
+    again = f(keys, units, None)  # same keys -> same result
+    np.testing.assert_array_equal(again.inputs, full.inputs)
+    other = f(jax.random.split(jax.random.key(2), 6), units, None)
+    assert not np.allclose(other.inputs, full.inputs)
+
+
+def test_values_are_the_models_own_activations(cnn, cnn_runs):
+    _, _, units, full, _, _ = cnn_runs
+    x = full.inputs[:, 0]  # [target, 8, 8, 1]
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    _, acts = cnn.model.apply(cnn.variables, x, capture_intermediates=True)
+    hidden = acts["intermediates"]["act_2"]["__call__"][0]
+    np.testing.assert_allclose(full.values, hidden[np.arange(6), units], rtol=1e-5, atol=1e-5)
+
+
+def test_optimized_inputs_beat_every_dataset_example(cnn, digits):
+    data = np.concatenate([digits.train.x, digits.test.x])
+    cases = [
+        (lambda c: actmax.class_logit(c), jnp.arange(10)),
+        (_unit_factory("act_2"), jnp.arange(0, 64, 4)),
+        (lambda c: actmax.channel("act_1", c), jnp.arange(16)),
+    ]
+    for fac, targets in cases:
+        res = jax.jit(
+            lambda k, t, fac=fac: actmax.maximize(
+                k, cnn.model, cnn.variables, fac, t, param=actmax.pixel((8, 8, 1)), steps=150
+            )
+        )(jax.random.key(0), targets)
+        top = actmax.top_k_examples(cnn.model, cnn.variables, fac, targets, data, k=1)
+        alive = np.asarray(top.values[:, 0]) > 0
+        assert alive.sum() >= len(targets) // 2
+        best_data = np.asarray(top.values[:, 0])[alive]
+        assert np.all(np.asarray(res.values)[alive] > best_data), (res.values, top.values)
+
+
+def test_top_k_matches_brute_force(cnn, digits):
+    data = digits.test.x[:300]
+    units = jnp.asarray([1, 7, 30])
+    top = actmax.top_k_examples(
+        cnn.model, cnn.variables, _unit_factory("act_2"), units, data, k=5, chunk_size=64
+    )
+    _, acts = cnn.model.apply(cnn.variables, data, capture_intermediates=True)
+    hidden = np.asarray(acts["intermediates"]["act_2"]["__call__"][0])[:, units].T  # [t, n]
+    order = np.argsort(-hidden, axis=1, kind="stable")[:, :5]
+    np.testing.assert_allclose(top.values, np.take_along_axis(hidden, order, 1), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.take_along_axis(hidden, np.asarray(top.indices), 1), top.values, rtol=1e-5
+    )
+    # streaming an iterable of chunks gives the same answer; k larger than the data pads
+    chunks = (data[i : i + 50] for i in range(0, 300, 50))
+    top2 = actmax.top_k_examples(
+        cnn.model, cnn.variables, _unit_factory("act_2"), units, chunks, k=5, chunk_size=64
+    )
+    np.testing.assert_allclose(top2.values, top.values, rtol=1e-6)
+    small = actmax.top_k_examples(cnn.model, cnn.variables, actmax.neuron("act_2", 1), None,
+                                  data[:3], k=5)  # fmt: skip
+    assert np.isneginf(small.values[0, 3:]).all() and (small.indices[0, 3:] == -1).all()
+
+
+def test_soft_prompt_recovers_the_offset_mechanism(offset_tf, offset_nnx):
+    # offset-3 copy model: the logit of token v at the last position is largest when the token
+    # three positions back is v. Maximizing it over soft prompts must put v there.
+    cfg = offset_tf.model.cfg
+    table = offset_tf.variables["params"]["embed"]["embedding"]
+    kw = dict(param=actmax.soft_prompt(table, cfg.seq_len), steps=80)
+    fac = lambda v: actmax.class_logit(v, position=cfg.seq_len - 1)
+    targets = jnp.arange(cfg.vocab)
+    res = actmax.maximize(
+        jax.random.key(0), offset_tf.model, offset_tf.variables, fac, targets, **kw
+    )
+    ids = actmax.nearest_tokens(res.inputs[:, 0], table)  # [target, seq]
+    np.testing.assert_array_equal(ids[:, -1 - 3], np.arange(cfg.vocab))
+    logits = offset_tf.model.apply(offset_tf.variables, ids)
+    np.testing.assert_array_equal(logits[:, -1].argmax(-1), np.arange(cfg.vocab))
+    res_nnx = actmax.maximize(jax.random.key(0), offset_nnx, None, fac, targets, **kw)
+    np.testing.assert_allclose(res_nnx.inputs, res.inputs, rtol=1e-4, atol=1e-4)
+
+
+def test_init_from_inputs_and_fixed_objective(cnn, digits):
+    x0 = jnp.asarray(digits.test.x[:3])[:, None]  # [target=3, batch=1, 8, 8, 1]
+    x0 = jnp.clip(x0, 0.02, 0.98)
+    obj = actmax.class_logit(4)
+    res = actmax.maximize(
+        jax.random.split(jax.random.key(0), 3), cnn.model, cnn.variables, obj,
+        param=actmax.pixel((8, 8, 1)), steps=3, init=x0, optimizer=optax.sgd(0.0),
+    )  # fmt: skip
+    np.testing.assert_allclose(res.inputs, x0, atol=1e-4)
+    logits = cnn.model.apply(cnn.variables, x0[:, 0])[:, 4]
+    np.testing.assert_allclose(res.traces[:, 0], logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(res.values, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_diversity_spreads_a_batch(cnn):
+    div = actmax.diversity("act_1")
+    kw = dict(param=actmax.pixel((8, 8, 1), batch=3, sd=0.5), steps=60, optimizer=optax.adam(0.05))
+    obj = actmax.channel("act_1", 2)
+    plain = actmax.maximize(jax.random.key(3), cnn.model, cnn.variables, obj, **kw)
+    diverse = actmax.maximize(jax.random.key(3), cnn.model, cnn.variables, obj + 5.0 * div, **kw)
+    cap = capture(cnn.model, cnn.variables, select="act_1")
+    sims = [float(-div(cap(r.inputs[0])[1])) for r in (plain, diverse)]
+    assert sims[1] < sims[0] - 0.1, sims
+
+
+def test_nonfinite_ascent_raises(cnn):
+    bad = actmax.Objective(lambda a: jnp.log(a["act_2"][:, 0] - 1e6).mean(), ("act_2",), "bad")
+    kw = dict(param=actmax.pixel((8, 8, 1)), steps=5)
+    with pytest.raises(FloatingPointError, match="NaN/inf for targets \\[0\\]"):
+        actmax.maximize(jax.random.key(0), cnn.model, cnn.variables, bad, **kw)
+    res = jax.jit(lambda k: actmax.maximize(k, cnn.model, cnn.variables, bad, **kw))(
+        jax.random.key(0)
+    )
+    assert int(res.nonfinite_step[0]) == 0
+
+
+def test_argument_errors(cnn):
+    m, v = cnn.model, cnn.variables
+    p = actmax.pixel((8, 8, 1))
+    fac = _unit_factory("act_2")
+    with pytest.raises(TypeError, match="param"):
+        actmax.maximize(jax.random.key(0), m, v, fac, jnp.arange(2), param=None)
+    with pytest.raises(ValueError, match="leading \\[target\\] axis"):
+        actmax.maximize(jax.random.key(0), m, v, fac, {"a": jnp.arange(2), "b": jnp.arange(3)},
+                        param=p)  # fmt: skip
+    with pytest.raises(ValueError, match="key: got 3 keys for 2 targets"):
+        actmax.maximize(jax.random.split(jax.random.key(0), 3), m, v, fac, jnp.arange(2), param=p)
+    with pytest.raises(ValueError, match="init: expected"):
+        actmax.maximize(jax.random.key(0), m, v, fac, jnp.arange(2), param=p,
+                        init=jnp.zeros((2, 8, 8, 1)))  # fmt: skip
+    with pytest.raises(ValueError, match="targets: an objective factory needs targets"):
+        actmax.maximize(jax.random.key(0), m, v, fac, param=p)
+    with pytest.raises(KeyError, match="Available"):
+        actmax.maximize(jax.random.key(0), m, v, _unit_factory("nope"), jnp.arange(2), param=p,
+                        steps=2)  # fmt: skip
+    with pytest.raises(ValueError, match="unit 99 is out of range"):
+        actmax.maximize(jax.random.key(0), m, v, actmax.neuron("act_2", 99), param=p, steps=2)
