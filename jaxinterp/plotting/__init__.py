@@ -2,5 +2,14 @@
 
 from jaxinterp.plotting._attention import attention_grid, attention_heatmap, head_score_map
 from jaxinterp.plotting._images import image_grid
+from jaxinterp.plotting._patching import patching_heatmap
+from jaxinterp.plotting._probes import probe_accuracy
 
-__all__ = ["attention_grid", "attention_heatmap", "head_score_map", "image_grid"]
+__all__ = [
+    "attention_grid",
+    "attention_heatmap",
+    "head_score_map",
+    "image_grid",
+    "patching_heatmap",
+    "probe_accuracy",
+]
