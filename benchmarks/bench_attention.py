@@ -2,9 +2,9 @@
 
 1. **Overhead.** ``jax.jit(model.apply)`` against ``jax.jit(attention_weights(model, ...))``,
    which returns the same output plus every layer's ``[batch, head, q, k]`` weights, on
-   all-MiniLM-L6-v2 (real sentences' length, and 128-token inputs) and on the toy offset transformer. Both are
-   compiled first; the two are timed alternately (median of repeats) so that machine noise
-   hits both alike. Target: ratio ≤ 1.15.
+   all-MiniLM-L6-v2 (real sentences' length, and 128-token inputs) and on the toy offset
+   transformer. Both are compiled first; the two are timed alternately (median of repeats)
+   so that machine noise hits both alike. Target: ratio ≤ 1.15.
 2. **Streaming.** :func:`attention_stats` over a small and then an 8× larger token dataset;
    the growth of the process's peak RSS between the two runs shows that memory does not scale
    with the dataset (only one chunk lives at a time).
