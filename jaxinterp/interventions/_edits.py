@@ -1,0 +1,217 @@
+"""Edits: pure functions ``activation -> new activation`` that an intervention applies at a site.
+
+An edit never mutates anything; it returns a new array of the same shape and dtype. Each
+factory closes over what it needs (the replacement values, a PRNG key) and over a *selection*
+of the activation's entries to change, so one mechanism covers whole-layer, per-head,
+per-position and per-neuron interventions:
+
+* ``at={axis: index}`` picks entries along named axes of the activation. Axes count as in
+  NumPy (negative axes count from the end, which stays correct under ``vmap``). An index is a
+  Python int, a traced integer scalar (so a sweep can ``vmap`` over it), an integer array of
+  several indices, or a boolean mask of the axis length. Per-head results of attention are
+  ``[batch, seq, head, d_head]``, so ``at={-2: h}`` is head ``h`` and ``at={-3: t, -2: h}`` is
+  head ``h`` at position ``t``; on the residual stream ``[batch, seq, d_model]`` ``at={-2: t}``
+  is position ``t``; on MLP hidden units ``[batch, seq, d_mlp]`` ``at={-1: n}`` is neuron ``n``.
+* ``where=mask`` is any boolean array that broadcasts against the activation.
+
+Both may be given (the selection is their intersection); with neither the whole activation
+is replaced. Entries outside the selection pass through unchanged, bit for bit. A traced
+index that lies outside its axis selects nothing (a Python int is checked and raises).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Edit = Callable[[jax.Array], jax.Array]
+Index = Any  # int | integer scalar/array | bool [size] array
+At = Mapping[int, Index]
+
+
+def _axis_mask(index: Index, size: int, axis: int) -> jax.Array:
+    if isinstance(index, (bool, np.bool_)):
+        raise TypeError(
+            f"at: index for axis {axis} must be an int, int array or bool mask, got bool"
+        )
+    if isinstance(index, (int, np.integer)):
+        if not -size <= int(index) < size:
+            raise ValueError(
+                f"at: index {int(index)} is out of range for axis {axis} of size {size}"
+            )
+        return jnp.arange(size) == (int(index) % size)
+    idx = jnp.asarray(index)
+    if idx.dtype == jnp.bool_:
+        if idx.shape != (size,):
+            raise ValueError(
+                f"at: boolean mask for axis {axis} must have shape ({size},), got {idx.shape}"
+            )
+        return idx
+    if not jnp.issubdtype(idx.dtype, jnp.integer):
+        raise TypeError(f"at: index for axis {axis} must be integer or boolean, got {idx.dtype}")
+    if idx.ndim == 0:
+        return jnp.arange(size) == idx
+    if idx.ndim == 1:
+        return (jnp.arange(size)[:, None] == idx[None, :]).any(-1)
+    raise ValueError(f"at: index for axis {axis} must be a scalar or 1-D, got shape {idx.shape}")
+
+
+def selection_mask(shape: tuple[int, ...], at: At | None = None, where: Any = None) -> jax.Array:
+    """Boolean mask, broadcastable to ``shape``, of the entries an edit changes.
+
+    Args:
+      shape: the activation's shape, e.g. ``[batch, seq, head, d_head]``.
+      at: ``{axis: index}`` (see the module docstring); ``None`` selects every entry.
+      where: a boolean array broadcastable to ``shape``; ``None`` selects every entry.
+
+    Returns:
+      A boolean array with ``len(shape)`` dimensions (size 1 on axes not selected on).
+
+    Raises:
+      ValueError: an axis is out of range, an int index is out of range, or ``where`` does not
+        broadcast to ``shape``.
+
+    >>> selection_mask((2, 3, 4), at={-1: 1}).astype(int)[0, 0].tolist()
+    [0, 1, 0, 0]
+    """
+    ndim = len(shape)
+    mask = jnp.ones((1,) * ndim, bool)
+    for axis, index in (at or {}).items():
+        if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+            raise ValueError(
+                f"at: axis {axis!r} is out of range for an activation of shape {shape}"
+            )
+        ax = int(axis) % ndim
+        m = _axis_mask(index, shape[ax], int(axis))
+        mask = mask & m.reshape((1,) * ax + (shape[ax],) + (1,) * (ndim - ax - 1))
+    if where is not None:
+        w = jnp.asarray(where)
+        try:
+            np.broadcast_shapes(w.shape, tuple(shape))
+        except ValueError:
+            raise ValueError(
+                f"where: mask of shape {w.shape} does not broadcast to the activation shape {shape}"
+            ) from None
+        if w.ndim > ndim:
+            raise ValueError(f"where: mask of shape {w.shape} has more axes than {shape}")
+        mask = mask & w.astype(bool).reshape((1,) * (ndim - w.ndim) + w.shape)
+    return mask
+
+
+def _check_broadcast(name: str, values: jax.Array, shape: tuple[int, ...]) -> None:
+    try:
+        ok = np.broadcast_shapes(values.shape, shape) == tuple(shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{name}: values of shape {values.shape} do not broadcast to the activation "
+            f"shape {shape}"
+        )
+
+
+def _masked(new: Callable[[jax.Array], jax.Array], at: At | None, where: Any) -> Edit:
+    def edit(act: jax.Array) -> jax.Array:
+        act = jnp.asarray(act)
+        value = new(act)
+        if at is None and where is None:
+            return jnp.broadcast_to(value, act.shape).astype(act.dtype)
+        return jnp.where(selection_mask(act.shape, at, where), value, act).astype(act.dtype)
+
+    return edit
+
+
+def zero(*, at: At | None = None, where: Any = None) -> Edit:
+    """Zero ablation: the selected entries become 0.
+
+    Args:
+      at: ``{axis: index}`` selection (module docstring); default everything.
+      where: boolean mask broadcastable to the activation; default everything.
+
+    Returns:
+      ``edit(act) -> act'`` with the same shape and dtype.
+
+    >>> zero(at={-1: 0})(jnp.ones((1, 3))).tolist()
+    [[0.0, 1.0, 1.0]]
+    """
+    return _masked(lambda a: jnp.zeros((), a.dtype), at, where)
+
+
+def mean(values: jax.Array, *, at: At | None = None, where: Any = None) -> Edit:
+    """Mean ablation: the selected entries become their mean over a reference set.
+
+    Args:
+      values: reference activations ``[n, ...]`` (e.g. captured on ``n`` other inputs); their
+        mean over axis 0 must broadcast to the activation (``[seq, d_model]`` against
+        ``[batch, seq, d_model]``).
+      at: ``{axis: index}`` selection; default everything.
+      where: boolean mask broadcastable to the activation; default everything.
+
+    Returns:
+      ``edit(act) -> act'``.
+    """
+    values = jnp.asarray(values)
+    if values.ndim < 1 or values.shape[0] == 0:
+        raise ValueError(f"values: expected a non-empty [n, ...] array, got shape {values.shape}")
+    m = values.mean(0)
+
+    def new(act):
+        _check_broadcast("values", m, act.shape)
+        return m
+
+    return _masked(new, at, where)
+
+
+def resample(key: jax.Array, pool: jax.Array, *, at: At | None = None, where: Any = None) -> Edit:
+    """Resample ablation: each batch item's selected entries come from a random pool member.
+
+    Args:
+      key: PRNG key; the same key draws the same pool members.
+      pool: activations ``[n, ...]`` recorded on other inputs; ``pool.shape[1:]`` must equal the
+        activation's shape without its batch axis.
+      at: ``{axis: index}`` selection; default everything.
+      where: boolean mask broadcastable to the activation; default everything.
+
+    Returns:
+      ``edit(act: [batch, ...]) -> act'``: item ``b`` takes ``pool[i_b]`` with
+      ``i_b ~ uniform{0..n-1}`` drawn independently per item.
+    """
+    pool = jnp.asarray(pool)
+    if pool.ndim < 1 or pool.shape[0] == 0:
+        raise ValueError(f"pool: expected a non-empty [n, ...] array, got shape {pool.shape}")
+
+    def new(act):
+        if act.ndim < 1 or pool.shape[1:] != act.shape[1:]:
+            raise ValueError(
+                f"pool: items of shape {pool.shape[1:]} do not match the activation "
+                f"{act.shape} without its batch axis"
+            )
+        idx = jax.random.randint(key, (act.shape[0],), 0, pool.shape[0])
+        return pool[idx]
+
+    return _masked(new, at, where)
+
+
+def replace(values: jax.Array, *, at: At | None = None, where: Any = None) -> Edit:
+    """Activation patching: the selected entries are taken from ``values``.
+
+    Args:
+      values: activations recorded on another input (e.g. the clean run), broadcastable to the
+        activation, normally of the same shape ``[batch, ...]``.
+      at: ``{axis: index}`` selection; default everything.
+      where: boolean mask broadcastable to the activation; default everything.
+
+    Returns:
+      ``edit(act) -> act'``.
+    """
+    values = jnp.asarray(values)
+
+    def new(act):
+        _check_broadcast("values", values, act.shape)
+        return values
+
+    return _masked(new, at, where)
