@@ -229,3 +229,58 @@ def test_attention_stats_equals_full_batch_mean(offset_tf):
         attention_stats(offset_tf.model, offset_tf.variables, stat, toks, chunk_size=0)
     with pytest.raises(TypeError, match="data"):
         attention_stats(offset_tf.model, offset_tf.variables, stat, [1, 2], chunk_size=4)
+
+
+class DirectDPA(nn.Module):
+    """Calls nn.dot_product_attention directly (no multi-head module): route 2 applies."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, pad_mask: jax.Array) -> jax.Array:
+        q = nn.DenseGeneral((2, 4), name="query")(x)
+        k = nn.DenseGeneral((2, 4), name="key")(x)
+        v = nn.DenseGeneral((2, 4), name="value")(x)
+        o = nn.dot_product_attention(q, k, v, mask=pad_mask[:, None, None, :])
+        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), name="out")(o)
+
+
+def test_direct_dot_product_attention_via_captured_qk(hand):
+    _, _, x, pad = hand
+    model = DirectDPA()
+    variables = model.init(jax.random.key(2), x, pad)
+    out, qk = jax.jit(capture(model, variables, select=["query", "key", "value"]))(x, pad)
+    w = attention_from_qk(qk["query"], qk["key"], pad[:, None, None, :])
+    ref = _np_softmax_weights(qk["query"], qk["key"], np.asarray(pad)[:, None, None, :])
+    np.testing.assert_allclose(w, ref, atol=1e-5)
+    # the recomputed weights reproduce the model's output
+    o = jnp.einsum("bhqk,bkhd->bqhd", w, qk["value"])
+    p = variables["params"]["out"]
+    np.testing.assert_allclose(
+        jnp.einsum("bqhd,hdf->bqf", o, p["kernel"]) + p["bias"], out, atol=1e-5
+    )
+
+
+def test_nnx_hand_written_attention_via_weights_at(hand):
+    from flax import nnx
+
+    class NNXProbs(nnx.Module):
+        def __call__(self, s: jax.Array) -> jax.Array:
+            return jax.nn.softmax(s, axis=-1)
+
+    class NNXHand(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.query = nnx.LinearGeneral(8, (2, 4), rngs=rngs)
+            self.key = nnx.LinearGeneral(8, (2, 4), rngs=rngs)
+            self.probs = NNXProbs()
+
+        def __call__(self, x: jax.Array, pad_mask: jax.Array) -> jax.Array:
+            q, k = self.query(x), self.key(x)
+            s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / 2.0
+            return self.probs(jnp.where(pad_mask[:, None, None, :], s, -1e30))
+
+    _, _, x, pad = hand
+    model = NNXHand(nnx.Rngs(0))
+    out, maps = jax.jit(attention_weights(model, weights_at="probs"))(x, pad)
+    _, qk = capture(model, select=["query", "key"])(x, pad)
+    ref = _np_softmax_weights(qk["query"], qk["key"], np.asarray(pad)[:, None, None, :])
+    np.testing.assert_allclose(maps["probs"], ref, atol=1e-5)
+    np.testing.assert_allclose(out, maps["probs"], atol=1e-6)
