@@ -1,0 +1,56 @@
+"""Activation-maximization traces: the objective over the ascent, against dataset references."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def actmax_traces(
+    traces: np.ndarray,
+    labels: Sequence[str] | None = None,
+    *,
+    dataset_best: np.ndarray | None = None,
+    title: str | None = None,
+    size: tuple[float, float] = (5.0, 3.2),
+) -> Figure:
+    """The objective at each ascent step, one line per target.
+
+    Args:
+      traces: ``[target, steps]`` objective values (``maximize(...).traces``).
+      labels: ``target`` legend labels (legend drawn for up to 12 targets).
+      dataset_best: ``[target]`` best value over a dataset (``top_k_examples(...).values[:, 0]``),
+        drawn as dotted horizontal lines in the same colours.
+      title: axes title.
+      size: figure size in inches.
+
+    Returns:
+      A matplotlib ``Figure`` (never shown).
+    """
+    traces = np.asarray(traces, dtype=np.float64)
+    if traces.ndim != 2:
+        raise ValueError(f"traces: expected [target, steps], got shape {traces.shape}")
+    n = traces.shape[0]
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"labels: expected {n} labels, got {len(labels)}")
+    if dataset_best is not None:
+        dataset_best = np.asarray(dataset_best, dtype=np.float64)
+        if dataset_best.shape != (n,):
+            raise ValueError(f"dataset_best: expected shape ({n},), got {dataset_best.shape}")
+    fig = Figure(figsize=size)
+    ax = fig.subplots()
+    for t in range(n):
+        color = f"C{t % 10}"
+        ax.plot(traces[t], color=color, lw=1.2, label=None if labels is None else labels[t])
+        if dataset_best is not None and np.isfinite(dataset_best[t]):
+            ax.axhline(dataset_best[t], color=color, ls=":", lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("objective")
+    if labels is not None and n <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
