@@ -206,3 +206,20 @@ def test_compose_under_vmap_and_keys():
     assert out.shape == (3, 1, 52, 52, 3)
     np.testing.assert_allclose(out[1], t(keys[1], big[1]), atol=1e-5)
     assert not np.allclose(out[0], t(keys[1], big[0]))
+
+
+def test_actmax_traces_plot():
+    from matplotlib.figure import Figure
+
+    from jaxinterp.plotting import actmax_traces
+
+    traces = np.cumsum(RNG.rand(3, 20), axis=1)
+    fig = actmax_traces(traces, ["a", "b", "c"], dataset_best=np.asarray([1.0, 2.0, -np.inf]))
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), traces[0])
+    assert len(ax.lines) == 5  # 3 traces + 2 finite dataset lines
+    with pytest.raises(ValueError, match="labels: expected 3"):
+        actmax_traces(traces, ["a"])
+    with pytest.raises(ValueError, match=r"traces: expected \[target, steps\]"):
+        actmax_traces(traces[0])
