@@ -32,6 +32,7 @@ from jaxinterp.probes._fit import (
     _check_labels,
     _Feat,
     _forward,
+    _inv_c,
     _LbfgsState,
     _over_grid,
     _penalty_mask,
@@ -107,7 +108,7 @@ def fit_logistic_stream(
     chunks: Callable[[], Iterable[tuple[Array, Array]]],
     *,
     num_classes: int,
-    C: float = 1.0,
+    C: float | Array = 1.0,
     max_iter: int = 100,
     tol: float = 1e-4,
     memory: int = 10,
@@ -121,7 +122,7 @@ def fit_logistic_stream(
       chunks: a function returning a fresh iterable of ``(features [layer, m, d],
         labels [task, m])`` chunks each time it is called (it is called once per pass).
       num_classes: classes per task.
-      C: inverse regularisation strength.
+      C: inverse regularisation strength, scalar or ``[layer]``.
       max_iter: iteration cap (each iteration is two passes over the chunks).
       tol: stop when every probe's max-abs gradient is below ``tol``.
       memory: L-BFGS history length.
@@ -153,14 +154,15 @@ def fit_logistic_stream(
     tasks, k = counts.shape
     present = jnp.asarray(counts > 0)
     free = jax.vmap(lambda c: _task(jnp.zeros((1,), jnp.int32), k, c).free)(present)
-    lam = 1.0 / (C * n)
+    lam = _inv_c(C, layers) / n  # [layer]
     pen = _penalty_mask(d1 - 1)
-    chol = jax.vmap(lambda g: _precond(g / n, lam, pen, 0.25))(gram)
+    chol = jax.vmap(lambda g, lm: _precond(g / n, lm, pen, 0.25))(gram, lam)
 
     def objective(theta):
         ce, g = _sum_over(chunks, lambda x, y: _grad_chunk(x, y, theta, present))
-        value = ce / n + 0.5 * lam * jnp.sum(pen[:, None] * theta**2, axis=(-2, -1))
-        return value, (g / n + lam * pen[:, None] * theta) * free[None, :, None, :]
+        value = ce / n + 0.5 * lam[:, None] * jnp.sum(pen[:, None] * theta**2, axis=(-2, -1))
+        reg = lam[:, None, None, None] * pen[:, None] * theta
+        return value, (g / n + reg) * free[None, :, None, :]
 
     shape = (layers, tasks, d1, k)
     theta = jnp.zeros(shape, jnp.float32)
@@ -190,7 +192,7 @@ def fit_logistic_stream(
         p = p * free[None, :, None, :] * active[..., None, None]
         ce = _sum_over(chunks, partial(_line_at, theta=st.theta, p=p, present=present))
         reg = st.theta[..., None, :, :] + alphas[:, None, None] * p[..., None, :, :]
-        vals = ce / n + 0.5 * lam * jnp.sum(pen[:, None] * reg**2, axis=(-2, -1))
+        vals = ce / n + 0.5 * lam[:, None, None] * jnp.sum(pen[:, None] * reg**2, axis=(-2, -1))
         a = alphas[jnp.argmin(vals, axis=-1)]
         theta = st.theta + a[..., None, None] * p
         value, g = objective(theta)
