@@ -159,6 +159,10 @@ def maximize(
       ValueError / TypeError: inconsistent ``targets``, ``key``, ``init`` or arguments.
       FloatingPointError: (outside ``jit``) the loss or gradient became NaN/inf.
 
+    Each call traces and compiles once. To run the same setup repeatedly without recompiling,
+    wrap it: ``run = jax.jit(lambda k, t: maximize(k, model, variables, f, t, param=p))``
+    (model, objective and parameterization closed over; keys and targets traced).
+
     >>> import jax, jax.numpy as jnp
     >>> from jaxinterp import actmax, models
     >>> m = models.MLP(hidden=(16,))

@@ -155,7 +155,14 @@ def neuron(path: str, unit: int | jax.Array, *, position: Any = None) -> Objecti
         sequence position); default their centre, as in Lucid.
 
     Returns:
-      An :class:`Objective`.
+      An :class:`Objective`. A traced ``unit`` is not range-checked (JAX clamps the index);
+      a Python int is.
+
+    >>> acts = {"act_1": jnp.arange(6.0).reshape(2, 3)}   # [batch=2, features=3]
+    >>> float(neuron("act_1", 2)(acts))                    # mean of 2.0 and 5.0
+    3.5
+    >>> float((neuron("act_1", 2) - 0.5 * channel("act_1", 0))(acts))
+    2.75
     """
 
     def fn(acts):

@@ -106,6 +106,11 @@ def pixel(
 
     Returns:
       A :class:`Param` with ``apply(params) -> [batch, *shape]``.
+
+    >>> p = pixel((8, 8, 1), batch=2)
+    >>> x = p.apply(p.init(jax.random.key(0)))
+    >>> x.shape, bool((x > 0).all() & (x < 1).all())
+    ((2, 8, 8, 1), True)
     """
     shape = _check_shape(shape, "shape")
     fwd, inv = _squash(*value_range, sigmoid)
