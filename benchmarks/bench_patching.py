@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxinterp import interventions as iv
 from jaxinterp import models
+from jaxinterp._demo.interventions import offset_patching_task
 
 
 def _time(fn, repeats: int) -> float:
@@ -39,24 +40,13 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _task(batch: int, cfg: models.TransformerConfig, offset: int = 3):
-    b = models.offset_batch(jax.random.key(0), batch, cfg.seq_len, cfg.vocab, offset)
-    k1, k2 = jax.random.split(jax.random.key(1))
-    pos = jax.random.randint(k1, (batch,), offset, cfg.seq_len)
-    src = pos - offset
-    old = jnp.take_along_axis(b.tokens, src[:, None], 1)[:, 0]
-    new = (old + jax.random.randint(k2, (batch,), 1, cfg.vocab)) % cfg.vocab
-    corrupted = b.tokens.at[jnp.arange(batch), src].set(new)
-    return b.tokens, corrupted, old, new, pos
-
-
 def run(quick: bool = False, batch: int = 16, chunk_size: int | None = -1) -> dict:
     """Runs the benchmark and returns a flat dict of numbers (seconds and ratios)."""
     tf = models.offset_transformer()
     cfg = tf.model.cfg
     repeats = 3 if quick else 7
-    clean, corrupted, answer, wrong, pos = _task(batch, cfg)
-    metric = lambda logits: iv.logit_diff(logits, answer, wrong, pos)
+    task = offset_patching_task(jax.random.key(0), batch, cfg, offset=3)
+    clean, corrupted, metric = task.clean, task.corrupted, task.metric
     sites = iv.head_position_sites(cfg.n_layers, cfg.n_heads, cfg.seq_len)
 
     if chunk_size == -1:

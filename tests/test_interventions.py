@@ -224,7 +224,9 @@ def test_logit_diff_and_normalize_match_numpy():
     ref = np.mean([ln[b, pos[b], ans[b]] - ln[b, pos[b], wrong[b]] for b in range(4)])
     got = jax.jit(iv.logit_diff)(logits, ans, wrong, pos)
     np.testing.assert_allclose(got, ref, rtol=1e-6)
-    np.testing.assert_allclose(iv.normalize(jnp.array([1.0, 3.0]), 3.0, 1.0), [0.0, 1.0])
+    np.testing.assert_allclose(
+        jax.jit(iv.normalize)(jnp.array([1.0, 3.0, 2.5]), 3.0, 1.0), [0.0, 1.0, 0.75]
+    )
     with pytest.raises(ValueError, match=r"position: expected a scalar or shape \(4,\)"):
         iv.logit_diff(logits, ans, wrong, jnp.array([1, 2]))
     with pytest.raises(TypeError, match="answer: expected integer"):

@@ -1,8 +1,18 @@
 """Causal interventions: ablate, patch and sweep activations of linen and nnx models.
 
->>> from jaxinterp.interventions import intervene, zero
->>> # f = intervene(model, variables, {"block_0/attn/out:input": zero(at={-2: 1})})
->>> # logits = jax.jit(f)(tokens)         # head 1 of layer 0 zero-ablated
+* :func:`intervene` runs a model with ``{site: edit}`` applied (sites are canonical paths,
+  ``"path:input"`` for a module's input, e.g. per-head results ``block_i/attn/out:input``);
+  edits are :func:`zero`, :func:`mean`, :func:`resample`, :func:`replace` with an
+  ``at={axis: index}`` / ``where=mask`` selection for heads, positions and neurons.
+* :func:`patch_sweep` patches clean → corrupted at every site of a :class:`Sites` set
+  (:func:`head_sites`, :func:`position_sites`, :func:`head_position_sites`) in one vmap,
+  chunked and optionally sharded; :func:`attribution_patch` estimates the same with
+  2 forwards + 1 backward. Metrics: :func:`logit_diff`, :func:`normalize`, :func:`spearman`.
+
+Example (head 1 of layer 0 zero-ablated)::
+
+    f = intervene(model, variables, {"block_0/attn/out:input": zero(at={-2: 1})})
+    logits = jax.jit(f)(tokens)
 """
 
 from jaxinterp.interventions._edits import Edit, mean, replace, resample, selection_mask, zero

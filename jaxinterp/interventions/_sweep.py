@@ -180,7 +180,12 @@ class PatchResult(NamedTuple):
 
 
 def _as_args(name: str, inputs: Any) -> tuple:
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    if not args:
+        raise ValueError(
+            f"{name}: expected the model's input(s), got an empty {type(inputs).__name__}"
+        )
+    return args
 
 
 def _check_sites(sites: Any) -> None:
@@ -263,7 +268,9 @@ def patch_sweep(
 
     def one_site(site: Sites, src: dict, args: tuple) -> jax.Array:
         def make_edit(layer: int, path: str):
-            return lambda a: jnp.where(_site_mask(site, layer, a.shape), src[path], a)
+            return lambda a: jnp.where(_site_mask(site, layer, a.shape), src[path], a).astype(
+                a.dtype
+            )
 
         edits = {p: make_edit(i, p) for i, p in enumerate(site.paths)}
         out, _ = _run(model, variables, edits, (), method, args, {})
