@@ -16,6 +16,11 @@ bound memory (``chunk_size`` sites are in flight at once, each a full forward pa
 batch) and sharded over a mesh with :func:`jaxinterp.sharding.shard_batched`. The cost of the
 masks is a ``where`` per layer per site, negligible next to the forward pass.
 
+Choosing ``chunk_size``: on a GPU, the largest chunk that fits. On a CPU, small chunks are
+faster: with ``chunk_size × batch`` around 32 sequences the activations of a chunk stay in
+cache (measured on 2 cores for the reference transformer: 128 sites × 16 sequences took
+~0.2 s unchunked and ~0.03 s with ``chunk_size=2``).
+
 Attribution patching (Nanda 2023; Syed et al. 2023) replaces the per-site forward passes by a
 first-order Taylor expansion around the corrupted run:
 
