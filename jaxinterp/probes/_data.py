@@ -61,7 +61,9 @@ def _pool(act: Array, pool: str | Callable[[Array], Array], mask: Array | None) 
             f"pool: expected 'mean', 'last', 'flatten', 'tokens' or a callable, got {pool!r}"
         )
     if mask is None:
-        mask = jnp.ones(act.shape[:2], bool)
+        if pool == "mean":
+            return act.mean(axis=tuple(range(1, act.ndim - 1)))
+        return act[:, -1].reshape(act.shape[0], -1)
     if act.ndim != 3 or mask.shape != act.shape[:2]:
         raise ValueError(
             f"token_mask: expected [batch, seq] = {act.shape[:2]} for a [batch, seq, d] "
