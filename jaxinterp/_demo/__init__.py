@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jaxinterp._demo._context import DemoContext
 
-SECTIONS: tuple[str, ...] = ("models", "attention", "actmax", "interventions")
+SECTIONS: tuple[str, ...] = ("models", "attention", "actmax", "interventions", "probes")
 
 
 def run_demo(
