@@ -201,3 +201,15 @@ def test_argument_errors(cnn):
                         steps=2)  # fmt: skip
     with pytest.raises(ValueError, match="unit 99 is out of range"):
         actmax.maximize(jax.random.key(0), m, v, actmax.neuron("act_2", 99), param=p, steps=2)
+
+
+def test_size_changing_transforms_and_values(cnn):
+    # a 4x4 input grows to the CNN's 8x8 through pad(3) + jitter(2); the final value is
+    # measured on the edge-padded 8x8 image, checked against the model itself.
+    res = actmax.maximize(
+        jax.random.key(0), cnn.model, cnn.variables, actmax.class_logit(3),
+        param=actmax.pixel((4, 4, 1)), steps=20, transforms=(actmax.pad(3), actmax.jitter(2)),
+    )  # fmt: skip
+    x = np.pad(np.asarray(res.inputs[:, 0]), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    logit = cnn.model.apply(cnn.variables, x)[:, 3]
+    np.testing.assert_allclose(res.values, logit, rtol=1e-5, atol=1e-5)

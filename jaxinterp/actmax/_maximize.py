@@ -46,7 +46,9 @@ class ActMaxResult(NamedTuple):
       params: final parameters, leaves ``[target, ...]``.
       traces: ``[target, steps]`` objective value at each step (with that step's transforms,
         before the step is applied; regularizers not included).
-      values: ``[target]`` objective of ``inputs`` without transforms.
+      values: ``[target]`` objective of ``inputs`` without transforms (if the transforms change
+        the image size, ``inputs`` are first edge-padded or centre-cropped to the size the
+        model saw during the ascent).
       nonfinite_step: ``[target]`` int32: first step whose loss or gradient was NaN/inf, -1 if
         none (the parameters are those before that step).
     """
@@ -201,6 +203,9 @@ def maximize(
                 f"init: expected inputs [target, batch, ...] = {(n, *x_shape)}, got {init.shape}"
             )
 
+    seen_shape = jax.eval_shape(transform, jax.random.key(0), jax.ShapeDtypeStruct(x_shape, "f4"))
+    fit = lambda x: _center_fit(x, seen_shape.shape)
+
     def single(item: tuple, variables: Any):
         kd, target, x0 = item
         obj = objective if fixed else objective(target)
@@ -212,7 +217,7 @@ def maximize(
 
         def evaluate(params, k):
             x = param.apply(params)
-            args, kwargs = param.feed(transform(k, x) if k is not None else x)
+            args, kwargs = param.feed(transform(k, x) if k is not None else fit(x))
             out, acts = fwd(*args, **kwargs)
             acts = {**acts, INPUT: x, OUTPUT: out}
             value = obj(acts)
@@ -253,6 +258,27 @@ def maximize(
     res = jax.jit(run)(items, variables)
     _raise_if_nonfinite(res.nonfinite_step)
     return res
+
+
+def _center_fit(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Centre-crops or edge-pads images ``[batch, h, w, c]`` to ``shape`` (what the model saw)."""
+    if x.shape == tuple(shape):
+        return x
+    if x.ndim != 4 or len(shape) != 4 or x.shape[0] != shape[0] or x.shape[3] != shape[3]:
+        raise ValueError(
+            f"transforms: they change the input shape {x.shape} to {tuple(shape)}, which can "
+            "only be undone for images [batch, h, w, c]"
+        )
+    for axis in (1, 2):
+        diff = shape[axis] - x.shape[axis]
+        if diff > 0:
+            widths = [(0, 0)] * 4
+            widths[axis] = (diff // 2, diff - diff // 2)
+            x = jnp.pad(x, widths, mode="edge")
+        elif diff < 0:
+            start = (-diff) // 2
+            x = jax.lax.slice_in_dim(x, start, start + shape[axis], axis=axis)
+    return x
 
 
 def _raise_if_nonfinite(bad: jax.Array) -> None:
