@@ -213,3 +213,17 @@ def test_size_changing_transforms_and_values(cnn):
     x = np.pad(np.asarray(res.inputs[:, 0]), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
     logit = cnn.model.apply(cnn.variables, x)[:, 3]
     np.testing.assert_allclose(res.values, logit, rtol=1e-5, atol=1e-5)
+
+
+def test_direction_targets_pytree_reach_analytic_optimum(mlp):
+    # direction v in dense_0 space: (x W + b) . v is linear in x with weight W v.
+    vs = jax.random.normal(jax.random.key(5), (3, 128))
+    res = actmax.maximize(
+        jax.random.key(0), mlp.model, mlp.variables,
+        lambda t: actmax.direction("dense_0", t["v"]), {"v": vs},
+        param=actmax.norm_ball((64,), 1.5), steps=300,
+    )  # fmt: skip
+    wv = np.asarray(mlp.variables["params"]["dense_0"]["kernel"]) @ np.asarray(vs).T  # [64, 3]
+    np.testing.assert_allclose(
+        res.inputs[:, 0], 1.5 * (wv / np.linalg.norm(wv, axis=0)).T, atol=1e-4
+    )
