@@ -219,6 +219,8 @@ def test_actmax_traces_plot():
     ax = fig.axes[0]
     np.testing.assert_allclose(ax.lines[0].get_ydata(), traces[0])
     assert len(ax.lines) == 5  # 3 traces + 2 finite dataset lines
+    smooth = actmax_traces(traces, smooth=4).axes[0].lines[0].get_ydata()
+    np.testing.assert_allclose(smooth, np.convolve(traces[0], np.ones(4) / 4, mode="valid"))
     with pytest.raises(ValueError, match="labels: expected 3"):
         actmax_traces(traces, ["a"])
     with pytest.raises(ValueError, match=r"traces: expected \[target, steps\]"):

@@ -81,12 +81,18 @@ def run(ctx: DemoContext) -> None:
         image_grid(images, titles, ncols=8, size=1.3),
         "Inputs maximizing dense units (act_2) and conv channels (act_1)",
     )
+    few = [0, 1, 4, 7]
     ctx.figure(
         "actmax_traces",
         actmax_traces(
-            logits.traces, [f"logit {c}" for c in range(10)], dataset_best=best, title="logits"
+            logits.traces[np.asarray(few)],
+            [f"logit {c}" for c in few],
+            dataset_best=best[few],
+            smooth=8,
+            title="class logits",
         ),
-        "Objective during the ascent (solid) vs the best dataset example (dotted)",
+        "Objective during the ascent under random transforms (8-step mean, solid) vs the best "
+        "dataset example (dotted)",
     )
 
     # top-k dataset examples for a few units

@@ -13,6 +13,7 @@ def actmax_traces(
     labels: Sequence[str] | None = None,
     *,
     dataset_best: np.ndarray | None = None,
+    smooth: int = 1,
     title: str | None = None,
     size: tuple[float, float] = (5.0, 3.2),
 ) -> Figure:
@@ -23,6 +24,8 @@ def actmax_traces(
       labels: ``target`` legend labels (legend drawn for up to 12 targets).
       dataset_best: ``[target]`` best value over a dataset (``top_k_examples(...).values[:, 0]``),
         drawn as dotted horizontal lines in the same colours.
+      smooth: moving-average window in steps (traces taken under random transforms are noisy);
+        1 draws the raw values.
       title: axes title.
       size: figure size in inches.
 
@@ -33,6 +36,12 @@ def actmax_traces(
     if traces.ndim != 2:
         raise ValueError(f"traces: expected [target, steps], got shape {traces.shape}")
     n = traces.shape[0]
+    if smooth < 1:
+        raise ValueError(f"smooth: expected a window of at least 1 step, got {smooth}")
+    if smooth > 1:
+        kernel = np.ones(smooth) / smooth
+        traces = np.stack([np.convolve(t, kernel, mode="valid") for t in traces])
+    steps = np.arange(traces.shape[1]) + (smooth - 1)
     if labels is not None and len(labels) != n:
         raise ValueError(f"labels: expected {n} labels, got {len(labels)}")
     if dataset_best is not None:
@@ -43,11 +52,11 @@ def actmax_traces(
     ax = fig.subplots()
     for t in range(n):
         color = f"C{t % 10}"
-        ax.plot(traces[t], color=color, lw=1.2, label=None if labels is None else labels[t])
+        ax.plot(steps, traces[t], color=color, lw=1.2, label=None if labels is None else labels[t])
         if dataset_best is not None and np.isfinite(dataset_best[t]):
             ax.axhline(dataset_best[t], color=color, ls=":", lw=1)
     ax.set_xlabel("step")
-    ax.set_ylabel("objective")
+    ax.set_ylabel("objective" if smooth == 1 else f"objective ({smooth}-step mean)")
     if labels is not None and n <= 12:
         ax.legend(fontsize=7, ncol=2)
     if title:
