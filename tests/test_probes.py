@@ -97,7 +97,13 @@ def test_logistic_matches_sklearn(fitted):
 
 def test_metrics_match_sklearn(fitted):
     feats, labels, tr, te, c, probe, info, sk = fitted
-    ev = probes.evaluate(probe, jnp.asarray(feats[:, te]), jnp.asarray(labels[:, te]))
+    xte, yte = jnp.asarray(feats[:, te]), jnp.asarray(labels[:, te])
+    ev = probes.evaluate(probe, xte, yte)
+    ev_jit = jax.jit(probes.evaluate)(probe, xte, yte)
+    for k in ev:
+        np.testing.assert_allclose(ev_jit[k], ev[k], rtol=1e-5)
+    pred = jax.jit(probes.predict)(probe, xte)
+    np.testing.assert_array_equal(pred, jnp.argmax(jax.jit(probes.decision)(probe, xte), -1))
     for (li, ti), m in sk.items():
         x, y = feats[li, te], labels[ti, te]
         pred = m.predict(x)

@@ -239,7 +239,7 @@ class _LbfgsState(NamedTuple):
 
 
 def _two_loop(state: _LbfgsState, chol: Array, it: Array, memory: int) -> Array:
-    """Preconditioned L-BFGS direction ``-H g`` with ``H₀ = γ·M⁻¹`` (``chol`` = chol(M))."""
+    """Preconditioned L-BFGS direction ``-H g`` with ``H₀ = γ·M⁻¹`` (``chol`` = ``L⁻¹``)."""
     order = (it - 1 - jnp.arange(memory)) % memory  # newest first
 
     def back(q, i):
@@ -247,7 +247,7 @@ def _two_loop(state: _LbfgsState, chol: Array, it: Array, memory: int) -> Array:
         return q - a * state.y[i], a
 
     q, alphas = jax.lax.scan(back, state.g, order)
-    r = state.gamma * jax.scipy.linalg.cho_solve((chol, True), q)
+    r = state.gamma * _apply_precond(chol, q)
 
     def fwd(r, ia):
         i, a = ia
@@ -259,9 +259,20 @@ def _two_loop(state: _LbfgsState, chol: Array, it: Array, memory: int) -> Array:
 
 
 def _precond(gram: Array, lam: Array, pen: Array, scale: float) -> Array:
+    """``L⁻¹`` for ``M = L Lᵀ = scale·gram + λ·diag(pen)``, so ``M⁻¹ q = L⁻ᵀ (L⁻¹ q)``.
+
+    The explicit triangular inverse costs one BLAS-3 solve per layer; applying it is two
+    matmuls, much faster on CPU than a triangular solve per iteration.
+    """
     m = scale * gram + jnp.diag(lam * pen)
     m = m + 1e-7 * jnp.mean(jnp.diag(m)) * jnp.eye(m.shape[0])
-    return jnp.linalg.cholesky(m)
+    chol = jnp.linalg.cholesky(m)
+    return jax.scipy.linalg.solve_triangular(chol, jnp.eye(m.shape[0]), lower=True)
+
+
+def _apply_precond(linv: Array, q: Array) -> Array:
+    """``M⁻¹ q`` for ``q: [d + 1, k]`` given ``linv = L⁻¹``."""
+    return linv.T @ (linv @ q)
 
 
 def _fit_logistic_one(
@@ -316,7 +327,7 @@ def _fit_logistic_one(
         sy = jnp.sum(step * dg)
         ok = sy > 1e-12
         slot = st.it % memory
-        mq = jax.scipy.linalg.cho_solve((chol, True), dg)
+        mq = _apply_precond(chol, dg)
         gamma = jnp.where(ok, sy / jnp.maximum(jnp.sum(dg * mq), 1e-30), st.gamma)
         return _LbfgsState(
             theta,

@@ -26,6 +26,7 @@ import numpy as np
 from jaxinterp.probes._fit import (
     FitInfo,
     LinearProbe,
+    _apply_precond,
     _backward,
     _ce,
     _check_features,
@@ -210,7 +211,7 @@ def _update_memory(st: _LbfgsState, theta, value, g, a, active, chol) -> _LbfgsS
     sy = jnp.sum(step * dg)
     ok = (sy > 1e-12) & active
     slot = st.it % memory
-    mq = jax.scipy.linalg.cho_solve((chol, True), dg)
+    mq = _apply_precond(chol, dg)
     gamma = jnp.where(ok, sy / jnp.maximum(jnp.sum(dg * mq), 1e-30), st.gamma)
     return _LbfgsState(
         jnp.where(active, theta, st.theta),
