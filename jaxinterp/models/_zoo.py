@@ -40,12 +40,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("JAXINTERP_CACHE", Path.home() / ".cache" / "jaxinterp"))
 
 
-def _cached(name: str, config: dict, template: Any, train: Callable[[], tuple[Any, dict]]):
+def _cached(
+    name: str, config: dict, init: Callable[[], Any], train: Callable[[], tuple[Any, dict]]
+):
     digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"{name}-{digest}.msgpack"
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
-        variables = serialization.from_bytes(template, path.read_bytes())
+        # The abstract structure is enough to restore: no initialisation is run on a cache hit.
+        template = jax.eval_shape(init)
+        restored = serialization.from_bytes(template, path.read_bytes())
+        variables = jax.tree.map(jnp.asarray, restored)
         return variables, json.loads(meta.read_text())
     variables, metrics = train()
     variables = jax.device_get(variables)
@@ -84,7 +89,7 @@ def _train_digits(model: nn.Module, name: str, steps: int, seed: int) -> Trained
     data = load_digits()
     xtr, ytr = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
     key = jax.random.key(seed)
-    template = model.init(key, xtr[:1])
+    init = lambda: model.init(key, xtr[:1])
 
     def train():
         def loss_fn(params, batch):
@@ -97,14 +102,14 @@ def _train_digits(model: nn.Module, name: str, steps: int, seed: int) -> Trained
             return xtr[idx], ytr[idx]
 
         params, _ = _fit(
-            loss_fn, template["params"], batches, steps, 3e-3, jax.random.fold_in(key, 1)
+            loss_fn, init()["params"], batches, steps, 3e-3, jax.random.fold_in(key, 1)
         )
         variables = {"params": params}
         pred = model.apply(variables, jnp.asarray(data.test.x)).argmax(-1)
         return variables, {"test_accuracy": float((np.asarray(pred) == data.test.y).mean())}
 
     config = {"model": repr(model), "steps": steps, "seed": seed}
-    variables, metrics = _cached(name, config, template, train)
+    variables, metrics = _cached(name, config, init, train)
     return Trained(model, variables, metrics)
 
 
@@ -130,7 +135,7 @@ def offset_transformer(
     model = Transformer(cfg)
     key = jax.random.key(seed)
     tokens0 = jnp.zeros((1, cfg.seq_len), jnp.int32)
-    template = model.init(key, tokens0)
+    init = lambda: model.init(key, tokens0)
 
     def sample(k, batch=64):
         return offset_batch(k, batch, cfg.seq_len, cfg.vocab, offset)
@@ -142,7 +147,7 @@ def offset_transformer(
             return (ce * b.loss_mask).sum() / b.loss_mask.sum()
 
         params, _ = _fit(
-            loss_fn, template["params"], sample, steps, 3e-3, jax.random.fold_in(key, 1)
+            loss_fn, init()["params"], sample, steps, 3e-3, jax.random.fold_in(key, 1)
         )
         variables = {"params": params}
         b = sample(jax.random.key(10_000 + seed), 512)
@@ -151,5 +156,5 @@ def offset_transformer(
         return variables, {"task_accuracy": acc, "offset": offset}
 
     config = {"cfg": repr(cfg), "offset": offset, "steps": steps, "seed": seed}
-    variables, metrics = _cached("offset_transformer", config, template, train)
+    variables, metrics = _cached("offset_transformer", config, init, train)
     return Trained(model, variables, metrics)
