@@ -16,17 +16,20 @@ def image_grid(
     cmap: str = "gray",
     size: float = 1.4,
     suptitle: str | None = None,
+    shared_range: bool = False,
 ) -> Figure:
     """A grid of images with optional per-image titles.
 
     Args:
       images: ``[n, h, w]`` or ``[n, h, w, c]`` (``c`` of 1 or 3); each image is scaled to its
-        own min–max range for display.
+        own min–max range for display (unless ``shared_range``).
       titles: ``n`` labels, e.g. target names.
       ncols: images per row.
       cmap: colormap for single-channel images.
       size: inches per image.
       suptitle: figure title.
+      shared_range: scale all images by one common min–max range, so that brightness is
+        comparable across panels.
 
     Returns:
       A matplotlib ``Figure`` (never shown; save or display it yourself).
@@ -39,6 +42,7 @@ def image_grid(
     n = images.shape[0]
     if titles is not None and len(titles) != n:
         raise ValueError(f"titles: expected {n} labels, got {len(titles)}")
+    glo, ghi = float(images.min()), float(images.max())
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
     fig = Figure(figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)))
@@ -48,7 +52,7 @@ def image_grid(
         if i >= n:
             continue
         img = images[i]
-        lo, hi = float(img.min()), float(img.max())
+        lo, hi = (glo, ghi) if shared_range else (float(img.min()), float(img.max()))
         img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
         ax.imshow(img, cmap=cmap if img.ndim == 2 else None, interpolation="nearest")
         if titles is not None:
