@@ -225,3 +225,17 @@ def test_actmax_traces_plot():
         actmax_traces(traces, ["a"])
     with pytest.raises(ValueError, match=r"traces: expected \[target, steps\]"):
         actmax_traces(traces[0])
+
+
+def test_resizing_transforms_the_model_rejects_fail_clearly(cnn):
+    param = actmax.pixel((8, 8, 1))
+    with pytest.raises(ValueError, match=r"transforms: .*\(1, 8, 8, 1\) into \(1, 7, 7, 1\).*pad"):
+        actmax.maximize(
+            jax.random.key(0),
+            cnn.model,
+            cnn.variables,
+            actmax.neuron("act_2", 0),
+            param=param,
+            steps=2,
+            transforms=[actmax.jitter(1)],
+        )

@@ -205,6 +205,8 @@ def maximize(
 
     seen_shape = jax.eval_shape(transform, jax.random.key(0), jax.ShapeDtypeStruct(x_shape, "f4"))
     fit = lambda x: _center_fit(x, seen_shape.shape)
+    if seen_shape.shape != x_shape:
+        _check_model_takes(model, variables, param, seen_shape, x_shape, method)
 
     def single(item: tuple, variables: Any):
         kd, target, x0 = item
@@ -258,6 +260,25 @@ def maximize(
     res = jax.jit(run)(items, variables)
     _raise_if_nonfinite(res.nonfinite_step)
     return res
+
+
+def _check_model_takes(model, variables, param, seen, x_shape, method) -> None:
+    """Fails early, and clearly, when transforms resize inputs to a shape the model rejects."""
+
+    def forward(x):
+        args, kwargs = param.feed(x)
+        around = lambda path, module, call_next, a, k: call_next(*a, **k)
+        return apply_with_hook(model, variables, around, *args, method=method, **kwargs)
+
+    try:
+        jax.eval_shape(forward, seen)
+    except Exception as err:  # any failure here is the shape change, reported as such
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"transforms: they turn inputs of shape {x_shape} into {seen.shape}, and the model "
+            f"fails on that shape ({type(err).__name__}: {first}). Crop-based transforms such "
+            "as jitter(d) shrink the image by d: pad(d) first, as standard_transforms() does."
+        ) from None
 
 
 def _center_fit(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
