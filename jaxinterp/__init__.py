@@ -1,8 +1,8 @@
 """jaxinterp: mechanistic interpretability in JAX.
 
 Pure functions over Flax linen and nnx models that compose with ``jit``, ``vmap``, ``grad`` and
-sharding. The spine is :func:`jaxinterp.capture.capture` (model -> ``f(inputs) -> (output, activations)``); each
-capability is a subpackage built on it:
+sharding. The spine is :func:`jaxinterp.capture.capture`, which turns a model into
+``f(inputs) -> (output, activations)``; each capability is a subpackage built on it:
 
 * :mod:`jaxinterp.actmax` — activation maximization over many targets in one compiled call,
   top-k dataset examples.
