@@ -30,3 +30,8 @@ def offset_tf():
 @pytest.fixture(scope="session")
 def offset_nnx(offset_tf):
     return models.linen_to_nnx(offset_tf.model.cfg, offset_tf.variables["params"])
+
+
+# The multi-device scripts set XLA_FLAGS at import: they only ever run in subprocesses
+# (tests/test_sharding.py), never imported into this process.
+collect_ignore_glob = ["sharded/*"]
