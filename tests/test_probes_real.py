@@ -50,6 +50,26 @@ def test_layer_features_match_capture(cnn_features):
         probes.layer_features(cnn.model, cnn.variables, x[:4], ["nope"])
 
 
+def test_layer_features_sequence_pools():
+    tf = models.offset_transformer()
+    tokens = models.offset_batch(jax.random.key(0), 4, 16, 16, 3).tokens
+    _, acts = capture(tf.model, tf.variables, select="block_0")(tokens)
+    ref = np.asarray(acts["block_0"])  # [4, 16, 64]
+    rows = probes.layer_features(tf.model, tf.variables, tokens, ["block_0"], pool="tokens")
+    np.testing.assert_allclose(rows[0], ref.reshape(64, 64), rtol=1e-5, atol=1e-6)
+    mask = jnp.asarray(np.arange(16)[None] < np.array([[16], [9], [5], [1]]))
+    last = probes.layer_features(
+        tf.model, tf.variables, tokens, ["block_0"], pool="last", token_mask=mask, chunk_size=3
+    )
+    np.testing.assert_allclose(last[0], ref[np.arange(4), [15, 8, 4, 0]], rtol=1e-5, atol=1e-6)
+    mean = probes.layer_features(
+        tf.model, tf.variables, tokens, ["block_0"], pool="mean", token_mask=mask
+    )
+    np.testing.assert_allclose(mean[0, 1], ref[1, :9].mean(0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="token_mask"):
+        probes.layer_features(tf.model, tf.variables, tokens, ["block_0"], token_mask=mask[:2])
+
+
 def test_digits_cnn_layers_match_sklearn(cnn_features):
     _, _, paths, feats, data = cnn_features
     ntr = data.train.x.shape[0]

@@ -476,7 +476,7 @@ def fit_logistic(
     static_argnames=("num_classes", "max_iter", "tol", "memory", "standardize", "mesh"),
 )
 def _fit_logistic_jit(layer, labels, *, mesh, **settings):
-    core = partial(_fit_logistic_one, ls_steps=4, **settings)
+    core = partial(_fit_logistic_one, ls_steps=2, **settings)
     return _over_grid(core, mesh)(layer, labels)
 
 
