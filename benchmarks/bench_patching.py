@@ -31,7 +31,6 @@ import numpy as np
 
 from jaxinterp import interventions as iv
 from jaxinterp import models
-from jaxinterp._demo.interventions import offset_patching_task
 
 
 def _time(fn, repeats: int) -> float:
@@ -49,7 +48,7 @@ def run(quick: bool = False, batch: int = 16, chunk_size: int | None = -1) -> di
     tf = models.offset_transformer()
     cfg = tf.model.cfg
     repeats = 3 if quick else 7
-    task = offset_patching_task(jax.random.key(0), batch, cfg, offset=3)
+    task = iv.offset_patching_task(jax.random.key(0), batch, cfg, offset=3)
     clean, corrupted, metric = task.clean, task.corrupted, task.metric
     sites = iv.head_position_sites(cfg.n_layers, cfg.n_heads, cfg.seq_len)
 

@@ -8,12 +8,32 @@ import numpy as np
 import pytest
 
 from jaxinterp import interventions as iv
-from jaxinterp._demo.interventions import offset_attention, offset_patching_task
+from jaxinterp.capture import capture
+
+
+def offset_attention(model, variables, tokens, offset):
+    """Mean attention weight on the key ``offset`` positions back, per ``[layer, head]``.
+
+    Computed from captured queries and keys (``softmax(q·k/√d)`` with the causal mask), so
+    it does not depend on any attention-extraction helper.
+    """
+    cfg = model.cfg
+    sel = [f"block_{i}/attn/{n}" for i in range(cfg.n_layers) for n in ("query", "key")]
+    _, acts = capture(model, variables, select=sel)(tokens)
+    seq = tokens.shape[1]
+    causal = jnp.tril(jnp.ones((seq, seq), bool))
+    out = []
+    for i in range(cfg.n_layers):
+        q, k = acts[f"block_{i}/attn/query"], acts[f"block_{i}/attn/key"]
+        s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+        w = jax.nn.softmax(jnp.where(causal, s, -jnp.inf), axis=-1)
+        out.append(jnp.diagonal(w, -offset, axis1=-2, axis2=-1).mean((0, 2)))
+    return jnp.stack(out)
 
 
 @pytest.fixture(scope="module")
 def task(offset_tf):
-    return offset_patching_task(jax.random.key(0), 32, offset_tf.model.cfg, offset=3)
+    return iv.offset_patching_task(jax.random.key(0), 32, offset_tf.model.cfg, offset=3)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +122,7 @@ def test_ground_truth_mechanism_heads(offset_tf, task, head_result):
 
 def test_position_sweep_localizes_read_out(offset_tf):
     cfg = offset_tf.model.cfg
-    fixed = offset_patching_task(jax.random.key(1), 16, cfg, 3, position=10)
+    fixed = iv.offset_patching_task(jax.random.key(1), 16, cfg, 3, position=10)
     sites = iv.position_sites(2, 16)
     res = jax.jit(
         lambda t: iv.patch_sweep(

@@ -38,3 +38,16 @@ def test_channel_axis_handling_and_errors():
         image_grid(np.zeros((5, 5)))
     with pytest.raises(ValueError, match="titles: expected 2 labels, got 1"):
         image_grid(np.zeros((2, 3, 3)), ["x"])
+
+
+def test_effect_scatter_points_and_identity_line():
+    from jaxinterp.plotting import effect_scatter
+
+    x, y = np.array([0.0, 0.5, 1.0]), np.array([0.1, 0.4, 0.7])
+    fig = effect_scatter(x, y, xlabel="real", ylabel="estimate", title="t")
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.collections[0].get_offsets(), np.stack([x, y], 1))
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [0.0, 1.0])
+    assert ax.get_xlabel() == "real" and ax.get_title() == "t"
+    with pytest.raises(ValueError, match="y: expected 3 values like x, got 2"):
+        effect_scatter(x, y[:2])

@@ -8,105 +8,15 @@ heads and positions carry the answer; attribution patching estimates the same fr
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matplotlib.figure import Figure
 
 from jaxinterp import interventions as iv
 from jaxinterp import models
 from jaxinterp._demo._context import DemoContext
-from jaxinterp.capture import capture
-from jaxinterp.plotting import patching_heatmap
-
-
-class PatchTask(NamedTuple):
-    """Clean/corrupted pairs for the offset task; all ``[batch]`` except the token arrays.
-
-    Attributes:
-      clean, corrupted: ``[batch, seq]`` tokens; they differ only at ``position - offset``.
-      answer: the clean answer at ``position`` (the clean token at ``position - offset``).
-      wrong: the corrupted answer (the replacement token).
-      position: the read-out position of each sequence.
-    """
-
-    clean: jax.Array
-    corrupted: jax.Array
-    answer: jax.Array
-    wrong: jax.Array
-    position: jax.Array
-
-    def metric(self, logits: jax.Array) -> jax.Array:
-        """Logit difference clean answer − corrupted answer at the read-out positions."""
-        return iv.logit_diff(logits, self.answer, self.wrong, self.position)
-
-
-def offset_patching_task(
-    key: jax.Array,
-    batch: int,
-    cfg: models.TransformerConfig,
-    offset: int = 3,
-    position: int | None = None,
-) -> PatchTask:
-    """Builds clean/corrupted pairs for the offset-``offset`` copy task.
-
-    Args:
-      key: PRNG key.
-      batch: number of pairs.
-      cfg: the transformer configuration (``seq_len``, ``vocab``).
-      offset: the task's offset.
-      position: a fixed read-out position for every pair; default a random one per pair in
-        ``[offset, seq_len)``.
-
-    Returns:
-      A :class:`PatchTask`.
-    """
-    k0, k1, k2 = jax.random.split(key, 3)
-    tokens = models.offset_batch(k0, batch, cfg.seq_len, cfg.vocab, offset).tokens
-    if position is None:
-        pos = jax.random.randint(k1, (batch,), offset, cfg.seq_len)
-    else:
-        pos = jnp.full((batch,), position, jnp.int32)
-    src = pos - offset
-    old = jnp.take_along_axis(tokens, src[:, None], 1)[:, 0]
-    new = (old + jax.random.randint(k2, (batch,), 1, cfg.vocab)) % cfg.vocab
-    corrupted = tokens.at[jnp.arange(batch), src].set(new)
-    return PatchTask(tokens, corrupted, old, new, pos)
-
-
-def offset_attention(model, variables, tokens: jax.Array, offset: int) -> jax.Array:
-    """Mean attention weight on the key ``offset`` positions back, per ``[layer, head]``.
-
-    Computed from captured queries and keys (``softmax(q·k/√d)`` with the causal mask), so
-    it does not depend on any attention-extraction helper.
-    """
-    cfg = model.cfg
-    sel = [f"block_{i}/attn/{n}" for i in range(cfg.n_layers) for n in ("query", "key")]
-    _, acts = capture(model, variables, select=sel)(tokens)
-    seq = tokens.shape[1]
-    causal = jnp.tril(jnp.ones((seq, seq), bool))
-    out = []
-    for i in range(cfg.n_layers):
-        q, k = acts[f"block_{i}/attn/query"], acts[f"block_{i}/attn/key"]
-        s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
-        w = jax.nn.softmax(jnp.where(causal, s, -jnp.inf), axis=-1)
-        out.append(jnp.diagonal(w, -offset, axis1=-2, axis2=-1).mean((0, 2)))
-    return jnp.stack(out)
-
-
-def _scatter(x: np.ndarray, y: np.ndarray, title: str) -> Figure:
-    fig = Figure(figsize=(4.2, 3.8))
-    ax = fig.subplots()
-    ax.scatter(x, y, s=12)
-    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-    ax.plot([lo, hi], [lo, hi], color="gray", lw=0.8, ls="--")
-    ax.set_xlabel("activation patching (normalized)")
-    ax.set_ylabel("attribution patching (normalized)")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+from jaxinterp.attention import attention_weights, offset_score, stack_layers
+from jaxinterp.plotting import effect_scatter, patching_heatmap
 
 
 def run(ctx: DemoContext) -> None:
@@ -116,8 +26,8 @@ def run(ctx: DemoContext) -> None:
     model, variables, cfg = tf.model, tf.variables, tf.model.cfg
     offset = int(tf.metrics["offset"])
     batch = 32 if ctx.quick else 128
-    task = offset_patching_task(jax.random.key(0), batch, cfg, offset)
-    fixed = offset_patching_task(jax.random.key(1), batch, cfg, offset, position=10)
+    task = iv.offset_patching_task(jax.random.key(0), batch, cfg, offset)
+    fixed = iv.offset_patching_task(jax.random.key(1), batch, cfg, offset, position=10)
 
     heads = iv.head_sites(cfg.n_layers, cfg.n_heads)
     sweep = jax.jit(
@@ -125,7 +35,8 @@ def run(ctx: DemoContext) -> None:
     )
     res = sweep(task, heads)
     grid = np.asarray(heads.unflatten(res.normalized))
-    attn = np.asarray(offset_attention(model, variables, task.clean, offset))
+    _, weights = jax.jit(attention_weights(model, variables, select="block_*/attn"))(task.clean)
+    attn = np.asarray(offset_score(stack_layers(weights), offset)).mean(axis=1)  # [layer, head]
     mech = attn > 0.5
     ctx.text(
         f"Clean logit difference {float(res.clean):.2f}, corrupted {float(res.corrupted):.2f} "
@@ -213,10 +124,12 @@ def run(ctx: DemoContext) -> None:
     rho_h, rho_hp = float(iv.spearman(real_h, est_h)), float(iv.spearman(real_hp, est_hp))
     ctx.figure(
         "attribution_vs_patching",
-        _scatter(
+        effect_scatter(
             np.asarray(real_hp),
             np.asarray(est_hp),
-            f"(layer × head × position) sites, Spearman {rho_hp:.2f}",
+            xlabel="activation patching (normalized)",
+            ylabel="attribution patching (normalized)",
+            title=f"(layer × head × position) sites, Spearman {rho_hp:.2f}",
         ),
         "Attribution patching (2 forwards + 1 backward) against real patching, per site",
     )

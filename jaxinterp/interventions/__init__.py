@@ -8,6 +8,7 @@
   (:func:`head_sites`, :func:`position_sites`, :func:`head_position_sites`) in one vmap,
   chunked and optionally sharded; :func:`attribution_patch` estimates the same with
   2 forwards + 1 backward. Metrics: :func:`logit_diff`, :func:`normalize`, :func:`spearman`.
+* :func:`offset_patching_task` builds clean/corrupted pairs for the reference offset task.
 
 Example (head 1 of layer 0 zero-ablated)::
 
@@ -28,10 +29,12 @@ from jaxinterp.interventions._sweep import (
     position_sites,
     site_grid,
 )
+from jaxinterp.interventions._tasks import PatchTask, offset_patching_task
 
 __all__ = [
     "Edit",
     "PatchResult",
+    "PatchTask",
     "Sites",
     "attribution_patch",
     "capture_sites",
@@ -41,6 +44,7 @@ __all__ = [
     "logit_diff",
     "mean",
     "normalize",
+    "offset_patching_task",
     "patch_sweep",
     "position_sites",
     "replace",

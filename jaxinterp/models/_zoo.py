@@ -146,9 +146,7 @@ def offset_transformer(
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, b.targets)
             return (ce * b.loss_mask).sum() / b.loss_mask.sum()
 
-        params, _ = _fit(
-            loss_fn, init()["params"], sample, steps, 3e-3, jax.random.fold_in(key, 1)
-        )
+        params, _ = _fit(loss_fn, init()["params"], sample, steps, 3e-3, jax.random.fold_in(key, 1))
         variables = {"params": params}
         b = sample(jax.random.key(10_000 + seed), 512)
         pred = model.apply(variables, b.tokens).argmax(-1)

@@ -5,11 +5,13 @@ from jaxinterp.plotting._attention import attention_grid, attention_heatmap, hea
 from jaxinterp.plotting._images import image_grid
 from jaxinterp.plotting._patching import patching_heatmap
 from jaxinterp.plotting._probes import probe_accuracy
+from jaxinterp.plotting._scatter import effect_scatter
 
 __all__ = [
     "actmax_traces",
     "attention_grid",
     "attention_heatmap",
+    "effect_scatter",
     "head_score_map",
     "image_grid",
     "patching_heatmap",

@@ -11,14 +11,13 @@ import numpy as np  # noqa: E402
 
 from jaxinterp import interventions as iv  # noqa: E402
 from jaxinterp import models  # noqa: E402
-from jaxinterp._demo.interventions import offset_patching_task  # noqa: E402
 from jaxinterp.sharding import data_mesh  # noqa: E402
 
 
 def main() -> int:
     assert len(jax.devices()) == 8, jax.devices()
     tf = models.offset_transformer()
-    task = offset_patching_task(jax.random.key(0), 8, tf.model.cfg, offset=3)
+    task = iv.offset_patching_task(jax.random.key(0), 8, tf.model.cfg, offset=3)
     mesh = data_mesh()
     grid = iv.head_position_sites(2, 4, 16)
     # 20 sites: not a multiple of 8, so the sharded call pads and unpads

@@ -1,0 +1,65 @@
+"""Clean/corrupted input pairs for patching experiments on the reference offset task."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.interventions._metrics import logit_diff
+from jaxinterp.models import TransformerConfig, offset_batch
+
+
+class PatchTask(NamedTuple):
+    """Clean/corrupted pairs for the offset task; all ``[batch]`` except the token arrays.
+
+    Attributes:
+      clean, corrupted: ``[batch, seq]`` tokens; they differ only at ``position - offset``.
+      answer: the clean answer at ``position`` (the clean token at ``position - offset``).
+      wrong: the corrupted answer (the replacement token).
+      position: the read-out position of each sequence.
+    """
+
+    clean: jax.Array
+    corrupted: jax.Array
+    answer: jax.Array
+    wrong: jax.Array
+    position: jax.Array
+
+    def metric(self, logits: jax.Array) -> jax.Array:
+        """Logit difference clean answer − corrupted answer at the read-out positions."""
+        return logit_diff(logits, self.answer, self.wrong, self.position)
+
+
+def offset_patching_task(
+    key: jax.Array,
+    batch: int,
+    cfg: TransformerConfig,
+    offset: int = 3,
+    position: int | None = None,
+) -> PatchTask:
+    """Builds clean/corrupted pairs for the offset-``offset`` copy task.
+
+    Args:
+      key: PRNG key.
+      batch: number of pairs.
+      cfg: the transformer configuration (``seq_len``, ``vocab``).
+      offset: the task's offset.
+      position: a fixed read-out position for every pair; default a random one per pair in
+        ``[offset, seq_len)``.
+
+    Returns:
+      A :class:`PatchTask`.
+    """
+    k0, k1, k2 = jax.random.split(key, 3)
+    tokens = offset_batch(k0, batch, cfg.seq_len, cfg.vocab, offset).tokens
+    if position is None:
+        pos = jax.random.randint(k1, (batch,), offset, cfg.seq_len)
+    else:
+        pos = jnp.full((batch,), position, jnp.int32)
+    src = pos - offset
+    old = jnp.take_along_axis(tokens, src[:, None], 1)[:, 0]
+    new = (old + jax.random.randint(k2, (batch,), 1, cfg.vocab)) % cfg.vocab
+    corrupted = tokens.at[jnp.arange(batch), src].set(new)
+    return PatchTask(tokens, corrupted, old, new, pos)
