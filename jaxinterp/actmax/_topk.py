@@ -10,7 +10,7 @@ One compiled step serves every chunk (the last is padded and masked), so memory 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxinterp.actmax._maximize import ObjectiveFactory, forward_fn
 from jaxinterp.actmax._objectives import INPUT, OUTPUT, Objective
+from jaxinterp.sharding import iter_chunks, stream_reduce
 
 
 class TopK(NamedTuple):
@@ -33,12 +34,17 @@ class TopK(NamedTuple):
     indices: jax.Array
 
 
-def _chunks(data: Any, chunk_size: int) -> Iterable[np.ndarray]:
-    if hasattr(data, "shape"):
-        for start in range(0, data.shape[0], chunk_size):
-            yield data[start : start + chunk_size]
-    else:
-        yield from data
+def _chunks(data: Any, chunk_size: int) -> Iterator[np.ndarray]:
+    """The dataset as host chunks of at most ``chunk_size`` examples, empty chunks skipped."""
+    source = iter_chunks(data, chunk_size) if hasattr(data, "shape") else data
+    for chunk in source:
+        chunk = np.asarray(chunk)
+        if chunk.shape[0] > chunk_size:
+            raise ValueError(
+                f"data: a chunk has {chunk.shape[0]} examples, more than chunk_size={chunk_size}"
+            )
+        if chunk.shape[0]:
+            yield chunk
 
 
 def top_k_examples(
@@ -86,8 +92,8 @@ def top_k_examples(
     paths = make(jax.tree.map(lambda t: t[0], targets)).paths
     feed = feed or (lambda x: ((x,), {}))
 
-    @jax.jit
-    def update(variables, x, n_valid, offset, best_v, best_i):
+    def update(state, x, valid, variables):
+        best_v, best_i, offset = state
         fwd = forward_fn(model, variables, paths, method)
         args, kwargs = feed(x)
         out, acts = fwd(*args, **kwargs)
@@ -99,28 +105,20 @@ def top_k_examples(
             return jax.vmap(one)(acts)  # [chunk]
 
         scores = jax.vmap(per_target)(targets)  # [target, chunk]
-        pos = jnp.arange(x.shape[0])
-        scores = jnp.where(pos < n_valid, scores, -jnp.inf)
-        idx = jnp.broadcast_to(offset + pos, scores.shape).astype(jnp.int32)
+        scores = jnp.where(valid, scores, -jnp.inf)
+        idx = jnp.broadcast_to(offset + jnp.arange(x.shape[0]), scores.shape).astype(jnp.int32)
         v, sel = jax.lax.top_k(jnp.concatenate([best_v, scores], 1), k)
         i = jnp.take_along_axis(jnp.concatenate([best_i, idx], 1), sel, 1)
-        return v, i
+        return v, i, offset + valid.sum(dtype=jnp.int32)
 
-    best_v = jnp.full((n_targets, k), -jnp.inf, jnp.float32)
-    best_i = jnp.full((n_targets, k), -1, jnp.int32)
-    offset = 0
-    for chunk in _chunks(data, chunk_size):
-        chunk = np.asarray(chunk)
-        m = chunk.shape[0]
-        if m > chunk_size:
-            raise ValueError(f"data: a chunk has {m} examples, more than chunk_size={chunk_size}")
-        if m == 0:
-            continue
-        if m < chunk_size:
-            pad = np.zeros((chunk_size - m, *chunk.shape[1:]), chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        best_v, best_i = update(variables, chunk, m, offset, best_v, best_i)
-        offset += m
-    if offset == 0:
+    init = (
+        jnp.full((n_targets, k), -jnp.inf, jnp.float32),
+        jnp.full((n_targets, k), -1, jnp.int32),
+        jnp.zeros((), jnp.int32),
+    )
+    best_v, best_i, count = stream_reduce(
+        update, init, _chunks(data, chunk_size), chunk_size=chunk_size, args=(variables,)
+    )
+    if int(count) == 0:
         raise ValueError("data: the dataset is empty")
     return TopK(best_v, best_i)

@@ -9,12 +9,14 @@ loop is a Python loop on purpose: the data may come from a generator or from dis
 
 The single-example core (model on one example → ``stat``) is vmapped over the chunk in one
 place; with a ``mesh`` the vmapped core is split over devices with
-:func:`jaxinterp.sharding.shard_batched`. The last, partial chunk is padded to ``chunk_size``
+:func:`jaxinterp.sharding.shard_batched`. The chunk loop is
+:func:`jaxinterp.sharding.stream_reduce`: the last, partial chunk is padded to ``chunk_size``
 (so nothing recompiles) and the padding is weighted out.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -25,7 +27,7 @@ from jax.sharding import Mesh
 
 from jaxinterp.attention._extract import attention_weights, stack_layers
 from jaxinterp.capture import Selector
-from jaxinterp.sharding import shard_batched
+from jaxinterp.sharding import shard_batched, stream_reduce
 
 Stat = Callable[..., Any]
 
@@ -43,8 +45,8 @@ def _as_tuple(item: Any, what: str) -> tuple:
     return tuple(np.asarray(a) for a in item)
 
 
-def _chunks(data: Any, chunk_size: int) -> Iterator[tuple[tuple, int]]:
-    """Yields ``(chunk padded to chunk_size, n_valid)``."""
+def _chunks(data: Any, chunk_size: int) -> Iterator[tuple]:
+    """Re-cuts ``data`` into chunks of exactly ``chunk_size`` examples (the last may be short)."""
     is_arrays = hasattr(data, "shape") or (
         isinstance(data, tuple) and all(hasattr(a, "shape") for a in data)
     )
@@ -57,14 +59,11 @@ def _chunks(data: Any, chunk_size: int) -> Iterator[tuple[tuple, int]]:
         buf.append(item)
         while sum(b[0].shape[0] for b in buf) >= chunk_size:
             joined = tuple(np.concatenate(parts) for parts in zip(*buf))
-            yield tuple(a[:chunk_size] for a in joined), chunk_size
+            yield tuple(a[:chunk_size] for a in joined)
             rest = tuple(a[chunk_size:] for a in joined)
             buf = [rest] if rest[0].shape[0] else []
     if buf:
-        joined = tuple(np.concatenate(parts) for parts in zip(*buf))
-        n = joined[0].shape[0]
-        pad = chunk_size - n
-        yield tuple(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in joined), n
+        yield tuple(np.concatenate(parts) for parts in zip(*buf))
 
 
 def attention_stats(
@@ -114,17 +113,23 @@ def attention_stats(
     if mesh is not None:
         batched = shard_batched(batched, mesh, batch_argnums=0)
 
-    @jax.jit
-    def chunk_sum(item: tuple, valid: jax.Array) -> Any:
+    def step(state: tuple, item: tuple, valid: jax.Array) -> tuple:
+        total, count = state
         per = batched(item)
-        return jax.tree.map(lambda s: jnp.tensordot(valid, s.astype(jnp.float32), axes=(0, 0)), per)
+        w = valid.astype(jnp.float32)
+        chunk_sum = jax.tree.map(lambda s: jnp.tensordot(w, s.astype(jnp.float32), (0, 0)), per)
+        return jax.tree.map(jnp.add, total, chunk_sum), count + valid.sum(dtype=jnp.int32)
 
-    total, count = None, 0
-    for item, n in _chunks(data, chunk_size):
-        valid = jnp.asarray(np.arange(chunk_size) < n, jnp.float32)
-        s = chunk_sum(tuple(jnp.asarray(a) for a in item), valid)
-        total = s if total is None else jax.tree.map(jnp.add, total, s)
-        count += n
-    if total is None or count == 0:
+    chunks = _chunks(data, chunk_size)
+    first = next(chunks, None)
+    if first is None:
         raise ValueError("data: no examples")
+    spec = jax.eval_shape(lambda item: batched(item), first)
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape[1:], jnp.float32), spec)
+    total, count = stream_reduce(
+        step,
+        (zeros, jnp.zeros((), jnp.int32)),
+        itertools.chain([first], chunks),
+        chunk_size=chunk_size,
+    )
     return jax.tree.map(lambda t: t / count, total)

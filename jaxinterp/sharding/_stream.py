@@ -44,6 +44,11 @@ def iter_chunks(data: Any, chunk_size: int) -> Iterator[Any]:
 
 
 def _pad_to(chunk: Any, size: int) -> tuple[Any, np.ndarray]:
+    """Pads every leaf to ``size`` rows by repeating its last row (zeros if it has none).
+
+    Repeating a real row keeps padding inside the data's domain (valid token ids, non-empty
+    masks), so a masked-out padding row can never turn into ``nan`` that a ``0 * x`` mask keeps.
+    """
     n = jax.tree.leaves(chunk)[0].shape[0]
     if n > size:
         raise ValueError(f"chunks: got a chunk of {n} rows, more than chunk_size={size}")
@@ -53,7 +58,8 @@ def _pad_to(chunk: Any, size: int) -> tuple[Any, np.ndarray]:
 
     def pad(a):
         a = np.asarray(a)
-        return np.concatenate([a, np.zeros((size - n, *a.shape[1:]), a.dtype)], axis=0)
+        fill = np.repeat(a[-1:], size - n, axis=0) if n else np.zeros((size, *a.shape[1:]), a.dtype)
+        return np.concatenate([a, fill], axis=0)
 
     return jax.tree.map(pad, chunk), valid
 
@@ -66,12 +72,14 @@ def stream_reduce(
     chunk_size: int,
     mesh: Mesh | None = None,
     axis: str | tuple[str, ...] = "data",
+    args: tuple = (),
 ) -> State:
     """Folds ``step`` over a stream of chunks with one compilation.
 
     Args:
-      step: ``step(state, chunk, valid) -> state``; ``chunk`` is a pytree of ``[chunk_size, ...]``
-        arrays and ``valid: [chunk_size] bool`` marks real rows (padding rows must not count).
+      step: ``step(state, chunk, valid, *args) -> state``; ``chunk`` is a pytree of
+        ``[chunk_size, ...]`` arrays and ``valid: [chunk_size] bool`` marks real rows (padding
+        rows repeat the chunk's last row and must not count).
       state: the initial state (pytree of arrays).
       chunks: an iterable of pytrees with at most ``chunk_size`` rows each (see
         :func:`iter_chunks`); it is consumed lazily, so it can read from disk or a generator.
@@ -79,6 +87,9 @@ def stream_reduce(
       mesh: optional mesh; each chunk is then split over ``axis`` (``chunk_size`` must be a
         multiple of that axis' size) and the state is replicated.
       axis: mesh axis name(s) for the rows.
+      args: extra arguments passed to every ``step`` call unchanged and not donated (e.g. model
+        variables, so they are jit arguments rather than constants baked into the program);
+        replicated over ``mesh``.
 
     Returns:
       The final state.
@@ -90,6 +101,12 @@ def stream_reduce(
     >>> float(total)
     45.0
     """
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
+    if not isinstance(args, tuple):
+        raise TypeError(
+            f"args: expected a tuple of extra step arguments, got {type(args).__name__}"
+        )
     jstep = jax.jit(step, donate_argnums=0)
     put: Callable[[Any], Any]
     if mesh is None:
@@ -104,8 +121,9 @@ def stream_reduce(
         rows = NamedSharding(mesh, P(axis))
         state = jax.device_put(state, NamedSharding(mesh, P()))
         put = lambda tree: jax.device_put(tree, rows)
+        args = jax.device_put(args, NamedSharding(mesh, P()))
     state = jax.tree.map(jnp.array, state)  # own copy: the caller's buffers are not donated
     for chunk in chunks:
         padded, valid = _pad_to(chunk, chunk_size)
-        state = jstep(state, put(padded), put(valid))
+        state = jstep(state, put(padded), put(valid), *args)
     return state
