@@ -24,28 +24,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
+from _timing import median_time, print_table, times
 
 from jaxinterp import actmax, models
 from jaxinterp.capture import capture
-
-
-def _times(fn, repeats: int) -> list[float]:
-    jax.block_until_ready(fn())  # warm-up (compile)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def _time(fn, repeats: int) -> float:
-    return statistics.median(_times(fn, repeats))
 
 
 def dot_peak(n: int = 2048, repeats: int = 10) -> tuple[float, float]:
@@ -53,8 +39,8 @@ def dot_peak(n: int = 2048, repeats: int = 10) -> tuple[float, float]:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
-    times = _times(lambda: dot(a, b), repeats)
-    return 2 * n**3 / statistics.median(times), 2 * n**3 / min(times)
+    ts = times(lambda: dot(a, b), repeats)
+    return 2 * n**3 / statistics.median(ts), 2 * n**3 / min(ts)
 
 
 def run(quick: bool = False) -> dict:
@@ -73,13 +59,13 @@ def run(quick: bool = False) -> dict:
         return res.inputs, res.values
 
     batched = jax.jit(ascent)
-    vmap_times = _times(lambda: batched(keys, targets), repeats)
+    vmap_times = times(lambda: batched(keys, targets), repeats)
     t_vmap, t_vmap_best = statistics.median(vmap_times), min(vmap_times)
 
     def loop():
         return [batched(keys[i : i + 1], targets[i : i + 1]) for i in range(n_targets)]
 
-    t_loop = _time(loop, 1 if quick else 3)
+    t_loop = median_time(loop, 1 if quick else 3)
 
     # Lucid-style: a Python loop over targets and steps around one jitted optimizer step
     opt = optax.adam(0.05)
@@ -105,7 +91,7 @@ def run(quick: bool = False) -> dict:
             out.append(p)
         return out
 
-    t_step_loop = _time(step_loop, 1)
+    t_step_loop = median_time(step_loop, 1)
 
     peak, peak_best = dot_peak()
     per_step = 2 * 2 * (widths[0] * widths[1] + widths[1] * widths[2])
@@ -126,9 +112,7 @@ def run(quick: bool = False) -> dict:
         "dot_peak_best_flops_per_s": peak_best,
         "flops_fraction_of_peak": flops / t_vmap_best / peak_best,
     }
-    print(f"{'measure':<28}{'value':>14}")
-    for k, v in out.items():
-        print(f"{k:<28}{v:>14.4g}")
+    print_table(out)
     return out
 
 

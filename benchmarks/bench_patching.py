@@ -22,25 +22,15 @@ ratios are reported (``speedup_vs_loop`` against the jitted loop, ``speedup_vs_e
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import median_time, print_table
 
 from jaxinterp import interventions as iv
 from jaxinterp import models
-
-
-def _time(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # warm-up (compile)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def run(quick: bool = False, batch: int = 16, chunk_size: int | None = -1) -> dict:
@@ -61,7 +51,7 @@ def run(quick: bool = False, batch: int = 16, chunk_size: int | None = -1) -> di
             ).patched
         )
     )
-    t_sweep = _time(lambda: sweep(clean, corrupted), repeats)
+    t_sweep = median_time(lambda: sweep(clean, corrupted), repeats)
 
     _, clean_acts = jax.jit(iv.capture_sites(tf.model, tf.variables, sites.paths))(clean)
 
@@ -83,7 +73,7 @@ def run(quick: bool = False, batch: int = 16, chunk_size: int | None = -1) -> di
     def loop():
         return [steps[p](corrupted, clean_acts[p], h, t) for p, h, t in site_list]
 
-    t_loop = _time(loop, repeats)
+    t_loop = median_time(loop, repeats)
 
     def eager_site(p, h, t):
         edit = iv.replace(clean_acts[p], at={-3: t, -2: h})
@@ -111,9 +101,7 @@ def run(quick: bool = False, batch: int = 16, chunk_size: int | None = -1) -> di
         "speedup_vs_loop": t_loop / t_sweep,
         "speedup_vs_eager_loop": t_eager / t_sweep,
     }
-    print(f"{'measure':<28}{'value':>14}")
-    for k, v in out.items():
-        print(f"{k:<28}{v:>14.4g}")
+    print_table(out)
     return out
 
 

@@ -29,6 +29,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def _load(path: Path):
+    if str(HERE) not in sys.path:  # the bench modules import their shared helpers (_timing)
+        sys.path.insert(0, str(HERE))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = mod
