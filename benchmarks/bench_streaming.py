@@ -3,7 +3,8 @@
 Each measurement runs in a fresh subprocess (peak RSS is per process): per-unit activation
 statistics (mean and max of the digits MLP's ``act_1``) over ``n`` synthetic inputs, generated
 chunk by chunk so the host never holds the dataset either. The baseline materialises the whole
-dataset and captures it in one call. Reported: peak RSS at ``n`` and ``10 n`` and their ratio.
+dataset and captures it in one call. Reported: peak RSS at ``n`` and ``10 n`` and their ratio,
+and on an accelerator also the device's peak bytes in use.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ else:
 jax.block_until_ready((s, m))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 res = {"peak_mb": peak / 1024, "growth_mb": (peak - base) / 1024, "mean0": float(s[0] / n)}
+stats = jax.devices()[0].memory_stats() or {}
+if "peak_bytes_in_use" in stats:  # accelerators: the device's own peak
+    res["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
 print(json.dumps(res))
 """
 
@@ -61,6 +65,12 @@ def run(quick: bool = False) -> dict:
         res[f"{mode}_peak_mb_10n"] = big["peak_mb"]
         res[f"{mode}_peak_ratio_10n_vs_n"] = big["peak_mb"] / small["peak_mb"]
         res[f"{mode}_growth_ratio_10n_vs_n"] = big["growth_mb"] / max(small["growth_mb"], 1.0)
+        if "device_peak_mb" in small:
+            res[f"{mode}_device_peak_mb_n"] = small["device_peak_mb"]
+            res[f"{mode}_device_peak_mb_10n"] = big["device_peak_mb"]
+            res[f"{mode}_device_peak_ratio_10n_vs_n"] = (
+                big["device_peak_mb"] / small["device_peak_mb"]
+            )
     res["n"] = n
     print(f"{'mode':<8} {'peak MiB @n':>12} {'peak MiB @10n':>14} {'ratio':>8}")
     for mode in ("stream", "full"):
