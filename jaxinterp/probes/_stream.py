@@ -1,11 +1,12 @@
 """Fitting logistic probes from a stream of chunks, with memory independent of ``n``.
 
-Same objective and solver as :func:`~jaxinterp.probes.fit_logistic` (preconditioned L-BFGS),
-but the data arrive as an iterable of ``(features [layer, m, d], labels [task, m])`` chunks that
-can be re-read, e.g. from disk or a model run batch by batch. Nothing of size ``n`` is kept:
+Same objective and solver as :func:`~jaxinterp.probes.fit_logistic` (optax's L-BFGS direction,
+``optax.scale_by_lbfgs``, in coordinates whitened by the feature covariance), but the data
+arrive as an iterable of ``(features [layer, m, d], labels [task, m])`` chunks that can be
+re-read, e.g. from disk or a model run batch by batch. Nothing of size ``n`` is kept:
 
-* one pass accumulates the Gram matrix ``x̃ᵀx̃`` per layer (the preconditioner), the number of
-  examples and the classes present;
+* one pass accumulates the Gram matrix ``x̃ᵀx̃`` per layer (the whitening ``v = Lᵀθ``), the
+  number of examples and the classes present;
 * each iteration makes two passes: one sums the objective along the L-BFGS direction at a grid
   of step sizes (the line search; the best step is kept), one sums the gradient at the new point.
 
@@ -22,11 +23,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxinterp.probes._fit import (
     FitInfo,
     LinearProbe,
-    _apply_precond,
     _backward,
     _ce,
     _check_features,
@@ -34,13 +35,11 @@ from jaxinterp.probes._fit import (
     _Feat,
     _forward,
     _inv_c,
-    _LbfgsState,
     _over_grid,
     _penalty_mask,
-    _precond,
     _probs,
     _task,
-    _two_loop,
+    _whitening,
 )
 
 Array = jax.Array
@@ -157,7 +156,7 @@ def fit_logistic_stream(
     free = jax.vmap(lambda c: _task(jnp.zeros((1,), jnp.int32), k, c).free)(present)
     lam = _inv_c(C, layers) / n  # [layer]
     pen = _penalty_mask(d1 - 1)
-    chol = jax.vmap(lambda g, lm: _precond(g / n, lm, pen, 0.25))(gram, lam)
+    _, linv = jax.vmap(lambda g, lm: _whitening(g / n, lm, pen, 0.25))(gram, lam)
 
     def objective(theta):
         ce, g = _sum_over(chunks, lambda x, y: _grad_chunk(x, y, theta, present))
@@ -166,62 +165,46 @@ def fit_logistic_stream(
         return value, (g / n + reg) * free[None, :, None, :]
 
     shape = (layers, tasks, d1, k)
+    opt = optax.scale_by_lbfgs(memory_size=memory)
+    grid = lambda fn: jax.vmap(jax.vmap(fn))  # noqa: E731
+    # whitened coordinates v = Lᵀθ per probe: θ = L⁻ᵀv, ∇v = L⁻¹∇θ, ∇θ = L∇v
+    to_theta = jax.jit(lambda v: jnp.einsum("lji,ltjk->ltik", linv, v))
+    to_white = jax.jit(lambda g: jnp.einsum("lij,ltjk->ltik", linv, g))
+    direction = jax.jit(grid(lambda g, s, v: opt.update(g, s, v)))
     theta = jnp.zeros(shape, jnp.float32)
+    v = jnp.zeros(shape, jnp.float32)
     value, g = objective(theta)
-    st = _LbfgsState(
-        theta,
-        jnp.zeros((layers, tasks)),
-        g,
-        value,
-        jnp.zeros((layers, tasks, memory, d1, k)),
-        jnp.zeros((layers, tasks, memory, d1, k)),
-        jnp.zeros((layers, tasks, memory)),
-        jnp.ones((layers, tasks)),
-        jnp.zeros((layers, tasks), jnp.int32),
-        jnp.zeros((layers, tasks), bool),
-    )
+    gv = to_white(g)
+    state = grid(opt.init)(v)
+    it = jnp.zeros((layers, tasks), jnp.int32)
+    stalled = jnp.zeros((layers, tasks), bool)
     alphas = jnp.asarray(_ALPHAS)
-    direction = jax.jit(
-        jax.vmap(jax.vmap(partial(_two_loop, memory=memory), in_axes=(0, None, 0)), (0, 0, 0))
+    keep = jax.jit(
+        lambda active, new, old: jax.tree.map(
+            lambda a, b: jnp.where(active.reshape(active.shape + (1,) * (a.ndim - 2)), a, b),
+            new,
+            old,
+        )
     )
-    update = jax.jit(jax.vmap(jax.vmap(_update_memory, in_axes=(0,) * 6 + (None,))))
     for _ in range(max_iter):
-        active = (jnp.max(jnp.abs(st.g), axis=(-2, -1)) > tol) & ~st.stalled
+        active = (jnp.max(jnp.abs(g), axis=(-2, -1)) > tol) & ~stalled
         if not bool(jnp.any(active)):
             break
-        p = direction(st, chol, st.it)
-        p = p * free[None, :, None, :] * active[..., None, None]
-        ce = _sum_over(chunks, partial(_line_at, theta=st.theta, p=p, present=present))
-        reg = st.theta[..., None, :, :] + alphas[:, None, None] * p[..., None, :, :]
+        u, new_state = direction(gv, state, v)
+        state = keep(active, new_state, state)
+        p = -to_theta(u) * free[None, :, None, :] * active[..., None, None]
+        ce = _sum_over(chunks, partial(_line_at, theta=theta, p=p, present=present))
+        reg = theta[..., None, :, :] + alphas[:, None, None] * p[..., None, :, :]
         vals = ce / n + 0.5 * lam[:, None, None] * jnp.sum(pen[:, None] * reg**2, axis=(-2, -1))
         a = alphas[jnp.argmin(vals, axis=-1)]
-        theta = st.theta + a[..., None, None] * p
-        value, g = objective(theta)
-        st = update(st, theta, value, g, a, active, chol)
-    w, b = st.theta[..., :-1, :], st.theta[..., -1, :]
-    gnorm = jnp.max(jnp.abs(st.g), axis=(-2, -1))
+        new_theta = theta + a[..., None, None] * p
+        new_value, new_g = objective(new_theta)
+        v = keep(active, v - a[..., None, None] * u, v)
+        theta, value, g = keep(active, (new_theta, new_value, new_g), (theta, value, g))
+        gv = to_white(g)
+        it = it + active.astype(jnp.int32)
+        stalled = stalled | (active & (a <= 0.0))
+    w, b = theta[..., :-1, :], theta[..., -1, :]
+    gnorm = jnp.max(jnp.abs(g), axis=(-2, -1))
     probe = LinearProbe(w, b, jnp.broadcast_to(present, (layers, tasks, k)))
-    return probe, FitInfo(st.value, gnorm, st.it, gnorm <= tol)
-
-
-def _update_memory(st: _LbfgsState, theta, value, g, a, active, chol) -> _LbfgsState:
-    """One probe's L-BFGS memory update after a step (frozen when not ``active``)."""
-    memory = st.s.shape[0]
-    step, dg = theta - st.theta, g - st.g
-    sy = jnp.sum(step * dg)
-    ok = (sy > 1e-12) & active
-    slot = st.it % memory
-    mq = _apply_precond(chol, dg)
-    gamma = jnp.where(ok, sy / jnp.maximum(jnp.sum(dg * mq), 1e-30), st.gamma)
-    return _LbfgsState(
-        jnp.where(active, theta, st.theta),
-        st.z,
-        jnp.where(active, g, st.g),
-        jnp.where(active, value, st.value),
-        st.s.at[slot].set(jnp.where(ok, step, st.s[slot])),
-        st.y.at[slot].set(jnp.where(ok, dg, st.y[slot])),
-        st.rho.at[slot].set(jnp.where(ok, 1.0 / jnp.where(ok, sy, 1.0), st.rho[slot])),
-        gamma,
-        st.it + active.astype(jnp.int32),
-        st.stalled | (active & (a <= 0.0)),
-    )
+    return probe, FitInfo(value, gnorm, it, gnorm <= tol)
