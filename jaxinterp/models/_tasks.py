@@ -69,6 +69,8 @@ def offset_batch(key: jax.Array, batch: int, seq_len: int, vocab: int, offset: i
     Returns:
       A :class:`SeqBatch`.
     """
+    if not 0 <= offset < seq_len:
+        raise ValueError(f"offset: expected 0 <= offset < seq_len={seq_len}, got {offset}")
     tokens = jax.random.randint(key, (batch, seq_len), 0, vocab, dtype=jnp.int32)
     targets = jnp.roll(tokens, offset, axis=1)
     pos = jnp.arange(seq_len)

@@ -96,6 +96,23 @@ class _PosEmbed(nn.Module):
         return table[None, :seq]
 
 
+def _check_inputs(cfg: TransformerConfig, tokens: jax.Array, embeddings: jax.Array | None) -> None:
+    """Trace-time checks of the transformer inputs (shapes are static)."""
+    shape = tuple(jnp.shape(tokens))
+    if len(shape) != 2 or shape[1] > cfg.seq_len:
+        raise ValueError(
+            f"tokens: expected [batch, seq] with seq <= seq_len={cfg.seq_len}, got shape {shape}"
+        )
+    if embeddings is None:
+        if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+            raise TypeError(f"tokens: expected integer token ids, got {jnp.result_type(tokens)}")
+    elif tuple(jnp.shape(embeddings)) != (*shape, cfg.d_model):
+        raise ValueError(
+            f"embeddings: expected [batch, seq, d_model] = {(*shape, cfg.d_model)}, "
+            f"got {tuple(jnp.shape(embeddings))}"
+        )
+
+
 class Transformer(nn.Module):
     """Linen transformer: ``tokens [batch, seq] int -> logits [batch, seq, vocab]``.
 
@@ -113,6 +130,7 @@ class Transformer(nn.Module):
         pad_mask: jax.Array | None = None,
         embeddings: jax.Array | None = None,
     ) -> jax.Array:
+        _check_inputs(self.cfg, tokens, embeddings)
         embed = nn.Embed(self.cfg.vocab, self.cfg.d_model, name="embed")
         x = embed(tokens) if embeddings is None else embeddings
         x = x + _PosEmbed(self.cfg, name="pos_embed")(tokens.shape[-1])
@@ -190,6 +208,7 @@ class NNXTransformer(nnx.Module):
         pad_mask: jax.Array | None = None,
         embeddings: jax.Array | None = None,
     ) -> jax.Array:
+        _check_inputs(self.cfg, tokens, embeddings)
         x = self.embed(tokens) if embeddings is None else embeddings
         x = x + self.pos_embed(tokens.shape[-1])
         mask = attention_mask(tokens, pad_mask)
