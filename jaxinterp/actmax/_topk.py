@@ -39,6 +39,8 @@ def _chunks(data: Any, chunk_size: int) -> Iterator[np.ndarray]:
     source = iter_chunks(data, chunk_size) if hasattr(data, "shape") else data
     for chunk in source:
         chunk = np.asarray(chunk)
+        if not (np.issubdtype(chunk.dtype, np.number) or chunk.dtype == np.bool_):
+            raise TypeError(f"data: expected numeric arrays, got dtype {chunk.dtype}")
         if chunk.shape[0] > chunk_size:
             raise ValueError(
                 f"data: a chunk has {chunk.shape[0]} examples, more than chunk_size={chunk_size}"

@@ -57,10 +57,13 @@ def read_safetensors(path: str | Path, names: Iterable[str] | None = None) -> di
       memory map).
 
     Raises:
+      FileNotFoundError: ``path`` is not a file.
       ValueError: the file is truncated or its header is malformed, or a dtype is unknown.
       KeyError: a requested name is not in the file (the message lists what is).
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path: expected a .safetensors file, {path} does not exist")
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     if raw.size < 8:
         raise ValueError(f"path: {path} is too short ({raw.size} bytes) to be a safetensors file")

@@ -40,6 +40,7 @@ def load_tokenizer(path: str | Path) -> Any:
 
     Raises:
       ImportError: the ``tokenizers`` package is missing (``pip install 'jaxinterp[models]'``).
+      FileNotFoundError: ``path`` is not a file.
     """
     try:
         from tokenizers import Tokenizer
@@ -48,6 +49,8 @@ def load_tokenizer(path: str | Path) -> Any:
             "load_tokenizer needs the 'tokenizers' package: pip install 'jaxinterp[models]' "
             "(or pip install tokenizers)"
         ) from e
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"path: expected a tokenizer.json file, {path} does not exist")
     tok = Tokenizer.from_file(str(path))
     tok.no_padding()
     tok.no_truncation()

@@ -86,7 +86,13 @@ def shard_batched(
         leaves = jax.tree.leaves([args[i] for i in argnums])
         if not leaves:
             raise ValueError("batch_argnums: the batched arguments hold no arrays")
-        n = leaves[0].shape[0]
+        shapes = [tuple(jnp.shape(x)) for x in leaves]
+        if any(not sh for sh in shapes) or len({sh[0] for sh in shapes}) > 1:
+            raise ValueError(
+                f"batch_argnums: every leaf of arguments {argnums} needs the same leading "
+                f"[batch] axis; got shapes {shapes}"
+            )
+        n = shapes[0][0]
         padded = [
             jax.tree.map(lambda x: _pad_leading(jnp.asarray(x), size), a) if i in argnums else a
             for i, a in enumerate(args)

@@ -64,6 +64,15 @@ def _pad_to(chunk: Any, size: int) -> tuple[Any, np.ndarray]:
     return jax.tree.map(pad, chunk), valid
 
 
+def _check_state(new: Any, old: Any) -> None:
+    spec = lambda t: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), t)
+    if jax.tree.structure(new) != jax.tree.structure(old) or spec(new) != spec(old):
+        raise TypeError(
+            "step: must return a state with the structure, shapes and dtypes of the initial "
+            f"state {spec(old)}; got {spec(new)}"
+        )
+
+
 def stream_reduce(
     step: Callable[[State, Any, jax.Array], State],
     state: State,
@@ -123,7 +132,12 @@ def stream_reduce(
         put = lambda tree: jax.device_put(tree, rows)
         args = jax.device_put(args, NamedSharding(mesh, P()))
     state = jax.tree.map(jnp.array, state)  # own copy: the caller's buffers are not donated
+    checked = False
     for chunk in chunks:
         padded, valid = _pad_to(chunk, chunk_size)
-        state = jstep(state, put(padded), put(valid), *args)
+        padded, valid = put(padded), put(valid)
+        if not checked:
+            _check_state(jax.eval_shape(step, state, padded, valid, *args), state)
+            checked = True
+        state = jstep(state, padded, valid, *args)
     return state
