@@ -217,6 +217,23 @@ def _site_mask(site: Sites, layer: int, shape: tuple[int, ...]) -> jax.Array:
     return (site.layer == layer) & selection_mask(shape, at)
 
 
+def _check_index_range(sites: Sites, acts: dict) -> None:
+    """Site indices must lie inside the activation (else the mask selects nothing, silently)."""
+    if isinstance(sites.index, jax.core.Tracer) or isinstance(sites.layer, jax.core.Tracer):
+        return  # sites passed through jit: values unknown at trace time
+    index, layer = np.asarray(sites.index), np.asarray(sites.layer)
+    for i, p in enumerate(sites.paths):
+        rows = index[layer == i]
+        for j, ax in enumerate(sites.axes):
+            size = acts[p].shape[ax]
+            bad = rows[:, j][(rows[:, j] < -size) | (rows[:, j] >= size)]
+            if bad.size:
+                raise ValueError(
+                    f"sites: index {int(bad[0])} on axis {ax} of {p!r} is out of range; that "
+                    f"axis has size {size} (activation shape {acts[p].shape})"
+                )
+
+
 def patch_sweep(
     model: Any,
     variables: Any,
@@ -261,6 +278,7 @@ def patch_sweep(
     clean_args = _as_args("clean_inputs", clean_inputs)
     corr_args = _as_args("corrupted_inputs", corrupted_inputs)
     clean_out, clean_acts = _run(model, variables, {}, sites.paths, method, clean_args, {})
+    _check_index_range(sites, clean_acts)
     corr_out, corr_acts = _run(model, variables, {}, sites.paths, method, corr_args, {})
     for p in sites.paths:
         if clean_acts[p].shape != corr_acts[p].shape:
@@ -316,6 +334,7 @@ def attribution_patch(
     clean_args = _as_args("clean_inputs", clean_inputs)
     corr_args = _as_args("corrupted_inputs", corrupted_inputs)
     clean_out, clean_acts = _run(model, variables, {}, sites.paths, method, clean_args, {})
+    _check_index_range(sites, clean_acts)
     clean_m = _scalar_metric(metric, clean_out, "clean")
     zeros = {p: jnp.zeros_like(a) for p, a in clean_acts.items()}
 
