@@ -128,3 +128,14 @@ def test_head_scores_under_vmap_match_numpy():
     ):
         np.testing.assert_allclose(jax.jit(jax.vmap(f))(w), ref, rtol=1e-5)
         np.testing.assert_allclose(jax.vmap(jax.vmap(f))(w), f(w), rtol=1e-6)
+
+
+def test_attention_stats_passes_method(offset_tf):
+    toks = np.asarray(models.offset_batch(jax.random.key(2), 6, 16, 16, 3).tokens)
+    stat = lambda w, t: attention.head_entropy(w)
+    args = (offset_tf.model, offset_tf.variables, stat, toks)
+    ref = attention.attention_stats(*args, chunk_size=4)
+    got = attention.attention_stats(*args, chunk_size=4, method="__call__")
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    with pytest.raises((AttributeError, ValueError, TypeError), match="no_such_method"):
+        attention.attention_stats(*args, chunk_size=4, method="no_such_method")

@@ -76,6 +76,7 @@ def attention_stats(
     mesh: Mesh | None = None,
     select: Selector = "**",
     weights_at: Selector | None = None,
+    method: str | None = None,
 ) -> Any:
     """Mean over a dataset of ``stat(weights, *example)``, streamed in chunks.
 
@@ -93,6 +94,7 @@ def attention_stats(
       mesh: optional device mesh; each chunk is split over all its axes (``chunk_size`` should
         be a multiple of the device count to avoid padding).
       select, weights_at: which attention modules, as in :func:`attention_weights`.
+      method: the model method to run, as in :func:`attention_weights`.
 
     Returns:
       The pytree of ``stat`` averaged over all ``n`` examples (float32).
@@ -103,7 +105,7 @@ def attention_stats(
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
-    f = attention_weights(model, variables, select=select, weights_at=weights_at)
+    f = attention_weights(model, variables, select=select, weights_at=weights_at, method=method)
 
     def one(item: tuple) -> Any:
         _, maps = f(*(a[None] for a in item))
