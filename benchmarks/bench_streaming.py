@@ -15,6 +15,16 @@ import sys
 
 CHILD = r"""
 import json, resource, sys
+def peak_kb():
+    # VmHWM is this process's own high-water mark; ru_maxrss can carry over a parent's
+    # (it survives fork + exec), which would hide the child's own peak.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 import numpy as np, jax, jax.numpy as jnp
 from jaxinterp import models
 from jaxinterp.capture import capture
@@ -31,7 +41,7 @@ def step(state, x, valid):
     s, m = state
     top = jnp.where(valid[:, None], a, -1.0).max(0)
     return s + (a * valid[:, None]).sum(0), jnp.maximum(m, top)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_kb()
 if mode == "stream":
     s, m = stream_reduce(step, (jnp.zeros(128), jnp.full(128, -1.0)), chunks(), chunk_size=chunk)
 else:
@@ -39,7 +49,7 @@ else:
     a = jax.jit(lambda x: f(x)[1]["act_1"])(x)
     s, m = a.sum(0), a.max(0)
 jax.block_until_ready((s, m))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = peak_kb()
 res = {"peak_mb": peak / 1024, "growth_mb": (peak - base) / 1024, "mean0": float(s[0] / n)}
 stats = jax.devices()[0].memory_stats() or {}
 if "peak_bytes_in_use" in stats:  # accelerators: the device's own peak
