@@ -46,6 +46,7 @@ from flax import nnx
 
 from jaxinterp.capture import Selector, apply_with_hook, as_matcher
 from jaxinterp.capture._hooks import check_model, is_linen
+from jaxinterp.capture._paths import record_key
 
 Maps = dict[str, jax.Array]
 
@@ -55,15 +56,6 @@ _NNX_ATTN = (nnx.MultiHeadAttention,)
 
 def _is_attention(module: Any) -> bool:
     return isinstance(module, _LINEN_ATTN + _NNX_ATTN)
-
-
-def _record_key(maps: Mapping[str, Any], path: str) -> str:
-    if path not in maps:
-        return path
-    k = 1
-    while f"{path}@{k}" in maps:
-        k += 1
-    return f"{path}@{k}"
 
 
 def _check_weights(path: str, w: Any) -> jax.Array:
@@ -154,7 +146,7 @@ def attention_weights(
             all_seen.append(path)
             if match_w is not None and match_w(path):
                 out = call_next(*a, **k)
-                maps[_record_key(maps, path)] = _check_weights(path, out)
+                maps[record_key(maps, path)] = _check_weights(path, out)
                 return out
             if not _is_attention(module):
                 return call_next(*a, **k)
@@ -163,7 +155,7 @@ def attention_weights(
                 return call_next(*a, **k)
             grab = _linen_weights if linen else _nnx_weights
             out, w = grab(path, module, call_next, a, k)
-            maps[_record_key(maps, path)] = w
+            maps[record_key(maps, path)] = w
             return out
 
         if linen:

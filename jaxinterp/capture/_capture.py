@@ -23,18 +23,9 @@ from typing import Any
 import jax
 
 from jaxinterp.capture._hooks import apply_with_hook, check_model
-from jaxinterp.capture._paths import Selector, as_matcher, check_selection
+from jaxinterp.capture._paths import Selector, as_matcher, check_selection, record_key
 
 Activations = dict[str, Any]
-
-
-def _record_key(acts: dict[str, Any], path: str) -> str:
-    if path not in acts:
-        return path
-    k = 1
-    while f"{path}@{k}" in acts:
-        k += 1
-    return f"{path}@{k}"
 
 
 def capture(
@@ -82,7 +73,7 @@ def capture(
             if path not in seen:
                 seen.append(path)
             if match(path):
-                acts[_record_key(acts, path)] = out
+                acts[record_key(acts, path)] = out
             return out
 
         out = apply_with_hook(model, variables, around, *args, method=method, **kwargs)

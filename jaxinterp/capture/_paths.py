@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Union
 
 Selector = Union[str, Sequence[str], Callable[[str], bool]]
@@ -88,6 +88,23 @@ def glob_match(path: str, pattern: str) -> bool:
     (False, True)
     """
     return _glob_regex(pattern).match(path) is not None
+
+
+def record_key(recorded: Mapping[str, object], path: str) -> str:
+    """The key under which a new call of the module at ``path`` is recorded.
+
+    The first call is ``path``; later calls of the same module in one forward pass are
+    ``path@1``, ``path@2``, ...
+
+    >>> record_key({"a": 0, "a@1": 0}, "a")
+    'a@2'
+    """
+    if path not in recorded:
+        return path
+    k = 1
+    while f"{path}@{k}" in recorded:
+        k += 1
+    return f"{path}@{k}"
 
 
 def as_matcher(select: Selector) -> Callable[[str], bool]:
