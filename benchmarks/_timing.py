@@ -12,11 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 
-def times(fn: Callable[[], Any], repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn()`` after one warm-up call."""
+def times(fn: Callable[[], Any], repeats: int, *, warmup: bool = True) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn()``, after one warm-up call.
+
+    ``warmup=False`` skips the warm-up, for a caller that has already made that call itself
+    (to keep its result).
+    """
     import jax
 
-    jax.block_until_ready(fn())  # warm-up (compile)
+    if warmup:
+        jax.block_until_ready(fn())  # compile
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -25,9 +30,9 @@ def times(fn: Callable[[], Any], repeats: int) -> list[float]:
     return out
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
-    return statistics.median(times(fn, repeats))
+def median_time(fn: Callable[[], Any], repeats: int, *, warmup: bool = True) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls (after one warm-up call, by default)."""
+    return statistics.median(times(fn, repeats, warmup=warmup))
 
 
 def print_table(results: dict[str, float]) -> None:

@@ -20,7 +20,6 @@ bandwidth (bytes of features read / time).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import optax.tree_utils as otu
+from _timing import median_time
 
 from jaxinterp.probes import fit_logistic, predict
 
@@ -94,15 +94,6 @@ def _optax_lbfgs_fit(x, y, *, num_classes, lam, max_iter, tol):
     return jax.jit(_over_grid(core))(x, y)
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def run(quick: bool = False) -> dict:
     """Runs both sides in this process and returns a flat dict of numbers."""
     from sklearn.exceptions import ConvergenceWarning
@@ -121,7 +112,7 @@ def run(quick: bool = False) -> dict:
     y = jnp.asarray(ytr)
     fit = lambda: fit_logistic(x, y, C=c, tol=1e-4, max_iter=200)
     probe, info = jax.block_until_ready(fit())  # compile + warm-up
-    ours_s = _median_time(fit, repeats=2 if quick else 3)
+    ours_s = median_time(fit, 2 if quick else 3, warmup=False)
     acc_ours = np.asarray(predict(probe, jnp.asarray(xte)) == jnp.asarray(yte)[None]).mean(-1)
     iters = int(np.max(info.iterations))
     passes = 3 + 2 * iters  # preconditioner, first gradient, two per iteration
@@ -130,7 +121,7 @@ def run(quick: bool = False) -> dict:
     xb = x.astype(jnp.bfloat16)
     fit_bf16 = lambda: fit_logistic(xb, y, C=c, tol=1e-4, max_iter=200)
     probe_b, info_b = jax.block_until_ready(fit_bf16())
-    bf16_s = _median_time(fit_bf16, repeats=1)
+    bf16_s = median_time(fit_bf16, 1, warmup=False)
     acc_bf16 = np.asarray(
         predict(probe_b, jnp.asarray(xte, jnp.bfloat16)) == jnp.asarray(yte)[None]
     ).mean(-1)
@@ -169,7 +160,7 @@ def run(quick: bool = False) -> dict:
         lam = 1.0 / (c * n)
         fit_optax = lambda: _optax_lbfgs_fit(x, y, num_classes=4, lam=lam, max_iter=300, tol=1e-4)
         theta_o, iters_o = jax.block_until_ready(fit_optax())
-        optax_s = _median_time(fit_optax, repeats=1)
+        optax_s = median_time(fit_optax, 1, warmup=False)
         z_o = jnp.einsum("lnd,ltdk->ltnk", jnp.asarray(xte), theta_o[:, :, :-1])
         z_o = z_o + theta_o[:, :, None, -1]
         acc_optax = np.asarray(jnp.argmax(z_o, -1) == jnp.asarray(yte)[None]).mean(-1)
