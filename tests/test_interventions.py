@@ -9,6 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
+import jaxinterp
 from jaxinterp import interventions as iv
 from jaxinterp.capture import capture
 from jaxinterp.models import offset_batch
@@ -85,9 +86,20 @@ def test_edit_under_vmap_with_traced_index():
         ref = np.ones((2, 4, 3))
         ref[:, h] = 0
         np.testing.assert_array_equal(out[h], ref)
-    # a traced index outside the axis selects nothing
-    none = jax.jit(lambda h: iv.zero(at={-2: h})(x))(jnp.int32(7))
-    np.testing.assert_array_equal(none, x)
+    # a negative traced index counts from the end, as a Python int does
+    neg = jax.jit(lambda h: iv.zero(at={-2: h})(x))(jnp.int32(-1))
+    np.testing.assert_array_equal(neg, iv.zero(at={-2: 3})(x))
+    # a traced index outside the axis is never wrapped or clamped: the edit is all NaN ...
+    for bad in (4, 7, -5):
+        out = jax.jit(lambda h: iv.zero(at={-2: h})(x))(jnp.int32(bad))
+        assert np.isnan(out).all(), bad
+    # ... and jaxinterp.checked raises the eager message
+    with pytest.raises(ValueError, match="^at: index 7 is out of range for axis -2 of size 4"):
+        jaxinterp.checked(lambda h: iv.zero(at={-2: h})(x))(jnp.int32(7))
+    # under vmap only the out-of-range members are poisoned
+    out = jax.vmap(lambda h: iv.zero(at={-2: h})(x))(jnp.array([1, 9]))
+    np.testing.assert_array_equal(out[0], iv.zero(at={-2: 1})(x))
+    assert np.isnan(out[1]).all()
 
 
 def test_edit_errors_are_clear():
