@@ -17,13 +17,14 @@ batch) and sharded over a mesh with :func:`jaxinterp.sharding.shard_batched`. Th
 masks is a ``where`` per layer per site, negligible next to the forward pass.
 
 Choosing ``chunk_size`` (default ``"auto"``, from the shapes): on a CPU small chunks are much
-faster, because a chunk's activations then stay in cache. Measured on 2 cores for the
+faster, because a chunk's activations then stay in cache. Measured on 2 shared cores for the
 reference transformer, 128 (layer, head, position) sites: at batch 16 all sites at once took
-~0.27 s and ``chunk_size=2`` ~0.03 s; at batch 64, 1.9 s against 0.14 s. The best chunks
-kept ``chunk_size × (bytes of one site's activation)`` near 128–256 KiB, so on a CPU "auto"
-picks ``chunk_size = clip(256 KiB // site bytes, 1, n_sites)``. On an accelerator it vmaps
-all sites at once unless their activations (estimated as 64 × the site activation per
-layer) would pass 4 GiB, then the largest chunk under that. ``None`` vmaps all sites.
+~0.27 s and ``chunk_size=2`` ~0.03 s; at batch 64, 1.4–1.9 s against 0.13 s (chunk 1–2).
+The best chunks kept ``chunk_size × (bytes of one site's activation)`` near 128 KiB, so on
+a CPU "auto" picks ``chunk_size = clip(128 KiB // site bytes, 1, n_sites)``. On an
+accelerator it vmaps all sites at once unless their activations (estimated as 64 × the site
+activation per layer) would pass 4 GiB, then the largest chunk under that. ``None`` vmaps
+all sites at once.
 
 Attribution patching (Nanda 2023; Syed et al. 2023) replaces the per-site forward passes by a
 first-order Taylor expansion around the corrupted run:
@@ -316,7 +317,7 @@ def _check_call(metric: Any, chunk_size: Any = None) -> None:
         check_int(chunk_size, "chunk_size", lo=1)
 
 
-_CPU_CHUNK_BYTES = 256 * 1024  # in-flight site activations per chunk on a CPU (see module doc)
+_CPU_CHUNK_BYTES = 128 * 1024  # in-flight site activations per chunk on a CPU (see module doc)
 _ACCEL_BYTES = 4 * 1024**3  # estimated in-flight activations on an accelerator
 
 
@@ -445,8 +446,9 @@ def patch_sweep(
     >>> model = zoo.Transformer(cfg)
     >>> task = offset_patching_task(jax.random.key(0), 4, cfg, position=8)
     >>> variables = model.init(jax.random.key(1), task.clean)
-    >>> res = patch_sweep(model, variables, task.clean, task.corrupted,
-    ...                   position_sites(1, 16), task.metric)
+    >>> f = jax.jit(lambda c, x: patch_sweep(model, variables, c, x,
+    ...                                      position_sites(1, 16), task.metric))
+    >>> res = f(task.clean, task.corrupted)
     >>> round(float(res.normalized[8]), 4)  # the whole residual at the read-out position
     1.0
     """
@@ -528,8 +530,9 @@ def attribution_patch(
     >>> model = zoo.Transformer(cfg)
     >>> task = offset_patching_task(jax.random.key(0), 4, cfg, position=8)
     >>> variables = model.init(jax.random.key(1), task.clean)
-    >>> res = attribution_patch(model, variables, task.clean, task.corrupted,
-    ...                         position_sites(1, 16), task.metric)
+    >>> f = jax.jit(lambda c, x: attribution_patch(model, variables, c, x,
+    ...                                            position_sites(1, 16), task.metric))
+    >>> res = f(task.clean, task.corrupted)
     >>> sites_after_8 = res.patched[9:] - res.corrupted  # causal: later positions do nothing
     >>> float(jnp.abs(sites_after_8).max())
     0.0
