@@ -346,6 +346,14 @@ def _rows():
             "values",
         ),
         ("unflatten-scalar", lambda t: iv.head_sites(2, 4).unflatten(1.0), ValueError, "values"),
+        (
+            "unflatten-no-grid",
+            lambda t: iv.Sites(jnp.array([0]), jnp.array([[0]]), ("b",), (-2,)).unflatten(
+                jnp.ones(1)
+            ),
+            ValueError,
+            "sites",
+        ),
         # ---------------------------------------------------------- patch_sweep
         (
             "sweep-heads-4-7-of-4",  # regression: heads 4-7 of a 4-head model

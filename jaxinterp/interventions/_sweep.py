@@ -89,7 +89,7 @@ class Sites:
         (('layer', 'head'), [[0, 1, 2], [3, 4, 5]])
         """
         if not self.grid:
-            raise ValueError("self: this site set has no grid layout; use the flat [site] values")
+            raise ValueError("sites: this site set has no grid layout; use the flat [site] values")
         values = jnp.asarray(values)
         n = int(np.prod(self.grid))
         if values.ndim < 1 or values.shape[0] != n:
