@@ -194,7 +194,7 @@ def test_sweep_errors(offset_tf, task):
         trace(task.clean, task.corrupted, [(0, 1)], task.metric)
     with pytest.raises(ValueError, match="metric: must return a scalar"):
         trace(task.clean, task.corrupted, iv.head_sites(2, 4), lambda o: o[:, 0])
-    with pytest.raises(ValueError, match="corrupted_inputs: activation"):
+    with pytest.raises(ValueError, match="^corrupted_inputs: expected the shapes"):
         trace(task.clean, task.corrupted[:, :8], iv.head_sites(2, 4), task.metric)
     with pytest.raises(KeyError, match="'block_2/attn/out:input' is not a submodule path"):
         trace(task.clean, task.corrupted, iv.head_sites(6, 4), task.metric)

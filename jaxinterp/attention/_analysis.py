@@ -21,35 +21,84 @@ Scores:
 * :func:`rollout` — attention rollout (Abnar & Zuidema 2020): heads averaged, the residual
   connection modelled as ``0.5 I + 0.5 A`` per layer, rows renormalised, and the layers
   multiplied, giving how much each input token flows into each position at the top.
+
+Checks (the package's value-check policy). ``weights`` must be a floating array whose rows
+are attention distributions: entries ``>= 0`` and each row summing to 1 (or to 0, a query
+that attends to nothing), within ``max(1e-3, 4 eps)`` of the dtype — logits or unnormalised
+scores would otherwise give plausible wrong numbers. Concrete weights that fail raise
+``ValueError``; under ``jit`` the scores come out NaN and the check is registered (see
+``jaxinterp.checked``). Masks must be boolean or integer (nonzero = kept); shapes that do not
+broadcast raise ``ValueError`` naming the argument.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp._checks import check_array, check_int, is_traced, poison, value_check
 
 
-def _check_weights(weights: jax.Array, min_ndim: int = 2) -> jax.Array:
-    weights = jnp.asarray(weights)
-    if weights.ndim < min_ndim:
+def _check_weights(
+    weights: jax.Array, min_ndim: int = 2, allow_empty_rows: bool = True
+) -> tuple[jax.Array, Any]:
+    """``(weights, ok)``: static checks, then the row check (raises if concrete)."""
+    w = check_array(weights, "weights", kind="floating")
+    if w.ndim < min_ndim:
         raise ValueError(
-            f"weights: expected at least {min_ndim} axes [..., q, k], got shape {weights.shape}"
+            f"weights: expected at least {min_ndim} axes [..., q, k], got shape {w.shape}"
         )
-    return weights
+    if w.shape[-1] == 0 or w.shape[-2] == 0:
+        raise ValueError(f"weights: expected at least one query and one key, got shape {w.shape}")
+    tol = max(1e-3, 4 * float(jnp.finfo(w.dtype).eps))
+    rows = w.astype(jnp.float32).sum(-1)
+    low = w.min(-1)
+    good = jnp.abs(rows - 1.0) <= tol
+    if allow_empty_rows:  # entries >= -tol summing to ~0: a query that attends to nothing
+        good = good | (jnp.abs(rows) <= tol)
+    good = good & (low >= -tol)
+    ok = good.all()
+    first = jnp.argmin(good.ravel())
+    if allow_empty_rows:
+        want = "rows of attention probabilities (entries >= 0, each row summing to 1 or 0)"
+    else:
+        want = "rows of attention probabilities (entries >= 0, each row summing to 1)"
+    value_check(
+        ok,
+        f"weights: expected {want}; row {{}} sums to {{}} with minimum {{}}",
+        first,
+        rows.ravel()[first],
+        low.ravel()[first],
+    )
+    return w, (ok if is_traced(ok) else True)
+
+
+def _finish(out: jax.Array, ok: Any) -> jax.Array:
+    return out if ok is True else poison(out, ok)
+
+
+def _mask(name: str, mask: Any, shape: tuple[int, ...], axes: str) -> jax.Array:
+    """A boolean mask broadcast to ``shape`` (nonzero = kept)."""
+    m = check_array(mask, name)
+    if not (m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer)):
+        raise TypeError(f"{name}: expected a boolean or integer mask, got dtype {m.dtype}")
+    try:
+        out_shape = np.broadcast_shapes(m.shape, tuple(shape))
+    except ValueError:
+        out_shape = None
+    if out_shape != tuple(shape):
+        raise ValueError(f"{name}: shape {m.shape} does not broadcast to {tuple(shape)} ({axes})")
+    return jnp.broadcast_to(m != 0, shape)
 
 
 def _query_mean(values: jax.Array, query_mask: jax.Array | None) -> jax.Array:
-    """Mean of ``values [..., q]`` over (unmasked) queries."""
+    """Mean of ``values [..., q]`` over (unmasked) queries; 0 where none is left."""
     if query_mask is None:
         return values.mean(-1)
-    m = jnp.asarray(query_mask)
-    try:
-        m = jnp.broadcast_to(m, values.shape).astype(values.dtype)
-    except ValueError as e:
-        raise ValueError(
-            f"query_mask: shape {jnp.shape(query_mask)} does not broadcast to the queries "
-            f"{values.shape} ([..., q])"
-        ) from e
+    m = _mask("query_mask", query_mask, values.shape, "[..., q]").astype(values.dtype)
     return (values * m).sum(-1) / jnp.maximum(m.sum(-1), 1.0)
 
 
@@ -63,12 +112,17 @@ def head_entropy(weights: jax.Array, query_mask: jax.Array | None = None) -> jax
     Returns:
       ``[...]`` mean over queries of ``-Σ_k p log p``.
 
-    >>> head_entropy(jnp.full((4, 4), 0.25))
-    Array(1.3862944, dtype=float32)
+    Raises:
+      TypeError, ValueError: wrong ranks, dtypes or shapes, or ``weights`` rows that are not
+        attention distributions (module docstring). Under jit, such weights give NaN
+        results; see ``jaxinterp.checked``.
+
+    >>> round(float(head_entropy(jnp.full((4, 4), 0.25))), 5)  # log 4
+    1.38629
     """
-    w = _check_weights(weights)
+    w, ok = _check_weights(weights)
     ent = -jnp.sum(jnp.where(w > 0, w * jnp.log(jnp.where(w > 0, w, 1.0)), 0.0), axis=-1)
-    return _query_mean(ent, query_mask)
+    return _finish(_query_mean(ent, query_mask), ok)
 
 
 def mean_attention_distance(weights: jax.Array, query_mask: jax.Array | None = None) -> jax.Array:
@@ -81,13 +135,18 @@ def mean_attention_distance(weights: jax.Array, query_mask: jax.Array | None = N
     Returns:
       ``[...]``.
 
+    Raises:
+      TypeError, ValueError: wrong ranks, dtypes or shapes, or ``weights`` rows that are not
+        attention distributions (module docstring). Under jit, such weights give NaN
+        results; see ``jaxinterp.checked``.
+
     >>> mean_attention_distance(jnp.eye(3)[::-1])  # rows attend to keys 2, 1, 0
     Array(1.3333334, dtype=float32)
     """
-    w = _check_weights(weights)
+    w, ok = _check_weights(weights)
     nq, nk = w.shape[-2:]
     dist = jnp.abs(jnp.arange(nq)[:, None] - jnp.arange(nk)[None, :]).astype(w.dtype)
-    return _query_mean((w * dist).sum(-1), query_mask)
+    return _finish(_query_mean((w * dist).sum(-1), query_mask), ok)
 
 
 def attention_to(
@@ -102,15 +161,30 @@ def attention_to(
 
     Returns:
       ``[...]`` mean over queries of ``Σ_{k selected} p[q, k]``.
+
+    Raises:
+      TypeError, ValueError: wrong ranks, dtypes or shapes, or ``weights`` rows that are not
+        attention distributions (module docstring). Under jit, such weights give NaN
+        results; see ``jaxinterp.checked``.
+
+    >>> w = jnp.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    >>> round(float(attention_to(w, jnp.array([True, False, False]))), 5)  # (1 + .5 + .2) / 3
+    0.56667
     """
-    w = _check_weights(weights)
-    sel = jnp.asarray(key_selected)
+    w, ok = _check_weights(weights)
+    sel = check_array(key_selected, "key_selected")
+    if sel.dtype != jnp.bool_:
+        raise TypeError(
+            f"key_selected: expected a boolean array (e.g. input_ids == sep_id), got dtype "
+            f"{sel.dtype}"
+        )
     if sel.ndim == 0 or sel.shape[-1] != w.shape[-1]:
         raise ValueError(
             f"key_selected: expected [..., k] with k={w.shape[-1]}, got shape {sel.shape}"
         )
+    sel = _mask("key_selected", sel, w.shape[:-2] + (w.shape[-1],), "[..., k]")
     mass = jnp.einsum("...qk,...k->...q", w, sel.astype(w.dtype))
-    return _query_mean(mass, query_mask)
+    return _finish(_query_mean(mass, query_mask), ok)
 
 
 def offset_score(weights: jax.Array, offset: int, query_mask: jax.Array | None = None) -> jax.Array:
@@ -126,24 +200,46 @@ def offset_score(weights: jax.Array, offset: int, query_mask: jax.Array | None =
     Returns:
       ``[...]``.
 
+    Raises:
+      TypeError, ValueError: wrong ranks, dtypes or shapes, or ``weights`` rows that are not
+        attention distributions (module docstring). Under jit, such weights give NaN
+        results; see ``jaxinterp.checked``.
+
     >>> offset_score(jnp.eye(5, k=-1), 1)  # every row looks one back
     Array(1., dtype=float32)
     """
-    w = _check_weights(weights)
-    if not isinstance(offset, int):
-        raise TypeError(f"offset: expected a Python int, got {type(offset).__name__}")
+    w, ok = _check_weights(weights)
     nq, nk = w.shape[-2:]
+    offset = check_int(offset, "offset", lo=-(nk - 1), hi=nq - 1)
     q = jnp.arange(nq)
     valid = (q - offset >= 0) & (q - offset < nk)
     target = jnp.arange(nk)[None, :] == (q - offset)[:, None]
     mass = (w * target.astype(w.dtype)).sum(-1)
-    mask = valid if query_mask is None else valid & jnp.asarray(query_mask).astype(bool)
-    return _query_mean(mass, mask)
+    if query_mask is not None:
+        valid = valid & _mask("query_mask", query_mask, mass.shape, "[..., q]")
+    return _finish(_query_mean(mass, valid), ok)
 
 
 def prev_token_score(weights: jax.Array, query_mask: jax.Array | None = None) -> jax.Array:
-    """Mean attention to the previous token: :func:`offset_score` with ``offset=1``."""
-    return offset_score(weights, 1, query_mask)
+    """Mean attention to the previous token: :func:`offset_score` with ``offset=1``.
+
+    Args:
+      weights: ``[..., q, k]`` with ``q >= 2``.
+      query_mask: optional, broadcastable to ``[..., q]``.
+
+    Returns:
+      ``[...]``.
+
+    Raises:
+      As :func:`offset_score`.
+
+    >>> prev_token_score(jnp.eye(4, k=-1))
+    Array(1., dtype=float32)
+    """
+    w = check_array(weights, "weights", kind="floating")
+    if w.ndim >= 2 and w.shape[-2] < 2:
+        raise ValueError(f"weights: expected at least 2 queries [..., q, k], got {w.shape}")
+    return offset_score(w, 1, query_mask)
 
 
 def induction_score(
@@ -163,27 +259,39 @@ def induction_score(
     Returns:
       ``[...]`` (0 where no query has an earlier occurrence).
 
+    Raises:
+      TypeError, ValueError: wrong ranks, dtypes or shapes, or ``weights`` rows that are not
+        attention distributions (module docstring). Under jit, such weights give NaN
+        results; see ``jaxinterp.checked``.
+
     >>> toks = jnp.array([5, 6, 7, 5, 6, 7])
     >>> w = jnp.eye(6, k=-2)  # from the 2nd copy, every query looks at key q - 2
     >>> induction_score(w, toks)
     Array(1., dtype=float32)
     """
-    w = _check_weights(weights)
-    tokens = jnp.asarray(tokens)
+    w, ok = _check_weights(weights)
+    tokens = check_array(tokens, "tokens", kind="integer")
     seq = w.shape[-1]
-    if w.shape[-2] != seq or tokens.ndim == 0 or tokens.shape[-1] != seq:
+    if w.shape[-2] != seq:
+        raise ValueError(f"weights: expected self-attention [..., seq, seq], got {w.shape}")
+    if tokens.ndim == 0 or tokens.shape[-1] != seq:
+        raise ValueError(f"tokens: expected [..., seq] with seq={seq}, got shape {tokens.shape}")
+    try:
+        np.broadcast_shapes(tokens.shape[:-1], w.shape[:-2])
+    except ValueError:
         raise ValueError(
-            f"weights/tokens: expected [..., seq, seq] and [..., seq], got {w.shape} and "
-            f"{tokens.shape}"
-        )
+            f"tokens: leading axes {tokens.shape[:-1]} do not broadcast to the weights' "
+            f"{w.shape[:-2]}"
+        ) from None
     prev = jnp.concatenate([jnp.full_like(tokens[..., :1], -1), tokens[..., :-1]], axis=-1)
     same = prev[..., None, :] == tokens[..., :, None]  # [..., q, k]: tokens[k-1] == tokens[q]
     qi, ki = jnp.arange(seq)[:, None], jnp.arange(seq)[None, :]
     target = same & (ki >= 1) & (ki < qi)
     has = target.any(-1)
     mass = (w * target.astype(w.dtype)).sum(-1)
-    mask = has if query_mask is None else has & jnp.asarray(query_mask).astype(bool)
-    return _query_mean(mass, mask)
+    if query_mask is not None:
+        has = has & _mask("query_mask", query_mask, mass.shape, "[..., q]")
+    return _finish(_query_mean(mass, has), ok)
 
 
 def rollout(weights: jax.Array, *, head_axis: int = -3, residual: float = 0.5) -> jax.Array:
@@ -202,15 +310,25 @@ def rollout(weights: jax.Array, *, head_axis: int = -3, residual: float = 0.5) -
     Returns:
       ``[..., q, k]`` rollout; rows sum to 1.
 
+    Raises:
+      TypeError, ValueError: wrong ranks, dtypes or shapes, or ``weights`` rows that are not
+        attention distributions (module docstring). Under jit, such weights give NaN
+        results; see ``jaxinterp.checked``.
+
     >>> a = jnp.broadcast_to(jnp.eye(3)[::-1], (2, 1, 3, 3))  # 2 layers, 1 head
     >>> rollout(a, residual=0.0)[0]  # swapping twice is the identity
     Array([1., 0., 0.], dtype=float32)
     """
-    w = _check_weights(weights, 4)
+    if isinstance(residual, (bool, np.bool_)) or not isinstance(
+        residual, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"residual: expected a float in [0, 1], got {type(residual).__name__}")
     if not 0.0 <= residual <= 1.0:
         raise ValueError(f"residual: expected a weight in [0, 1], got {residual}")
+    w, ok = _check_weights(weights, 4, allow_empty_rows=residual > 0)
     if w.shape[-1] != w.shape[-2]:
         raise ValueError(f"weights: rollout needs self-attention (q == k), got {w.shape}")
+    head_axis = check_int(head_axis, "head_axis", lo=-w.ndim, hi=w.ndim - 1)
     ax = head_axis % w.ndim
     if ax in (0, w.ndim - 1, w.ndim - 2):
         raise ValueError(f"head_axis: {head_axis} must not be the layer, q or k axis")
@@ -224,4 +342,4 @@ def rollout(weights: jax.Array, *, head_axis: int = -3, residual: float = 0.5) -
 
     r0 = jnp.broadcast_to(eye, a.shape[1:])
     out, _ = jax.lax.scan(step, r0, a)
-    return out
+    return _finish(out, ok)

@@ -10,6 +10,13 @@
   2 forwards + 1 backward. Metrics: :func:`logit_diff`, :func:`normalize`, :func:`spearman`.
 * :func:`offset_patching_task` builds clean/corrupted pairs for the reference offset task.
 
+Bad arguments raise errors naming the argument; indices are never clamped or wrapped. Under
+``jit``, traced out-of-range indices (``at=``, ``logit_diff`` positions, sweep sites) and
+undefined metrics (``normalize`` with clean == corrupted, ``spearman`` of NaN) give NaN results
+and register the check, so :func:`jaxinterp.checked` raises it (the package's value-check
+policy). Per-site results are ``[site]``; ``sites.unflatten`` gives ``[*sites.grid]`` with axes
+named ``sites.names`` (``[layer, head]``, ``[layer, head, position]``).
+
 Example (head 1 of layer 0 zero-ablated)::
 
     f = intervene(model, variables, {"block_0/attn/out:input": zero(at={-2: 1})})

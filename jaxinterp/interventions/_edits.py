@@ -15,8 +15,15 @@ per-position and per-neuron interventions:
 * ``where=mask`` is any boolean array that broadcasts against the activation.
 
 Both may be given (the selection is their intersection); with neither the whole activation
-is replaced. Entries outside the selection pass through unchanged, bit for bit. A traced
-index that lies outside its axis selects nothing (a Python int is checked and raises).
+is replaced. Entries outside the selection pass through unchanged, bit for bit.
+
+Indices are never clamped or wrapped: an index must lie in ``[-size, size)`` of its axis
+(negative counts from the end, as in NumPy). A Python int or a concrete array outside that
+range raises ``ValueError`` when the edit runs (at trace time under ``jit``). A *traced* index
+(under ``jit``/``vmap``) cannot raise: the edit then returns an all-NaN activation (float
+activations; -1 for integer ones) and registers the check, so ``jaxinterp.checked`` raises the
+same message. :func:`selection_mask` registers the check too, but a boolean mask has no NaN:
+an out-of-range traced index selects nothing there.
 """
 
 from __future__ import annotations
@@ -28,12 +35,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp._checks import check_array, check_key, is_traced, poison, value_check
+
 Edit = Callable[[jax.Array], jax.Array]
 Index = Any  # int | integer scalar/array | bool [size] array
 At = Mapping[int, Index]
 
 
-def _axis_mask(index: Index, size: int, axis: int) -> jax.Array:
+def _axis_mask(index: Index, size: int, axis: int, check: bool) -> tuple[jax.Array, Any]:
+    """``(mask [size], ok)``: the entries ``index`` selects and whether it lies in the axis.
+
+    ``ok`` is ``True`` for checked (concrete) indices; for a traced index it is a traced bool,
+    registered with ``value_check`` when ``check``.
+    """
     if isinstance(index, (bool, np.bool_)):
         raise TypeError(
             f"at: index for axis {axis} must be an int, int array or bool mask, got bool"
@@ -43,21 +57,90 @@ def _axis_mask(index: Index, size: int, axis: int) -> jax.Array:
             raise ValueError(
                 f"at: index {int(index)} is out of range for axis {axis} of size {size}"
             )
-        return jnp.arange(size) == (int(index) % size)
-    idx = jnp.asarray(index)
+        return jnp.arange(size) == (int(index) % size), True
+    try:
+        idx = jnp.asarray(index)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"at: index for axis {axis} must be an int, int array or bool mask, got "
+            f"{type(index).__name__}"
+        ) from None
     if idx.dtype == jnp.bool_:
         if idx.shape != (size,):
             raise ValueError(
                 f"at: boolean mask for axis {axis} must have shape ({size},), got {idx.shape}"
             )
-        return idx
+        return idx, True
     if not jnp.issubdtype(idx.dtype, jnp.integer):
         raise TypeError(f"at: index for axis {axis} must be integer or boolean, got {idx.dtype}")
+    if idx.ndim > 1:
+        raise ValueError(
+            f"at: index for axis {axis} must be a scalar or 1-D, got shape {idx.shape}"
+        )
+    if not is_traced(idx):
+        concrete = np.asarray(idx)
+        bad = concrete[(concrete < -size) | (concrete >= size)]
+        if bad.size:
+            raise ValueError(
+                f"at: index {int(bad.ravel()[0])} is out of range for axis {axis} of size {size}"
+            )
+        ok = True
+    else:
+        in_range = (idx >= -size) & (idx < size)
+        ok = in_range.all()
+        if check:
+            first_bad = idx.ravel()[jnp.argmin(in_range.ravel())]
+            value_check(
+                ok, f"at: index {{}} is out of range for axis {axis} of size {size}", first_bad
+            )
+    idx = jnp.where(idx < 0, idx + size, idx)  # NumPy's negative indices, not a wrap
     if idx.ndim == 0:
-        return jnp.arange(size) == idx
-    if idx.ndim == 1:
-        return (jnp.arange(size)[:, None] == idx[None, :]).any(-1)
-    raise ValueError(f"at: index for axis {axis} must be a scalar or 1-D, got shape {idx.shape}")
+        return jnp.arange(size) == idx, ok
+    return (jnp.arange(size)[:, None] == idx[None, :]).any(-1), ok
+
+
+def _selection(
+    shape: tuple[int, ...], at: At | None, where: Any, check: bool = True
+) -> tuple[jax.Array, Any]:
+    """``(mask, ok)`` with ``ok`` False where a traced index is out of range."""
+    ndim = len(shape)
+    mask = jnp.ones((1,) * ndim, bool)
+    ok: Any = True
+    if at is not None and not isinstance(at, Mapping):
+        raise TypeError(f"at: expected a mapping {{axis: index}}, got {type(at).__name__}")
+    for axis, index in (at or {}).items():
+        if (
+            isinstance(axis, (bool, np.bool_))
+            or not isinstance(axis, (int, np.integer))
+            or not -ndim <= axis < ndim
+        ):
+            raise ValueError(
+                f"at: axis {axis!r} is out of range for an activation of shape {tuple(shape)}"
+            )
+        ax = int(axis) % ndim
+        m, ok_ax = _axis_mask(index, shape[ax], int(axis), check)
+        ok = ok_ax if ok is True else ok & ok_ax
+        mask = mask & m.reshape((1,) * ax + (shape[ax],) + (1,) * (ndim - ax - 1))
+    if where is not None:
+        try:
+            w = jnp.asarray(where)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"where: expected a boolean array, got {type(where).__name__}"
+            ) from None
+        if w.dtype != jnp.bool_:
+            raise TypeError(f"where: expected a boolean array, got dtype {w.dtype}")
+        if w.ndim > ndim:
+            raise ValueError(f"where: mask of shape {w.shape} has more axes than {tuple(shape)}")
+        try:
+            np.broadcast_shapes(w.shape, tuple(shape))
+        except ValueError:
+            raise ValueError(
+                f"where: mask of shape {w.shape} does not broadcast to the activation shape "
+                f"{tuple(shape)}"
+            ) from None
+        mask = mask & w.reshape((1,) * (ndim - w.ndim) + w.shape)
+    return mask, ok
 
 
 def selection_mask(shape: tuple[int, ...], at: At | None = None, where: Any = None) -> jax.Array:
@@ -72,34 +155,17 @@ def selection_mask(shape: tuple[int, ...], at: At | None = None, where: Any = No
       A boolean array with ``len(shape)`` dimensions (size 1 on axes not selected on).
 
     Raises:
-      ValueError: an axis is out of range, an int index is out of range, or ``where`` does not
-        broadcast to ``shape``.
+      TypeError: ``at`` is not a mapping, an index is neither integer nor boolean, ``where``
+        is not boolean.
+      ValueError: an axis is out of range, a concrete index is out of range, or ``where`` does
+        not broadcast to ``shape``. Under jit, a traced out-of-range index selects nothing and
+        its check is registered; see ``jaxinterp.checked``.
 
     >>> selection_mask((2, 3, 4), at={-1: 1}).astype(int)[0, 0].tolist()
     [0, 1, 0, 0]
     """
-    ndim = len(shape)
-    mask = jnp.ones((1,) * ndim, bool)
-    for axis, index in (at or {}).items():
-        if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
-            raise ValueError(
-                f"at: axis {axis!r} is out of range for an activation of shape {shape}"
-            )
-        ax = int(axis) % ndim
-        m = _axis_mask(index, shape[ax], int(axis))
-        mask = mask & m.reshape((1,) * ax + (shape[ax],) + (1,) * (ndim - ax - 1))
-    if where is not None:
-        w = jnp.asarray(where)
-        try:
-            np.broadcast_shapes(w.shape, tuple(shape))
-        except ValueError:
-            raise ValueError(
-                f"where: mask of shape {w.shape} does not broadcast to the activation shape {shape}"
-            ) from None
-        if w.ndim > ndim:
-            raise ValueError(f"where: mask of shape {w.shape} has more axes than {shape}")
-        mask = mask & w.astype(bool).reshape((1,) * (ndim - w.ndim) + w.shape)
-    return mask
+    shape = tuple(shape)
+    return _selection(shape, at, where)[0]
 
 
 def _check_broadcast(name: str, values: jax.Array, shape: tuple[int, ...]) -> None:
@@ -115,12 +181,19 @@ def _check_broadcast(name: str, values: jax.Array, shape: tuple[int, ...]) -> No
 
 
 def _masked(new: Callable[[jax.Array], jax.Array], at: At | None, where: Any) -> Edit:
+    if at is not None and not isinstance(at, Mapping):
+        raise TypeError(f"at: expected a mapping {{axis: index}}, got {type(at).__name__}")
+    if where is not None and jnp.asarray(where).dtype != jnp.bool_:
+        raise TypeError(f"where: expected a boolean array, got dtype {jnp.asarray(where).dtype}")
+
     def edit(act: jax.Array) -> jax.Array:
         act = jnp.asarray(act)
         value = new(act)
         if at is None and where is None:
             return jnp.broadcast_to(value, act.shape).astype(act.dtype)
-        return jnp.where(selection_mask(act.shape, at, where), value, act).astype(act.dtype)
+        mask, ok = _selection(act.shape, at, where)
+        out = jnp.where(mask, value, act).astype(act.dtype)
+        return out if ok is True else poison(out, ok)
 
     return edit
 
@@ -134,6 +207,12 @@ def zero(*, at: At | None = None, where: Any = None) -> Edit:
 
     Returns:
       ``edit(act) -> act'`` with the same shape and dtype.
+
+    Raises:
+      TypeError, ValueError: a bad ``at`` or ``where`` (when the edit is first applied).
+
+    Under jit, a traced ``at`` index outside its axis makes the edited activation all NaN
+    instead of clamping or wrapping; see ``jaxinterp.checked``.
 
     >>> zero(at={-1: 0})(jnp.ones((1, 3))).tolist()
     [[0.0, 1.0, 1.0]]
@@ -153,8 +232,18 @@ def mean(values: jax.Array, *, at: At | None = None, where: Any = None) -> Edit:
 
     Returns:
       ``edit(act) -> act'``.
+
+    Raises:
+      TypeError: ``values`` is not a numeric array.
+      ValueError: ``values`` is empty or its mean does not broadcast to the activation.
+
+    Under jit, a traced ``at`` index outside its axis makes the edited activation all NaN
+    instead of clamping or wrapping; see ``jaxinterp.checked``.
+
+    >>> mean(jnp.array([[2.0, 4.0], [4.0, 8.0]]), at={-1: 1})(jnp.zeros((1, 2))).tolist()
+    [[0.0, 6.0]]
     """
-    values = jnp.asarray(values)
+    values = check_array(values, "values", kind="number")
     if values.ndim < 1 or values.shape[0] == 0:
         raise ValueError(f"values: expected a non-empty [n, ...] array, got shape {values.shape}")
     m = values.mean(0)
@@ -179,8 +268,21 @@ def resample(key: jax.Array, pool: jax.Array, *, at: At | None = None, where: An
     Returns:
       ``edit(act: [batch, ...]) -> act'``: item ``b`` takes ``pool[i_b]`` with
       ``i_b ~ uniform{0..n-1}`` drawn independently per item.
+
+    Raises:
+      TypeError: ``key`` is not a PRNG key, ``pool`` is not a numeric array.
+      ValueError: ``pool`` is empty or its items do not match the activation.
+
+    Under jit, a traced ``at`` index outside its axis makes the edited activation all NaN
+    instead of clamping or wrapping; see ``jaxinterp.checked``.
+
+    >>> pool = jnp.array([[1.0, 1.0], [2.0, 2.0]])
+    >>> out = resample(jax.random.key(0), pool)(jnp.zeros((3, 2)))
+    >>> bool(((out == 1.0) | (out == 2.0)).all())
+    True
     """
-    pool = jnp.asarray(pool)
+    key = check_key(key, "key")
+    pool = check_array(pool, "pool", kind="number")
     if pool.ndim < 1 or pool.shape[0] == 0:
         raise ValueError(f"pool: expected a non-empty [n, ...] array, got shape {pool.shape}")
 
@@ -207,8 +309,18 @@ def replace(values: jax.Array, *, at: At | None = None, where: Any = None) -> Ed
 
     Returns:
       ``edit(act) -> act'``.
+
+    Raises:
+      TypeError: ``values`` is not a numeric array.
+      ValueError: ``values`` does not broadcast to the activation.
+
+    Under jit, a traced ``at`` index outside its axis makes the edited activation all NaN
+    instead of clamping or wrapping; see ``jaxinterp.checked``.
+
+    >>> replace(jnp.full((1, 3), 7.0), at={-1: 2})(jnp.zeros((1, 3))).tolist()
+    [[0.0, 0.0, 7.0]]
     """
-    values = jnp.asarray(values)
+    values = check_array(values, "values", kind="number")
 
     def new(act):
         _check_broadcast("values", values, act.shape)

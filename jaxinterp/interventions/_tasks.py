@@ -7,6 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxinterp._checks import check_int, check_key
 from jaxinterp.interventions._metrics import logit_diff
 from jaxinterp.models import TransformerConfig, offset_batch
 
@@ -46,12 +47,33 @@ def offset_patching_task(
       batch: number of pairs.
       cfg: the transformer configuration (``seq_len``, ``vocab``).
       offset: the task's offset.
-      position: a fixed read-out position for every pair; default a random one per pair in
-        ``[offset, seq_len)``.
+      position: a fixed read-out position for every pair, an int in ``[offset, seq_len)`` (the
+        corrupted token ``position - offset`` must exist); default a random one per pair in
+        that range.
 
     Returns:
       A :class:`PatchTask`.
+
+    Raises:
+      TypeError: ``key`` is not a PRNG key, ``cfg`` is not a TransformerConfig, or an int
+        argument is not an int.
+      ValueError: ``batch < 1``, ``offset`` outside ``[0, seq_len)``, ``position`` outside
+        ``[offset, seq_len)`` (never wrapped), or ``cfg.vocab < 2``.
+
+    >>> from jaxinterp.models import TransformerConfig
+    >>> t = offset_patching_task(jax.random.key(0), 4, TransformerConfig(), position=5)
+    >>> bool((t.clean[:, 2] == t.answer).all() and (t.corrupted[:, 2] == t.wrong).all())
+    True
     """
+    key = check_key(key, "key")
+    batch = check_int(batch, "batch", lo=1)
+    if not isinstance(cfg, TransformerConfig):
+        raise TypeError(f"cfg: expected a TransformerConfig, got {type(cfg).__name__}")
+    if cfg.vocab < 2:
+        raise ValueError(f"cfg: expected vocab >= 2 to corrupt a token, got vocab={cfg.vocab}")
+    offset = check_int(offset, "offset", lo=0, hi=cfg.seq_len - 1)
+    if position is not None:
+        position = check_int(position, "position", lo=offset, hi=cfg.seq_len - 1)
     k0, k1, k2 = jax.random.split(key, 3)
     tokens = offset_batch(k0, batch, cfg.seq_len, cfg.vocab, offset).tokens
     if position is None:
