@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -107,6 +108,13 @@ def _pad_to(chunk: Any, size: int) -> tuple[Any, np.ndarray]:
     return jax.tree.map(pad, chunk), valid
 
 
+def _raise_failed(err: Any) -> None:
+    if err is not None:
+        msg = err.get()
+        if msg is not None:
+            raise ValueError(msg)
+
+
 def _check_state(new: Any, old: Any) -> None:
     spec = lambda t: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), t)
     if jax.tree.structure(new) != jax.tree.structure(old) or spec(new) != spec(old):
@@ -148,6 +156,9 @@ def stream_reduce(
     Returns:
       The final state.
 
+    Value checks registered inside ``step`` with :func:`jaxinterp._checks.value_check` (e.g.
+    a model's token-range check) raise ``ValueError`` here, as on any concrete input.
+
     Raises:
       TypeError: ``step`` is not callable, ``chunks`` is an array or not iterable, ``args`` is
         not a tuple, or ``step`` changes the state's structure, shapes or dtypes.
@@ -182,7 +193,10 @@ def stream_reduce(
             f"chunks: expected an iterable of chunks (or a function returning one), got "
             f"{type(source).__name__}"
         ) from None
-    jstep = jax.jit(step, donate_argnums=0)
+    # value checks registered inside step (jaxinterp's policy: a model's token-range check, an
+    # objective's index check) would only poison results under jit; the data here are
+    # concrete, so they are collected with checkify and raised as errors.
+    jstep = jax.jit(checkify.checkify(step, errors=checkify.user_checks), donate_argnums=0)
     put: Callable[[Any], Any]
     if mesh is None:
         put = jax.device_put
@@ -204,13 +218,17 @@ def stream_reduce(
         args = jax.device_put(args, NamedSharding(mesh, P()))
     state = jax.tree.map(jnp.array, state)  # own copy: the caller's buffers are not donated
     seen = False
+    pending = None  # the previous chunk's check result, read one step behind (no stall)
     for chunk in iterator:
         padded, valid = _pad_to(chunk, chunk_size)
         padded, valid = put(padded), put(valid)
         if not seen:
             _check_state(jax.eval_shape(step, state, padded, valid, *args), state)
             seen = True
-        state = jstep(state, padded, valid, *args)
+        err, state = jstep(state, padded, valid, *args)
+        _raise_failed(pending)
+        pending = err
+    _raise_failed(pending)
     if not seen:
         raise ValueError(
             "chunks: the stream yielded no chunks (an iterator or generator is used up after "
