@@ -17,8 +17,8 @@ import pytest
 
 from jaxinterp import models
 from jaxinterp.attention import attention_stats, attention_weights, stack_layers
-from jaxinterp.attention._stream import _chunks, is_stream
-from jaxinterp.sharding import data_mesh, iter_chunks, shard_batched, stream_reduce
+from jaxinterp.attention._stream import _chunks
+from jaxinterp.sharding import data_mesh, is_stream, iter_chunks, shard_batched, stream_reduce
 
 SCRIPT = Path(__file__).parent / "sharded" / "check_streams.py"
 

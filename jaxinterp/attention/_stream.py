@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from jaxinterp._checks import check_int
 from jaxinterp.attention._extract import attention_weights, stack_layers
 from jaxinterp.capture import Selector
-from jaxinterp.sharding import shard_batched, stream_reduce
+from jaxinterp.sharding import is_stream, shard_batched, stream_reduce
 
 Stat = Callable[..., Any]
 
@@ -57,18 +57,6 @@ def _as_arrays(item: Any, what: str) -> tuple[np.ndarray, ...]:
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
             raise TypeError(f"{what}: expected numeric arrays, got dtype {a.dtype}")
     return out
-
-
-def is_stream(data: Any) -> bool:
-    """Whether ``data`` is a stream of chunks rather than an in-memory dataset.
-
-    In-memory: an array, or a list/tuple of arrays (the model's positional inputs, e.g.
-    ``[ids, mask]``). Stream: a function returning an iterable of chunks, or any other
-    iterable (iterator, generator, custom dataset object).
-    """
-    if hasattr(data, "shape") or isinstance(data, (tuple, list)):
-        return False
-    return callable(data) or (hasattr(data, "__iter__") and not isinstance(data, (str, dict)))
 
 
 def _chunks(data: Any, chunk_size: int) -> Iterator[tuple[np.ndarray, ...]]:
@@ -158,7 +146,8 @@ def attention_stats(
         (e.g. ``tokens [seq]`` or ``input_ids [seq], attention_mask [seq]``). Typically built
         from :mod:`jaxinterp.attention` scores, e.g.
         ``lambda w, ids, m: head_entropy(w, m)`` giving ``[layer, head]``.
-      data: the dataset, either in memory or as a stream (see :func:`is_stream`).
+      data: the dataset, either in memory or as a stream (see
+        :func:`jaxinterp.sharding.is_stream`).
         *In memory*: the model's positional inputs with a leading example axis ``[n, ...]``,
         one array or a list/tuple of arrays (e.g. ``[input_ids, attention_mask]``); it is
         sliced into chunks without copying. *Stream*: an iterator or generator of such chunks

@@ -30,6 +30,25 @@ from jax.sharding import PartitionSpec as P
 State = TypeVar("State")
 
 
+def is_stream(data: Any) -> bool:
+    """Whether ``data`` is a stream of chunks rather than an in-memory dataset.
+
+    In memory: an array (numpy, ``np.memmap``, jax), or a list/tuple of arrays (e.g. a model's
+    positional inputs ``[input_ids, attention_mask]``), or another pytree of arrays such as a
+    dict. Stream: a function (called with no arguments, it returns a fresh iterable of chunks;
+    it can be read again), or any other iterable: an iterator, a generator, a dataset object
+    (read once: an iterator or generator is used up after one pass). Strings are neither.
+
+    >>> is_stream(np.zeros((4, 2))), is_stream([np.zeros(4), np.ones(4)])
+    (False, False)
+    >>> is_stream(iter_chunks(np.zeros(4), 2)), is_stream(lambda: iter_chunks(np.zeros(4), 2))
+    (True, True)
+    """
+    if hasattr(data, "shape") or isinstance(data, (tuple, list, dict, str, bytes)):
+        return False
+    return callable(data) or hasattr(data, "__iter__")
+
+
 def _leading_length(tree: Any, name: str) -> int:
     """The shared leading length of every leaf of ``tree`` (arrays with at least one axis)."""
     leaves = jax.tree.leaves(tree)
