@@ -92,7 +92,9 @@ def offset_batch(key: jax.Array, batch: int, seq_len: int, vocab: int, offset: i
     batch = check_int(batch, "batch", lo=1)
     seq_len = check_int(seq_len, "seq_len", lo=1)
     vocab = check_int(vocab, "vocab", lo=1)
-    offset = check_int(offset, "offset", lo=0, hi=seq_len - 1)
+    offset = check_int(offset, "offset")
+    if not 0 <= offset < seq_len:
+        raise ValueError(f"offset: expected 0 <= offset < seq_len={seq_len}, got {offset}")
     tokens = jax.random.randint(key, (batch, seq_len), 0, vocab, dtype=jnp.int32)
     targets = jnp.roll(tokens, offset, axis=1)
     pos = jnp.arange(seq_len)

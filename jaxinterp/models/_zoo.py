@@ -176,11 +176,13 @@ def offset_transformer(
     >>> offset_transformer(offset=16)
     Traceback (most recent call last):
     ...
-    ValueError: offset: expected an int in [0, 15], got 16
+    ValueError: offset: expected 0 <= offset < seq_len=16, got 16
     """
     if not isinstance(cfg, TransformerConfig):
         raise TypeError(f"cfg: expected a TransformerConfig, got {type(cfg).__name__}")
-    offset = check_int(offset, "offset", lo=0, hi=cfg.seq_len - 1)
+    offset = check_int(offset, "offset")
+    if not 0 <= offset < cfg.seq_len:
+        raise ValueError(f"offset: expected 0 <= offset < seq_len={cfg.seq_len}, got {offset}")
     steps = check_int(steps, "steps", lo=1)
     seed = check_int(seed, "seed", lo=0)
     model = Transformer(cfg)
