@@ -298,7 +298,7 @@ def shard_leading(x: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") -> A
       ValueError: ``axis`` is not a mesh axis, or a leaf has no leading axis divisible by
         its size.
 
-    >>> shard_leading(jnp.ones((4, 2)), data_mesh()).sharding.spec
+    >>> shard_leading(jnp.ones((8, 2)), data_mesh()).sharding.spec  # 8 rows: 1 or 8 devices
     P('data',)
     """
     size = _axis_size(_check_mesh(mesh), axis)
