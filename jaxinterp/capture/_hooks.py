@@ -123,6 +123,7 @@ class _Frame:
     trace: Any
     counts: dict[str, int]
     steps: tuple[jax.Array, ...]
+    sizes: tuple[int, ...] = ()
     records: dict[str, Any] = dataclasses.field(default_factory=dict)
     order: list[str] = dataclasses.field(default_factory=list)  # call keys as calls start
     carried: bool = True  # False: a transform we do not route; records cannot get out
@@ -141,6 +142,7 @@ class Call(NamedTuple):
       key: the record key, ``path`` for the first call and ``path@index`` after.
       steps: the step index of each enclosing scan, outermost first (traced int32 scalars);
         ``()`` outside scans.
+      sizes: the length of each enclosing scan (static ints), matching ``steps``.
       carried: whether :func:`record` can carry values out of where this call runs (False
         inside ``lax.cond`` branches, ``jax.jit`` or other transforms that are not routed).
     """
@@ -150,6 +152,7 @@ class Call(NamedTuple):
     key: str
     steps: tuple[jax.Array, ...]
     carried: bool
+    sizes: tuple[int, ...] = ()
 
 
 class Records(dict):
@@ -188,7 +191,7 @@ def _frame(state: _State) -> _Frame:
     for f in top.foreign:
         if f.trace == now:
             return f
-    f = _Frame(now, dict(top.counts), top.steps, carried=False)
+    f = _Frame(now, dict(top.counts), top.steps, top.sizes, carried=False)
     top.foreign.append(f)
     return f
 
@@ -233,7 +236,7 @@ def _enter_call(path: str) -> tuple[_State, Call | None]:
     k = f.counts.get(path, 0)
     f.counts[path] = k + 1
     prev = state.call
-    state.call = Call(path, k, path if k == 0 else f"{path}@{k}", f.steps, f.carried)
+    state.call = Call(path, k, path if k == 0 else f"{path}@{k}", f.steps, f.carried, f.sizes)
     if f.carried:
         f.order.append(state.call.key)
     return state, prev
@@ -249,9 +252,17 @@ _ORIG = {
 _INSTALLED = 0
 
 
-def _child(parent: _Frame, steps: tuple[jax.Array, ...] = ()) -> _Frame:
+def _child(
+    parent: _Frame, steps: tuple[jax.Array, ...] = (), sizes: tuple[int, ...] = ()
+) -> _Frame:
     """A frame for a transformed function, opened inside its trace; ``parent`` is outside."""
-    return _Frame(_trace_now(), dict(parent.counts), parent.steps + steps, carried=parent.carried)
+    return _Frame(
+        _trace_now(),
+        dict(parent.counts),
+        parent.steps + steps,
+        parent.sizes + sizes,
+        carried=parent.carried,
+    )
 
 
 def _merge(parent: _Frame, child: _Frame, records: Mapping[str, Any]) -> None:
@@ -279,7 +290,7 @@ def _scan(f, init, xs=None, length=None, reverse=False, unroll=1, **kw):
 
     def body(c, x_i):
         x, i = x_i
-        child = _child(parent, (i,))
+        child = _child(parent, (i,), (int(n),))
         state.stack.append(child)
         try:
             c2, y = f(c, x)
@@ -295,7 +306,7 @@ def _scan(f, init, xs=None, length=None, reverse=False, unroll=1, **kw):
 
 
 def _wrap_transform(transform: Callable[[Callable], Callable], fun: Callable) -> Callable:
-    """``transform(fun)`` whose records come out as extra outputs, merged into the caller's frame."""
+    """``transform(fun)`` whose records come out as extra outputs, merged into the caller."""
     box: list[_Frame] = []
 
     def wrapped(*a, **k):
@@ -338,9 +349,7 @@ def _vmap(fun, in_axes=0, out_axes=0, *args, **kw):
     state = _STATE.get()
     if state is None:
         return _ORIG["vmap"](fun, in_axes, out_axes, *args, **kw)
-    return _wrap_transform(
-        lambda g: _ORIG["vmap"](g, in_axes, (out_axes, 0), *args, **kw), fun
-    )
+    return _wrap_transform(lambda g: _ORIG["vmap"](g, in_axes, (out_axes, 0), *args, **kw), fun)
 
 
 @contextlib.contextmanager
@@ -405,6 +414,7 @@ def _hooked_class(cls: type, methods: frozenset[str]) -> type:
                 return _run_around(hook[0], full, self, call_next, args, kwargs)
 
             method.__name__ = name
+            method.__wrapped__ = orig
             method.__qualname__ = f"{cls.__qualname__}.{name}"
             return method
 
@@ -473,8 +483,10 @@ def _translate_linen_error(err: Exception) -> Exception | None:
             f"variables: missing a collection the model needs ({msg}); pass every collection "
             "of model.init(...) (e.g. 'params' and 'batch_stats')"
         )
-    if isinstance(err, (ferr.ApplyScopeInvalidVariablesTypeError,
-                        ferr.ApplyScopeInvalidVariablesStructureError)):
+    if isinstance(
+        err,
+        (ferr.ApplyScopeInvalidVariablesTypeError, ferr.ApplyScopeInvalidVariablesStructureError),
+    ):
         return TypeError(f"variables: expected {{'params': ...}} as model.init returns ({msg})")
     if isinstance(err, ferr.ModifyScopeVariableError):
         return ValueError(
@@ -626,8 +638,15 @@ def apply_with_hook(
     True
     """
     return run_with_hook(
-        model, variables, around, *args, method=method, mutable=mutable, rngs=rngs,
-        methods=methods, **kwargs,
+        model,
+        variables,
+        around,
+        *args,
+        method=method,
+        mutable=mutable,
+        rngs=rngs,
+        methods=methods,
+        **kwargs,
     )[0]
 
 
