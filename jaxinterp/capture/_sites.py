@@ -313,6 +313,7 @@ def run_sites(
     parsed_edits = _check_edits(edits or {})
     parsed_rec = check_sites(sites)
     hits: set[str] = set()
+    unstepped: set[str] = set()
     seen: list[str] = []
     depth: dict[str, int] = {}
 
@@ -322,9 +323,15 @@ def run_sites(
         return match(call.path)
 
     def edit(text, site, fn, value, call):
+        if len(site.steps) > len(call.steps) and not call.carried:
+            # a trace jaxinterp does not route (Flax's constancy check of nn.scan traces the
+            # body once outside lax.scan; a fori_loop): no step index to select with here.
+            unstepped.add(text)
+            return value
+        mask = step_mask(site, call)
         new = fn(value)
         check_same(text, value, new)
-        mask = step_mask(site, call)
+        hits.add(text)
         if mask is not None:
             new = jax.tree.map(lambda n, o: jnp.where(mask, n, o), new, value)
         return new
@@ -339,7 +346,6 @@ def run_sites(
             s for s in parsed_rec if s.part == "input" and s.path == path and s.call == call.index
         ]
         for text, site, fn in e_in:
-            hits.add(text)
             where = find_input(site, module, path, a, k)
             old = get_input(where, a, k)
             new = set_element(
@@ -356,7 +362,6 @@ def run_sites(
         out = call_next(*a, **k)
         for text, site, match, fn in parsed_edits:
             if site.part == "output" and wanted(site, match, call):
-                hits.add(text)
                 old = get_element(out, site.element, site)
                 out = set_element(out, site.element, edit(text, site, fn, old, call), site)
         for site in parsed_rec:
@@ -370,6 +375,12 @@ def run_sites(
     )
     listing = ", ".join(repr(p) for p in dict.fromkeys(seen)) or "(none: no submodule calls)"
     for text, _, _, _ in parsed_edits:
+        if text not in hits and text in unstepped:
+            raise ValueError(
+                f"site: {text!r} names a scan step, but the module runs inside a loop jaxinterp "
+                "does not route (lax.fori_loop, lax.while_loop, lax.map); write the loop with "
+                "lax.scan, nn.scan or nnx.scan, or edit every step (no [step])"
+            )
         if text not in hits:
             raise KeyError(
                 f"edits: site {text!r} matches no submodule call. Available paths: {listing}"
