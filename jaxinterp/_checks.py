@@ -89,14 +89,10 @@ def check_key(key: Any, name: str = "key") -> jax.Array:
         return key
     if dtype is not None and dtype == jnp.uint32 and shape == (2,):
         return key
-    raise TypeError(
-        f"{name}: expected a PRNG key such as jax.random.key(0), got {_describe(key)}"
-    )
+    raise TypeError(f"{name}: expected a PRNG key such as jax.random.key(0), got {_describe(key)}")
 
 
-def check_int(
-    value: Any, name: str, *, lo: int | None = None, hi: int | None = None
-) -> int:
+def check_int(value: Any, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
     """Checks a static integer argument and its range ``lo <= value <= hi`` (inclusive).
 
     Raises:
@@ -175,9 +171,7 @@ def check_array(
         if not jnp.issubdtype(arr.dtype, base):
             raise TypeError(f"{name}: expected {words} array, got dtype {arr.dtype}")
     if shape is not None:
-        ok = len(shape) == arr.ndim and all(
-            s is None or s == a for s, a in zip(shape, arr.shape)
-        )
+        ok = len(shape) == arr.ndim and all(s is None or s == a for s, a in zip(shape, arr.shape))
         if not ok:
             want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
             raise ValueError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")

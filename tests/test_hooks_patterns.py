@@ -430,14 +430,19 @@ class Tied(nnx.Module):
 
 def test_methods_hooked_and_method_callable_on_nnx():
     model = Tied(nnx.Rngs(0))
+    model.mlp.bias[...] = jnp.arange(1.0, D + 1.0)
     ids = jnp.array([[0, 3, 4]])
     table = model.embedder.table[...]
     _, acts = jax.jit(capture(model, select="embedder.*", methods=("encode", "decode")))(ids)
     assert sorted(acts) == ["embedder.decode", "embedder.encode"]
     np.testing.assert_allclose(acts["embedder.encode"], table[ids], rtol=1e-6)
-    out = intervene(model, None, {"embedder.encode": jnp.zeros_like})
-    with pytest.raises(KeyError, match="embedder.encode"):
-        out(ids)  # methods are hooked only where asked
+    with pytest.raises(KeyError, match="embedder.encode"):  # hooked only where asked
+        intervene(model, None, {"embedder.encode": jnp.zeros_like})(ids)
+    f = intervene(model, None, {"embedder.encode": jnp.zeros_like}, methods=["encode"])
+    want = jnp.broadcast_to(model.mlp.bias[...] @ table.T, (1, 3, 5))
+    np.testing.assert_allclose(f(ids), want, rtol=1e-5, atol=1e-6)
+    _, got = capture_sites(model, None, ["embedder.decode:input"], methods=["decode"])(ids)
+    np.testing.assert_allclose(got["embedder.decode:input"], model.mlp(table[ids]), rtol=1e-5)
     feats, _ = capture(model, select="mlp", method=Tied.features)(ids)
     np.testing.assert_allclose(feats, model.features(ids), rtol=1e-6)
     feats2, _ = capture(model, select="mlp", method=lambda m, i: m.features(i))(ids)

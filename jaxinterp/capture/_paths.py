@@ -263,7 +263,8 @@ def parse_site(site: str) -> Site:
     m = _SITE_RE.match(site)
     if m is None or not m["path"] or (":" in m["path"]):
         raise ValueError(
-            f"site: {site!r}: the only suffixes allowed are ':output' and ':input'; expected PATH[@K][[STEP]...][:output|:input][element keys], "
+            f"site: {site!r}: the only suffixes allowed are ':output' and ':input'; expected "
+            "PATH[@K][[STEP]...][:output|:input][element keys], "
             "e.g. 'block_0/mlp', 'block_0/attn/out:input', 'layers/attn[3]', 'block_0:output[1]'"
         )
     call = None if m["call"] == "*" else int(m["call"] or 0)

@@ -31,7 +31,7 @@ layers of a scan), optionally while edits are applied.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -75,6 +75,7 @@ def intervene(
     edits: Mapping[str, Edit],
     *,
     method: str | Callable[..., Any] | None = None,
+    methods: Collection[str] | None = None,
 ) -> Callable[..., Any]:
     """Returns ``f(*args, **kwargs) -> output`` of the model with ``edits`` applied.
 
@@ -89,6 +90,8 @@ def intervene(
         :func:`resample`, :func:`replace`, or any function). Several edits matching one
         activation are applied in mapping order.
       method: the model method to run: a name or a callable (default ``__call__``).
+      methods: submodule methods hooked besides ``__call__`` (``("encode", "decode")``);
+        their sites are ``"path.method"`` (``"embedder.encode:input"``).
 
     Returns:
       A pure function of the model's inputs (e.g. ``tokens: [batch, seq]``) returning the
@@ -121,7 +124,9 @@ def intervene(
             )
 
     def f(*args: Any, **kwargs: Any) -> Any:
-        return run_sites(model, variables, *args, edits=edits, method=method, **kwargs)[0]
+        return run_sites(
+            model, variables, *args, edits=edits, method=method, methods=methods, **kwargs
+        )[0]
 
     return f
 
@@ -133,6 +138,7 @@ def capture_sites(
     *,
     edits: Mapping[str, Edit] | None = None,
     method: str | Callable[..., Any] | None = None,
+    methods: Collection[str] | None = None,
 ) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
     """Returns ``f(*args, **kwargs) -> (output, {site: activation})`` recording sites.
 
@@ -145,6 +151,7 @@ def capture_sites(
       edits: optional ``{site: edit}`` applied during the same run; recorded activations are
         the values after the edits at that site.
       method: the model method to run.
+      methods: submodule methods hooked besides ``__call__`` (sites ``"path.method"``).
 
     Returns:
       A pure function; activations keep the shapes the model gives them (per-head results:
@@ -168,6 +175,15 @@ def capture_sites(
     edits = dict(edits or {})
 
     def f(*args: Any, **kwargs: Any) -> tuple[Any, dict[str, jax.Array]]:
-        return run_sites(model, variables, *args, edits=edits, sites=sites, method=method, **kwargs)
+        return run_sites(
+            model,
+            variables,
+            *args,
+            edits=edits,
+            sites=sites,
+            method=method,
+            methods=methods,
+            **kwargs,
+        )
 
     return f
