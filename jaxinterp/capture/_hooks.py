@@ -507,7 +507,7 @@ def _call_method(model: Any, method: Any) -> Callable[..., Any]:
         raise TypeError(f"method: expected a method name or a callable, got {method!r}")
     fn = getattr(model, method, None)
     if fn is None or not callable(fn):
-        raise AttributeError(f"method: {type(model).__name__} has no method {method!r}")
+        raise ValueError(f"method: {type(model).__name__} has no method {method!r}")
     return fn
 
 
@@ -560,6 +560,12 @@ def run_with_hook(
     """
     check_model(model, variables)
     hooked = _check_methods(methods)
+    if not callable(around):
+        raise TypeError(
+            f"around: expected a function (path, module, call_next, args, kwargs) -> output, "
+            f"got {type(around).__name__}"
+        )
+    _call_method(model, method)  # checks the method before anything runs
     state = _State()
     root = _Frame(_trace_now(), {}, ())
     state.stack.append(root)
