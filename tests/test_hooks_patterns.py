@@ -470,3 +470,51 @@ def test_site_inside_cond_is_named_and_edits_still_apply():
         capture_sites(m, v, ["inner"])(X)
     out = jax.jit(intervene(m, v, {"inner": lambda a: 0 * a + 1.0}))(X)
     np.testing.assert_array_equal(out, jnp.ones((B, D)))
+
+
+# ------------------------------------------- nnx decorators applied at class definition
+
+
+class DocsMLP(nnx.Module):
+    """The Flax docs' scan-over-layers pattern: nnx.scan(nnx.remat(__call__)) on the class."""
+
+    def __init__(self, rngs):
+        self.lin = nnx.Linear(D, D, rngs=rngs)
+
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+    @nnx.remat
+    def __call__(self, x):
+        return x + jnp.tanh(self.lin(x))
+
+
+class DocsModel(nnx.Module):
+    def __init__(self, rngs):
+        @nnx.split_rngs(splits=L)
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def make(rngs):
+            return DocsMLP(rngs)
+
+        self.mlp = make(rngs)
+
+    def __call__(self, x):
+        return self.mlp(x)
+
+
+def test_definition_time_remat_edits_apply_and_records_are_refused():
+    model = DocsModel(nnx.Rngs(0))
+    k, b = model.mlp.lin.kernel[...], model.mlp.lin.bias[...]
+
+    def ref(edit_layer):
+        x = X
+        for i in range(L):
+            h = x @ k[i] + b[i]
+            x = x + jnp.tanh(0 * h if i == edit_layer else h)
+        return x
+
+    for _ in range(2):  # the second run must not reuse a cached trace without its hooks
+        out = jax.jit(intervene(model, None, {"mlp/lin[1]": jnp.zeros_like}))(X)
+        np.testing.assert_allclose(out, ref(1), rtol=1e-6, atol=1e-6)
+    out, acts = capture(model, select="mlp")(X)
+    np.testing.assert_allclose(acts["mlp"], ref(-1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"^select: 'mlp/lin' picks 'mlp/lin'.*nnx.remat"):
+        capture(model, select="mlp/lin")(X)

@@ -29,7 +29,13 @@ from typing import Any
 
 import jax
 
-from jaxinterp.capture._hooks import check_model, current_call, record, run_with_hook
+from jaxinterp.capture._hooks import (
+    LOST_PATTERNS,
+    check_model,
+    current_call,
+    record,
+    run_with_hook,
+)
 from jaxinterp.capture._paths import Selector, as_matcher, check_selection
 
 Activations = dict[str, Any]
@@ -38,10 +44,8 @@ Activations = dict[str, Any]
 def _lost_error(select: Selector, lost: tuple[str, ...]) -> ValueError:
     return ValueError(
         f"select: {select!r} picks {', '.join(repr(k) for k in lost)}, called inside a JAX "
-        "transform whose values jaxinterp cannot carry out (a lax.cond/lax.switch branch, or "
-        "jax.jit, lax.map, lax.fori_loop or lax.while_loop inside the model; nn.scan, "
-        "nnx.scan, lax.scan, remat and vmap are supported). Select the enclosing module "
-        "instead, or call the model method outside that transform"
+        f"transform whose values jaxinterp cannot carry out: {LOST_PATTERNS}. Select the "
+        "enclosing module instead (edits at these sites still apply)"
     )
 
 

@@ -33,9 +33,12 @@ forward is active in the calling context. Inside a scan, :func:`current_call` al
 step indices (``Call.steps``, outermost scan first), so an edit can act on one layer only.
 
 Transforms that are not routed (``lax.cond`` branches, ``jax.jit`` or ``lax.map`` /
-``fori_loop`` inside the model) still run hooks, so edits apply there; a value recorded in one
-of them cannot be carried out, and the caller (e.g. :func:`jaxinterp.capture.capture`) reports
-which site it was and why.
+``fori_loop`` inside the model, and ``nnx.remat`` / ``nnx.vmap`` / ``jax.checkpoint`` applied
+at class definition, as in ``@nnx.remat def __call__``, which call ``jax.checkpoint`` before
+any hook is active) still run hooks, so edits apply there; a value recorded in one of them
+cannot be carried out, and the caller (e.g. :func:`jaxinterp.capture.capture`) reports which
+site it was and why. (The nnx copy carries a per-run static attribute so that JAX's trace
+caches of such definition-time transforms never skip a run's hooks.)
 
 **Repeated calls.** One rule for every consumer: the ``k``-th call (from 0) of the module at
 ``path`` in one forward pass has the key ``path`` for ``k = 0`` and ``path@k`` after
@@ -50,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import itertools
 import re
 import threading
 from collections.abc import Callable, Collection, Mapping
@@ -66,7 +70,16 @@ from jaxinterp.capture._paths import canonical_path
 
 Around = Callable[[str, Any, Callable[..., Any], tuple, dict], Any]
 
+LOST_PATTERNS = (
+    "a lax.cond/lax.switch branch (nn.cond, nnx.cond), jax.jit/nn.jit/nnx.jit, lax.map, "
+    "lax.fori_loop or lax.while_loop inside the model, or nnx.remat/nnx.vmap/jax.checkpoint "
+    "applied when the class was defined rather than inside the forward pass (nn.scan, "
+    "nnx.scan, lax.scan, nn.remat, nn.vmap, and remat/vmap applied in the forward pass are "
+    "supported)"
+)
 _PATH_ATTR = "_jaxinterp_path"
+_RUN_ATTR = "_jaxinterp_run"
+_RUNS = itertools.count()
 _HOOKED_CLASSES: dict[tuple[type, frozenset[str]], type] = {}
 _LOCK = threading.Lock()
 
@@ -440,7 +453,12 @@ def _check_methods(methods: Collection[str] | str | None) -> frozenset[str]:
 def _nnx_copy(model: Any, methods: frozenset[str]) -> Any:
     graphdef, state = nnx.split(model)
     copy = nnx.merge(graphdef, state, copy=True)
+    run = next(_RUNS)
     for raw, sub in nnx.iter_modules(copy):
+        # A static attribute unique to this run: JAX caches traces of functions transformed
+        # once at class definition (``@nnx.remat``) keyed on the graph definition, and a
+        # cache hit would skip this run's hooks.
+        object.__setattr__(sub, _RUN_ATTR, run)
         if not raw:
             continue
         object.__setattr__(sub, _PATH_ATTR, canonical_path(raw))

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.capture._hooks import Call, current_call, record, run_with_hook
+from jaxinterp.capture._hooks import LOST_PATTERNS, Call, current_call, record, run_with_hook
 from jaxinterp.capture._paths import Site, as_matcher, parse_site
 
 
@@ -391,8 +391,8 @@ def run_sites(
         if key in recs.lost:
             raise ValueError(
                 f"sites: {site.text!r} is called inside a JAX transform whose values jaxinterp "
-                "cannot carry out (a lax.cond/switch branch, or jax.jit, lax.map, fori_loop or "
-                "while_loop inside the model); record the enclosing module instead"
+                f"cannot carry out: {LOST_PATTERNS}. Record the enclosing module instead "
+                "(edits at this site still apply)"
             )
         if key not in recs:
             raise KeyError(
