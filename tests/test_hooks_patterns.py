@@ -518,3 +518,66 @@ def test_definition_time_remat_edits_apply_and_records_are_refused():
     np.testing.assert_allclose(acts["mlp"], ref(-1), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"^select: 'mlp/lin' picks 'mlp/lin'.*nnx.remat"):
         capture(model, select="mlp/lin")(X)
+
+
+# ---------------------------------------------------- linen methods, vmap in the forward
+
+
+class LEmbed(nn.Module):
+    def setup(self):
+        self.table = self.param("table", nn.initializers.normal(1.0), (5, D))
+
+    def encode(self, ids):
+        return self.table[ids]
+
+    def decode(self, x):
+        return x @ self.table.T
+
+
+class LTied(nn.Module):
+    def setup(self):
+        self.embedder = LEmbed()
+        self.mlp = nn.Dense(D, bias_init=nn.initializers.ones)
+
+    def __call__(self, ids):
+        return self.embedder.decode(self.mlp(self.embedder.encode(ids)))
+
+
+def test_linen_methods_hooked_where_asked():
+    m = LTied()
+    ids = jnp.array([[0, 3, 4]])
+    v = m.init(jax.random.key(0), ids)
+    table = v["params"]["embedder"]["table"]
+    _, acts = jax.jit(capture(m, v, select="embedder.*", methods=["encode", "decode"]))(ids)
+    assert sorted(acts) == ["embedder.decode", "embedder.encode"]
+    np.testing.assert_allclose(acts["embedder.encode"], table[ids], rtol=1e-6)
+    f = intervene(m, v, {"embedder.encode": jnp.zeros_like}, methods=["encode"])
+    want = jnp.broadcast_to(v["params"]["mlp"]["bias"] @ table.T, (1, 3, 5))
+    np.testing.assert_allclose(f(ids), want, rtol=1e-5, atol=1e-6)
+
+
+class Ensemble(nnx.Module):
+    def __init__(self, rngs):
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def make(rngs):
+            return nnx.Linear(D, 2, rngs=rngs)
+
+        self.heads = make(rngs)
+
+    def __call__(self, x):
+        @nnx.vmap(in_axes=(0, None), out_axes=0)
+        def run(head, x):
+            return head(x)
+
+        return run(self.heads, x).mean(0)
+
+
+def test_nnx_vmap_in_forward_records_with_mapped_axis():
+    model = Ensemble(nnx.Rngs(0))
+    k, b = model.heads.kernel[...], model.heads.bias[...]
+    want = jnp.einsum("bd,hde->hbe", X, k) + b[:, None]
+    _, acts = jax.jit(capture(model, select="heads"))(X)
+    np.testing.assert_allclose(acts["heads"], want, rtol=1e-5, atol=1e-6)
+    out = intervene(model, None, {"heads": lambda a: 2 * a})(X)
+    np.testing.assert_allclose(out, 2 * want.mean(0), rtol=1e-5, atol=1e-6)
