@@ -581,3 +581,23 @@ def test_nnx_vmap_in_forward_records_with_mapped_axis():
     np.testing.assert_allclose(acts["heads"], want, rtol=1e-5, atol=1e-6)
     out = intervene(model, None, {"heads": lambda a: 2 * a})(X)
     np.testing.assert_allclose(out, 2 * want.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_patch_sweep_over_scanned_layers_matches_unrolled_patching():
+    from jaxinterp.interventions import patch_sweep, site_grid
+
+    model, variables = _linen_stack()
+    clean, corrupt = X, jax.random.normal(jax.random.key(7), (B, D))
+    sites = site_grid([f"layers/mlp[{i}]" for i in range(L)], [(-1, D)], ("layer", "neuron"))
+    metric = lambda out: out[:, 0].sum()  # noqa: E731
+    res = patch_sweep(model, variables, clean, corrupt, sites, metric)
+    _, clean_h = _linen_ref(variables, clean)
+    want = np.zeros((L, D))
+    for i in range(L):
+        for j in range(D):
+
+            def edit(layer, h, i=i, j=j):
+                return h.at[:, j].set(clean_h[i][:, j]) if layer == i else h
+
+            want[i, j] = metric(_linen_ref(variables, corrupt, edit)[0])
+    np.testing.assert_allclose(sites.unflatten(res.patched), want, rtol=1e-5, atol=1e-5)
