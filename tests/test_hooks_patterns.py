@@ -9,6 +9,7 @@ other than ``__call__``, and transforms values cannot leave.
 from __future__ import annotations
 
 import chex
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -601,3 +602,35 @@ def test_patch_sweep_over_scanned_layers_matches_unrolled_patching():
 
             want[i, j] = metric(_linen_ref(variables, corrupt, edit)[0])
     np.testing.assert_allclose(sites.unflatten(res.patched), want, rtol=1e-5, atol=1e-5)
+
+
+@flax.struct.dataclass
+class Output:
+    hidden: jax.Array
+    logits: jax.Array
+
+
+class DataclassBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(D, name="proj")(x)
+        return Output(hidden=h, logits=h.sum(-1))
+
+
+class DataclassModel(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        o = DataclassBlock(name="block")(x)
+        return o.hidden * 2 + o.logits[:, None]
+
+
+def test_dataclass_output_attribute_site():
+    m = DataclassModel()
+    v = m.init(jax.random.key(0), X)
+    p = v["params"]["block"]["proj"]
+    h = X @ p["kernel"] + p["bias"]
+    _, acts = jax.jit(capture_sites(m, v, ["block:output.hidden", "block"]))(X)
+    np.testing.assert_allclose(acts["block:output.hidden"], h, rtol=1e-6)
+    assert isinstance(acts["block"], Output)
+    out = jax.jit(intervene(m, v, {"block:output.logits": jnp.zeros_like}))(X)
+    np.testing.assert_allclose(out, 2 * h, rtol=1e-6)
