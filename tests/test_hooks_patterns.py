@@ -634,3 +634,23 @@ def test_dataclass_output_attribute_site():
     assert isinstance(acts["block"], Output)
     out = jax.jit(intervene(m, v, {"block:output.logits": jnp.zeros_like}))(X)
     np.testing.assert_allclose(out, 2 * h, rtol=1e-6)
+
+
+def test_attribution_patch_over_scanned_layers_matches_unrolled_gradient():
+    from jaxinterp.interventions import attribution_patch, site_grid
+
+    model, variables = _linen_stack()
+    clean, corrupt = X, jax.random.normal(jax.random.key(7), (B, D))
+    sites = site_grid([f"layers/mlp[{i}]" for i in range(L)], [(-1, D)], ("layer", "neuron"))
+    metric = lambda out: out[:, 0].sum()  # noqa: E731
+    res = attribution_patch(model, variables, clean, corrupt, sites, metric)
+    _, clean_h = _linen_ref(variables, clean)
+    _, corr_h = _linen_ref(variables, corrupt)
+
+    def patched(deltas):  # deltas [layer, batch, d] added to the corrupted pre-activations
+        return metric(_linen_ref(variables, corrupt, lambda i, h: h + deltas[i])[0])
+
+    grads = jax.grad(patched)(jnp.zeros_like(corr_h))
+    effect = (grads * (clean_h - corr_h)).sum(1)  # [layer, neuron]
+    want = patched(jnp.zeros_like(corr_h)) + effect
+    np.testing.assert_allclose(sites.unflatten(res.patched), want, rtol=1e-5, atol=1e-5)
