@@ -36,10 +36,12 @@ class Block(nn.Module):
 class ScanStack(nn.Module):
     """One scanned, rematerialized block for all layers, as large JAX models are written."""
 
+    remat: bool = True
+
     @nn.compact
     def __call__(self, x):
         stack = nn.scan(
-            nn.remat(Block),
+            nn.remat(Block) if self.remat else Block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             length=L,
@@ -48,8 +50,8 @@ class ScanStack(nn.Module):
         return nn.Dense(2, name="head")(x)
 
 
-def _linen_stack():
-    m = ScanStack()
+def _linen_stack(remat=True):
+    m = ScanStack(remat=remat)
     return m, m.init(jax.random.key(0), X)
 
 
@@ -122,9 +124,11 @@ def _nnx_ref(m, x, edit=None):
 
 def _models():
     m, v = _linen_stack()
+    m2, v2 = _linen_stack(remat=False)
     nm = NScanStack(nnx.Rngs(0))
     return [
         ("linen", m, v, lambda e=None: _linen_ref(v, X, e)),
+        ("linen-scan-only", m2, v2, lambda e=None: _linen_ref(v2, X, e)),
         ("nnx", nm, None, lambda e=None: _nnx_ref(nm, X, e)),
     ]
 
@@ -140,7 +144,7 @@ class TestScannedStacks(chex.TestCase):
             np.testing.assert_allclose(acts["layers/mlp"], want_h, rtol=1e-6, atol=1e-6)
             np.testing.assert_allclose(out, want_out, rtol=1e-6, atol=1e-6)
             _, whole = self.variant(capture(model, variables, select="layers"))(X)
-            layer_out = whole["layers"][0] if name == "linen" else whole["layers"]
+            layer_out = whole["layers"] if name == "nnx" else whole["layers"][0]
             assert layer_out.shape == (L, B, D)
             np.testing.assert_allclose(layer_out[0], X + jnp.tanh(want_h[0]), rtol=1e-6, atol=1e-6)
 

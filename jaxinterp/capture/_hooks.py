@@ -620,7 +620,10 @@ def run_with_hook(
         _AROUND.reset(tok_a)
     rank = {k: i for i, k in enumerate(dict.fromkeys(root.order))}
     keys = sorted(root.records, key=lambda k: rank.get(k, len(rank)))
-    records = Records({k: root.records[k] for k in keys}, lost=tuple(dict.fromkeys(root.lost)))
+    # A key both lost and recorded was traced once where values cannot leave (Flax's
+    # constancy check of nn.scan traces the body outside lax.scan) and once where they can.
+    lost = tuple(k for k in dict.fromkeys(root.lost) if k not in root.records)
+    records = Records({k: root.records[k] for k in keys}, lost=lost)
     return out, records
 
 
