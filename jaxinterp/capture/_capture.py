@@ -13,19 +13,40 @@ memory is what the selection needs. It is built on :func:`apply_with_hook` and s
 
 A selector that matches nothing raises ``KeyError`` listing the available paths, at trace time,
 never a silent empty dict.
+
+A pattern selects modules: ``"mlp"`` keeps every call of ``mlp`` (keys ``mlp``, ``mlp@1``, ...,
+one rule for all of jaxinterp, see :mod:`jaxinterp.capture._hooks`); ``"mlp@2"`` keeps its
+third call only. Activations of layers inside ``nn.scan`` / ``nnx.scan`` come out stacked
+``[layer, ...]`` under the scanned module's paths (``"layers/attn"``), also under ``jit`` and
+``grad``; outputs that are tuples or other pytrees are returned as the module returns them.
+Path naming per model pattern is in :mod:`jaxinterp.capture._paths`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
 
-from jaxinterp.capture._hooks import apply_with_hook, check_model
-from jaxinterp.capture._paths import Selector, as_matcher, check_selection, record_key
+from jaxinterp.capture._hooks import (
+    LOST_PATTERNS,
+    check_model,
+    current_call,
+    record,
+    run_with_hook,
+)
+from jaxinterp.capture._paths import Selector, as_matcher, check_selection
 
 Activations = dict[str, Any]
+
+
+def _lost_error(select: Selector, lost: tuple[str, ...]) -> ValueError:
+    return ValueError(
+        f"select: {select!r} picks {', '.join(repr(k) for k in lost)}, called inside a JAX "
+        f"transform whose values jaxinterp cannot carry out: {LOST_PATTERNS}. Select the "
+        "enclosing module instead (edits at these sites still apply)"
+    )
 
 
 def capture(
@@ -33,7 +54,8 @@ def capture(
     variables: Any = None,
     *,
     select: Selector = "**",
-    method: str | None = None,
+    method: str | Callable[..., Any] | None = None,
+    methods: Collection[str] | None = None,
 ) -> Callable[..., tuple[Any, Activations]]:
     """Returns ``f(*args, **kwargs) -> (output, activations)`` for the selected submodules.
 
@@ -41,18 +63,26 @@ def capture(
       model: a ``flax.linen.Module`` or a ``flax.nnx.Module``. The model code is not edited.
       variables: the linen variables (``{"params": ...}``); ``None`` for an nnx module.
       select: which submodule outputs to keep: a glob (``"block_*/attn"``), a sequence of
-        globs, or a predicate on canonical paths. ``"**"`` keeps every submodule.
-      method: the model method to run (default ``__call__``).
+        globs, or a predicate on canonical paths. ``"**"`` keeps every submodule. A pattern
+        with ``@k`` (``"mlp@2"``) keeps only that call.
+      method: the model method to run: a name or a callable taking the model first (default
+        ``__call__``).
+      methods: submodule methods recorded besides ``__call__`` (``("encode", "decode")``);
+        their outputs are named ``"path.method"``.
 
     Returns:
       A pure function. Called with the model's inputs (e.g. ``x: [batch, ...]``) it returns
-      ``(output, {path: activation})``; each activation is the selected submodule's output
-      with the shapes the model gives it (``[batch, ..., features]``).
+      ``(output, {key: activation})``; each activation is the selected submodule's output as
+      the module returns it (``[batch, ..., features]``, or a tuple/pytree), with
+      ``[layer, ...]`` in front inside a scan. Keys are in call order (``jax.jit`` sorts
+      them).
 
     Raises:
       TypeError: ``model`` is neither linen nor nnx, or ``variables`` does not fit it.
       KeyError: (when ``f`` runs or is traced) a pattern or path matches no submodule; the
         message lists the available paths.
+      ValueError: (when ``f`` runs or is traced) a selected call runs inside a transform
+        whose values cannot be carried out (``lax.cond``, an inner ``jax.jit``).
 
     >>> import jax, jax.numpy as jnp, flax.linen as nn
     >>> model = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
@@ -65,42 +95,71 @@ def capture(
     match = as_matcher(select)
 
     def f(*args: Any, **kwargs: Any) -> tuple[Any, Activations]:
-        acts: Activations = {}
         seen: list[str] = []
 
         def around(path, module, call_next, a, k):
             out = call_next(*a, **k)
-            if path not in seen:
-                seen.append(path)
-            if match(path):
-                acts[record_key(acts, path)] = out
+            call = current_call()
+            seen.append(call.key)
+            if match(path) or (call.index and match(call.key)):
+                record(call.key, out)
             return out
 
-        out = apply_with_hook(model, variables, around, *args, method=method, **kwargs)
-        check_selection(select, sorted({p.split("@")[0] for p in acts}), seen)
-        return out, acts
+        out, recs = run_with_hook(
+            model, variables, around, *args, method=method, methods=methods, **kwargs
+        )
+        lost = tuple(k for k in recs.lost)
+        if lost:
+            raise _lost_error(select, lost)
+        check_selection(select, list(recs), list(dict.fromkeys(seen)))
+        return out, dict(recs)
 
     return f
 
 
 def list_paths(
-    model: Any, variables: Any, *args: Any, method: str | None = None, **kwargs: Any
+    model: Any,
+    variables: Any,
+    *args: Any,
+    method: str | Callable[..., Any] | None = None,
+    methods: Collection[str] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Lists every capturable path with the shape of its output, without running the model.
+    """Lists every capturable call key with the shape of its output, without running the model.
 
     Args:
       model: a linen module (with ``variables``) or an nnx module (``variables=None``).
       variables: linen variables, or ``None``.
       *args: example inputs (arrays or ``jax.ShapeDtypeStruct``).
       method: the model method to run.
+      methods: submodule methods listed besides ``__call__`` (as ``"path.method"``).
       **kwargs: keyword inputs.
 
     Returns:
-      ``{path: jax.ShapeDtypeStruct pytree}`` in call order.
+      ``{key: jax.ShapeDtypeStruct pytree}`` in the order the calls start (outer modules
+      before the modules they call); ``{}`` for a model without submodules. Errors of the
+      model itself propagate.
+
+    >>> import jax.numpy as jnp, flax.linen as nn
+    >>> model = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
+    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 4)))
+    >>> {k: v.shape for k, v in list_paths(model, variables, jnp.ones((5, 4))).items()}
+    {'layers_0': (5, 3), 'layers_2': (5, 2)}
     """
-    fn = capture(model, variables, select=lambda p: True, method=method)
-    try:
-        _, acts = jax.eval_shape(lambda *a: fn(*a, **kwargs), *args)
-    except KeyError:
-        return {}
-    return dict(acts)
+    check_model(model, variables)
+    order: list[str] = []
+
+    def around(path, module, call_next, a, k):
+        order.append(current_call().key)
+        out = call_next(*a, **k)
+        record(current_call().key, out)
+        return out
+
+    def run(*a):
+        out, recs = run_with_hook(
+            model, variables, around, *a, method=method, methods=methods, **kwargs
+        )
+        return dict(recs)
+
+    acts = jax.eval_shape(run, *args)
+    return {k: acts[k] for k in dict.fromkeys(order) if k in acts}

@@ -1,46 +1,86 @@
 """One hook for Flax linen and nnx: run a model with a function around each submodule call.
 
 Everything that looks inside a model (capture, attention extraction, interventions) is written
-once against :func:`apply_with_hook`. A hook receives the canonical path of the submodule being
-called, the module, the continuation and its arguments, and returns the call's output:
+once against :func:`run_with_hook` (or :func:`apply_with_hook`, which drops the records). A hook
+receives the canonical path of the submodule being called, the module, the continuation and its
+arguments, and returns the call's output::
 
     def around(path, module, call_next, args, kwargs):
         out = call_next(*args, **kwargs)   # run the submodule (args may be changed first)
+        record(current_call().key, out)    # keep it: carried out of scans, remat, vmap
         return out                         # or a replacement: that is an intervention
 
-* linen: :func:`flax.linen.intercept_methods` wraps every ``__call__`` of a bound submodule.
-* nnx: the model is copied (``nnx.split`` / ``nnx.merge``), and in the copy each submodule's
-  class is swapped for a cached subclass whose ``__call__`` goes through the hook. The caller's
-  model is never touched, so the result is a pure function of the inputs and the model state.
-  (``nnx.capture(method_outputs=...)`` would record every method of every module by patching
-  the classes in place; the copy keeps memory to what the hook keeps and leaves other instances
-  of the same class alone.)
+* linen: :func:`flax.linen.intercept_methods` wraps every ``__call__`` of a bound submodule
+  (and the methods named in ``methods=``).
+* nnx: the model is copied (``nnx.split`` / ``nnx.merge(copy=True)``), and in the copy each
+  submodule's class is swapped for a cached subclass whose ``__call__`` goes through the hook;
+  each submodule also carries its path as a static attribute, so modules rebuilt inside
+  ``nnx.scan`` / ``nnx.vmap`` / ``nnx.remat`` keep their names. The caller's model is never
+  touched: BatchNorm statistics, Dropout RNG counts and ``sow`` state change in the copy only,
+  so the result is a pure function of the inputs and the model state, also under ``jit``.
+
+**Recording through lifted transforms.** A value kept in a Python dict inside ``lax.scan``,
+``jax.checkpoint`` (``nn.remat``/``nnx.remat``) or ``jax.vmap`` is a tracer of that transform
+and leaks (``UnexpectedTracerError``). :func:`record` instead writes into a *frame*: while a
+hooked forward runs, ``jax.lax.scan``, ``jax.checkpoint``/``jax.remat`` and ``jax.vmap`` (the
+functions Flax's ``nn.scan``, ``nnx.scan``, ``nn.remat``, ``nnx.remat``, ``nn.vmap`` and
+``nnx.vmap`` call) are routed through wrappers that open a frame for the transformed function
+and return its records as extra outputs. So a value recorded inside a scan over ``L`` layers
+comes out stacked, ``[L, ...]``, exactly like the scan's own outputs; inside ``remat`` it comes
+out unchanged; inside ``vmap`` it gains the mapped axis in front. The wrappers are installed
+only for the duration of a hooked forward and call the originals unchanged when no hooked
+forward is active in the calling context. Inside a scan, :func:`current_call` also gives the
+step indices (``Call.steps``, outermost scan first), so an edit can act on one layer only.
+
+Transforms that are not routed (``lax.cond`` branches, ``jax.jit`` or ``lax.map`` /
+``fori_loop`` inside the model, and ``nnx.remat`` / ``nnx.vmap`` / ``jax.checkpoint`` applied
+at class definition, as in ``@nnx.remat def __call__``, which call ``jax.checkpoint`` before
+any hook is active) still run hooks, so edits apply there; a value recorded in one of them
+cannot be carried out, and the caller (e.g. :func:`jaxinterp.capture.capture`) reports which
+site it was and why. (The nnx copy carries a per-run static attribute so that JAX's trace
+caches of such definition-time transforms never skip a run's hooks.)
+
+**Repeated calls.** One rule for every consumer: the ``k``-th call (from 0) of the module at
+``path`` in one forward pass has the key ``path`` for ``k = 0`` and ``path@k`` after
+(:attr:`Call.key`). Inside a scan the count is per step, so a module called once per layer keeps
+the key ``path`` and its record is stacked over layers.
 
 Hooks run at trace time, so all of this composes with ``jit``, ``vmap`` and ``grad``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import dataclasses
+import itertools
+import re
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, NamedTuple
 
+import flax.errors as ferr
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 from flax import nnx
+from jax.extend import core as jex_core
 
 from jaxinterp.capture._paths import canonical_path
 
 Around = Callable[[str, Any, Callable[..., Any], tuple, dict], Any]
 
-# id(module copy) -> canonical path, for the nnx copies of the forward pass being traced.
-_NNX_PATHS: contextvars.ContextVar[Mapping[int, str] | None] = contextvars.ContextVar(
-    "jaxinterp_nnx_paths", default=None
+LOST_PATTERNS = (
+    "a lax.cond/lax.switch branch (nn.cond, nnx.cond), jax.jit/nn.jit/nnx.jit, lax.map, "
+    "lax.fori_loop or lax.while_loop inside the model, or nnx.remat/nnx.vmap/jax.checkpoint "
+    "applied when the class was defined rather than inside the forward pass (nn.scan, "
+    "nnx.scan, lax.scan, nn.remat, nn.vmap, and remat/vmap applied in the forward pass are "
+    "supported)"
 )
-_NNX_AROUND: contextvars.ContextVar[Around | None] = contextvars.ContextVar(
-    "jaxinterp_nnx_around", default=None
-)
-_HOOKED_CLASSES: dict[type, type] = {}
+_PATH_ATTR = "_jaxinterp_path"
+_RUN_ATTR = "_jaxinterp_run"
+_RUNS = itertools.count()
+_HOOKED_CLASSES: dict[tuple[type, frozenset[str]], type] = {}
 _LOCK = threading.Lock()
 
 
@@ -55,11 +95,20 @@ def is_nnx(model: Any) -> bool:
 
 
 def check_model(model: Any, variables: Any) -> None:
-    """Validates the (model, variables) pair every public entry point takes."""
+    """Validates the (model, variables) pair every public entry point takes.
+
+    Raises:
+      TypeError: ``model`` is neither linen nor nnx, or ``variables`` does not fit it.
+    """
     if is_linen(model):
         if variables is None:
             raise TypeError(
                 "variables: a linen model needs its variables (e.g. {'params': ...}); got None"
+            )
+        if not isinstance(variables, Mapping):
+            raise TypeError(
+                "variables: expected the linen variables dict ({'params': ...}), got "
+                f"{type(variables).__name__}"
             )
     elif is_nnx(model):
         if variables is not None:
@@ -73,27 +122,509 @@ def check_model(model: Any, variables: Any) -> None:
         )
 
 
-def _hooked_class(cls: type) -> type:
-    with _LOCK:
-        sub = _HOOKED_CLASSES.get(cls)
-        if sub is None:
-            orig_call = cls.__call__
+# ----------------------------------------------------------------------------------- frames
 
-            def __call__(self, *args, **kwargs):
-                paths = _NNX_PATHS.get()
-                around = _NNX_AROUND.get()
-                path = None if paths is None else paths.get(id(self))
-                if around is None or path is None:
-                    return orig_call(self, *args, **kwargs)
+
+def _trace_now() -> Any:
+    return jex_core.get_opaque_trace_state(convention="flax")
+
+
+@dataclasses.dataclass
+class _Frame:
+    """Records of one traced function: the forward pass itself, or one scan/remat/vmap body."""
+
+    trace: Any
+    counts: dict[str, int]
+    steps: tuple[jax.Array, ...]
+    sizes: tuple[int, ...] = ()
+    records: dict[str, Any] = dataclasses.field(default_factory=dict)
+    order: list[str] = dataclasses.field(default_factory=list)  # call keys as calls start
+    carried: bool = True  # False: a transform we do not route; records cannot get out
+    foreign: list[_Frame] = dataclasses.field(default_factory=list)
+    lost: list[str] = dataclasses.field(default_factory=list)
+
+
+class Call(NamedTuple):
+    """The submodule call a hook is running around (see :func:`current_call`).
+
+    Attributes:
+      path: canonical module path (``"block_0/mlp"``); ``"path.method"`` for a hooked method
+        other than ``__call__``.
+      index: which call of this module in the forward pass (0 for the first; per step inside
+        a scan).
+      key: the record key, ``path`` for the first call and ``path@index`` after.
+      steps: the step index of each enclosing scan, outermost first (traced int32 scalars);
+        ``()`` outside scans.
+      sizes: the length of each enclosing scan (static ints), matching ``steps``.
+      carried: whether :func:`record` can carry values out of where this call runs (False
+        inside ``lax.cond`` branches, ``jax.jit`` or other transforms that are not routed).
+    """
+
+    path: str
+    index: int
+    key: str
+    steps: tuple[jax.Array, ...]
+    carried: bool
+    sizes: tuple[int, ...] = ()
+
+
+class Records(dict):
+    """``{key: value}`` recorded during one forward pass (see :func:`record`).
+
+    Attributes:
+      lost: keys recorded where values cannot be carried out (``lax.cond`` branches,
+        ``jax.jit`` or ``lax.map`` inside the model); they are not in the dict.
+    """
+
+    def __init__(self, items: Mapping[str, Any] = (), lost: tuple[str, ...] = ()) -> None:
+        super().__init__(items)
+        self.lost = lost
+
+
+class _State:
+    def __init__(self) -> None:
+        self.stack: list[_Frame] = []
+        self.call: Call | None = None
+
+
+_STATE: contextvars.ContextVar[_State | None] = contextvars.ContextVar(
+    "jaxinterp_hook_state", default=None
+)
+_AROUND: contextvars.ContextVar[tuple[Around, frozenset[str]] | None] = contextvars.ContextVar(
+    "jaxinterp_hook_around", default=None
+)
+
+
+def _frame(state: _State) -> _Frame:
+    """The frame that values traced right now belong to (a throwaway one in foreign traces)."""
+    top = state.stack[-1]
+    now = _trace_now()
+    if now == top.trace:
+        return top
+    for f in top.foreign:
+        if f.trace == now:
+            return f
+    f = _Frame(now, dict(top.counts), top.steps, top.sizes, carried=False)
+    top.foreign.append(f)
+    return f
+
+
+def current_call() -> Call:
+    """The call the innermost running hook is around.
+
+    Raises:
+      RuntimeError: called outside a hook.
+    """
+    state = _STATE.get()
+    if state is None or state.call is None:
+        raise RuntimeError("current_call: only valid inside a hook run by run_with_hook")
+    return state.call
+
+
+def record(key: str, value: Any) -> None:
+    """Keeps ``value`` (any pytree of arrays) under ``key`` for :func:`run_with_hook` to return.
+
+    Safe inside scans, remat and vmap (see the module docstring): values recorded inside a scan
+    over ``L`` steps come back stacked ``[L, ...]``. A key recorded twice in one frame keeps
+    the first value.
+
+    Raises:
+      RuntimeError: called outside a hook.
+    """
+    state = _STATE.get()
+    if state is None or not state.stack:
+        raise RuntimeError("record: only valid inside a hook run by run_with_hook")
+    f = _frame(state)
+    if not f.carried:
+        f.lost.append(key)
+        state.stack[-1].lost.append(key)
+        return
+    f.records.setdefault(key, value)
+
+
+def _enter_call(path: str) -> tuple[_State, Call | None]:
+    state = _STATE.get()
+    assert state is not None
+    f = _frame(state)
+    k = f.counts.get(path, 0)
+    f.counts[path] = k + 1
+    prev = state.call
+    state.call = Call(path, k, path if k == 0 else f"{path}@{k}", f.steps, f.carried, f.sizes)
+    if f.carried:
+        f.order.append(state.call.key)
+    return state, prev
+
+
+# ------------------------------------------------------------------- routed JAX transforms
+
+_ORIG = {
+    "scan": jax.lax.scan,
+    "checkpoint": jax.checkpoint,
+    "vmap": jax.vmap,
+}
+_INSTALLED = 0
+
+
+def _child(
+    parent: _Frame, steps: tuple[jax.Array, ...] = (), sizes: tuple[int, ...] = ()
+) -> _Frame:
+    """A frame for a transformed function, opened inside its trace; ``parent`` is outside."""
+    return _Frame(
+        _trace_now(),
+        dict(parent.counts),
+        parent.steps + steps,
+        parent.sizes + sizes,
+        carried=parent.carried,
+    )
+
+
+def _merge(parent: _Frame, child: _Frame, records: Mapping[str, Any]) -> None:
+    parent.counts.update(child.counts)
+    for k in child.records:  # in call order; ``records`` came back through jax with keys sorted
+        parent.records.setdefault(k, records[k])
+    parent.order.extend(child.order)
+    parent.lost.extend(child.lost)
+
+
+def _leading_size(xs: Any) -> int | None:
+    leaves = jax.tree_util.tree_leaves(xs)
+    return int(jnp.shape(leaves[0])[0]) if leaves else None
+
+
+def _scan(f, init, xs=None, length=None, reverse=False, unroll=1, **kw):
+    state = _STATE.get()
+    if state is None or not state.stack:
+        return _ORIG["scan"](f, init, xs, length, reverse, unroll, **kw)
+    n = length if length is not None else _leading_size(xs)
+    if n is None:
+        raise ValueError("lax.scan: length is required when xs is None")
+    parent = _frame(state)
+    box: list[_Frame] = []
+
+    def body(c, x_i):
+        x, i = x_i
+        child = _child(parent, (i,), (int(n),))
+        state.stack.append(child)
+        try:
+            c2, y = f(c, x)
+        finally:
+            state.stack.pop()
+        box[:] = [child]
+        return c2, (y, child.records)
+
+    idx = jnp.arange(n, dtype=jnp.int32)
+    c, (ys, recs) = _ORIG["scan"](body, init, (xs, idx), length, reverse, unroll, **kw)
+    _merge(parent, box[-1], recs)
+    return c, ys
+
+
+def _wrap_transform(transform: Callable[[Callable], Callable], fun: Callable) -> Callable:
+    """``transform(fun)`` whose records come out as extra outputs, merged into the caller."""
+    box: list[_Frame] = []
+
+    def wrapped(*a, **k):
+        state = _STATE.get()
+        if state is None or not box:
+            return fun(*a, **k), {}
+        child = _child(box[0])
+        state.stack.append(child)
+        try:
+            out = fun(*a, **k)
+        finally:
+            state.stack.pop()
+        box[1:] = [child]
+        return out, child.records
+
+    inner = transform(wrapped)
+
+    def call(*a, **k):
+        state = _STATE.get()
+        if state is None or not state.stack:
+            box[:] = []
+            return inner(*a, **k)[0]
+        box[:] = [_frame(state)]
+        out, recs = inner(*a, **k)
+        _merge(box[0], box[-1], recs)
+        return out
+
+    return call
+
+
+def _checkpoint(fun=None, **kw):
+    if fun is None:
+        return lambda g: _checkpoint(g, **kw)
+    if _STATE.get() is None:
+        return _ORIG["checkpoint"](fun, **kw)
+    return _wrap_transform(lambda g: _ORIG["checkpoint"](g, **kw), fun)
+
+
+def _vmap(fun, in_axes=0, out_axes=0, *args, **kw):
+    state = _STATE.get()
+    if state is None:
+        return _ORIG["vmap"](fun, in_axes, out_axes, *args, **kw)
+    return _wrap_transform(lambda g: _ORIG["vmap"](g, in_axes, (out_axes, 0), *args, **kw), fun)
+
+
+@contextlib.contextmanager
+def _routed_transforms():
+    """Routes jax.lax.scan / jax.checkpoint / jax.remat / jax.vmap through the frame wrappers."""
+    global _INSTALLED
+    with _LOCK:
+        if _INSTALLED == 0:
+            jax.lax.scan = _scan
+            jax.checkpoint = _checkpoint
+            jax.remat = _checkpoint
+            jax.vmap = _vmap
+        _INSTALLED += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _INSTALLED -= 1
+            if _INSTALLED == 0:
+                jax.lax.scan = _ORIG["scan"]
+                jax.checkpoint = _ORIG["checkpoint"]
+                jax.remat = _ORIG["checkpoint"]
+                jax.vmap = _ORIG["vmap"]
+
+
+# ------------------------------------------------------------------------------ the hook
+
+
+def _run_around(around: Around, path: str, module: Any, call_next, args, kwargs):
+    state, prev = _enter_call(path)
+    try:
+        return around(path, module, call_next, tuple(args), dict(kwargs))
+    finally:
+        state.call = prev
+
+
+def _is_lift_wrapper(mod: Any, name: str) -> bool:
+    fn = type(mod).__dict__.get(name)
+    code = getattr(fn, "__code__", None)
+    return code is not None and code.co_filename.endswith("linen/transforms.py")
+
+
+def _hooked_class(cls: type, methods: frozenset[str]) -> type:
+    with _LOCK:
+        sub = _HOOKED_CLASSES.get((cls, methods))
+        if sub is not None:
+            return sub
+
+        def make(name: str):
+            orig = getattr(cls, name)
+
+            def method(self, *args, **kwargs):
+                hook = _AROUND.get()
+                path = self.__dict__.get(_PATH_ATTR)
+                if hook is None or path is None or name not in hook[1]:
+                    return orig(self, *args, **kwargs)
+                full = path if name == "__call__" else f"{path}.{name}"
 
                 def call_next(*a, **k):
-                    return orig_call(self, *a, **k)
+                    return orig(self, *a, **k)
 
-                return around(path, self, call_next, args, kwargs)
+                return _run_around(hook[0], full, self, call_next, args, kwargs)
 
-            sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
-            _HOOKED_CLASSES[cls] = sub
+            method.__name__ = name
+            method.__wrapped__ = orig
+            method.__qualname__ = f"{cls.__qualname__}.{name}"
+            return method
+
+        ns = {m: make(m) for m in methods if callable(getattr(cls, m, None))}
+        ns["__module__"] = cls.__module__
+        sub = type(cls.__name__, (cls,), ns)
+        _HOOKED_CLASSES[(cls, methods)] = sub
+        _HOOKED_CLASSES[(sub, methods)] = sub
     return sub
+
+
+def _check_methods(methods: Collection[str] | str | None) -> frozenset[str]:
+    if methods is None:
+        return frozenset({"__call__"})
+    if isinstance(methods, str):
+        methods = (methods,)
+    methods = tuple(methods)
+    if not all(isinstance(m, str) and m.isidentifier() for m in methods):
+        raise TypeError(f"methods: expected method names (strings), got {methods!r}")
+    return frozenset(("__call__", *methods))
+
+
+def _nnx_copy(model: Any, methods: frozenset[str]) -> Any:
+    graphdef, state = nnx.split(model)
+    copy = nnx.merge(graphdef, state, copy=True)
+    run = next(_RUNS)
+    for raw, sub in nnx.iter_modules(copy):
+        # A static attribute unique to this run: JAX caches traces of functions transformed
+        # once at class definition (``@nnx.remat``) keyed on the graph definition, and a
+        # cache hit would skip this run's hooks.
+        object.__setattr__(sub, _RUN_ATTR, run)
+        if not raw:
+            continue
+        object.__setattr__(sub, _PATH_ATTR, canonical_path(raw))
+        object.__setattr__(sub, "__class__", _hooked_class(type(sub), methods))
+    return copy
+
+
+_SHAPE_RE = re.compile(
+    r'For parameter "(?P<name>[^"]+)" in "(?P<scope>[^"]*)", the given initializer is expected '
+    r"to generate shape (?P<want>\([^)]*\)), but the existing parameter it received has shape "
+    r"(?P<got>\([^)]*\))"
+)
+
+
+def _flax_message(err: Exception) -> str:
+    msg = str(err).strip()
+    return re.sub(r"\s*\(https://flax[^)]*\)\s*$", "", msg)
+
+
+def _translate_linen_error(err: Exception) -> Exception | None:
+    """A clear error for the flax Scope* errors a wrong ``variables`` or input gives."""
+    msg = _flax_message(err)
+    if isinstance(err, ferr.ScopeParamShapeError):
+        m = _SHAPE_RE.search(msg)
+        if m:
+            where = "/".join(p for p in (m["scope"].strip("/"), m["name"]) if p)
+            return ValueError(
+                f"variables: parameter {where!r} has shape {m['got']}, but the model called on "
+                f"these inputs expects {m['want']}: the variables come from another model, or "
+                "the inputs have a different shape than the model was initialized with"
+            )
+        return ValueError(f"variables: they do not fit the model on these inputs ({msg})")
+    if isinstance(err, (ferr.ScopeParamNotFoundError, ferr.ScopeVariableNotFoundError)):
+        return ValueError(
+            f"variables: missing a variable the model needs ({msg}); pass the variables this "
+            "model was initialized with"
+        )
+    if isinstance(err, ferr.ScopeCollectionNotFound):
+        return ValueError(
+            f"variables: missing a collection the model needs ({msg}); pass every collection "
+            "of model.init(...) (e.g. 'params' and 'batch_stats')"
+        )
+    if isinstance(
+        err,
+        (ferr.ApplyScopeInvalidVariablesTypeError, ferr.ApplyScopeInvalidVariablesStructureError),
+    ):
+        return TypeError(f"variables: expected {{'params': ...}} as model.init returns ({msg})")
+    if isinstance(err, ferr.ModifyScopeVariableError):
+        return ValueError(
+            f"mutable: the model tried to update a variable ({msg}). The model probably runs "
+            "in training mode (e.g. BatchNorm with use_running_average=False): pass its eval "
+            "flag (e.g. train=False / deterministic=True) as a model input, or pass "
+            "mutable=['batch_stats'] to allow the update"
+        )
+    return None
+
+
+def _call_method(model: Any, method: Any) -> Callable[..., Any]:
+    if method is None:
+        return model
+    if callable(method):
+        return lambda *a, **k: method(model, *a, **k)
+    if not isinstance(method, str):
+        raise TypeError(f"method: expected a method name or a callable, got {method!r}")
+    fn = getattr(model, method, None)
+    if fn is None or not callable(fn):
+        raise ValueError(f"method: {type(model).__name__} has no method {method!r}")
+    return fn
+
+
+def run_with_hook(
+    model: Any,
+    variables: Any,
+    around: Around,
+    *args: Any,
+    method: str | Callable[..., Any] | None = None,
+    mutable: Any = False,
+    rngs: Any = None,
+    methods: Collection[str] | None = None,
+    **kwargs: Any,
+) -> tuple[Any, Records]:
+    """Runs ``model`` with ``around`` wrapped about every submodule call; returns the records.
+
+    Args:
+      model: a ``flax.linen.Module`` (with ``variables``) or a ``flax.nnx.Module``.
+      variables: the linen variables dict; ``None`` for nnx.
+      around: ``around(path, module, call_next, args, kwargs) -> output``; inside it,
+        :func:`current_call` describes the call and :func:`record` keeps values.
+      *args: positional inputs of the model.
+      method: the model method to run: a name or a callable taking the model first
+        (default ``__call__``).
+      mutable: linen ``mutable`` collections (the output is then ``(out, updates)``).
+      rngs: linen ``rngs`` dict.
+      methods: names of submodule methods hooked besides ``__call__`` (e.g.
+        ``("encode", "decode")``); their calls have the path ``"path.method"``.
+      **kwargs: keyword inputs of the model.
+
+    Returns:
+      ``(output, records)``: whatever the model method returns, and ``{key: value}`` from
+      :func:`record` (values recorded inside a scan stacked ``[step, ...]``).
+
+    Raises:
+      TypeError, ValueError: bad ``model``/``variables``/``method``; variables that do not fit
+        the model or the inputs (named ``variables``, with expected and actual shapes); a
+        linen model that updates an immutable collection (named ``mutable``).
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> model = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
+    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 4)))
+    >>> def around(path, module, call_next, args, kwargs):
+    ...     out = call_next(*args, **kwargs)
+    ...     record(current_call().key, out)
+    ...     return out
+    >>> out, recs = run_with_hook(model, variables, around, jnp.ones((5, 4)))
+    >>> sorted(recs), recs["layers_2"].shape
+    (['layers_0', 'layers_2'], (5, 2))
+    """
+    check_model(model, variables)
+    hooked = _check_methods(methods)
+    if not callable(around):
+        raise TypeError(
+            f"around: expected a function (path, module, call_next, args, kwargs) -> output, "
+            f"got {type(around).__name__}"
+        )
+    _call_method(model, method)  # checks the method before anything runs
+    state = _State()
+    root = _Frame(_trace_now(), {}, ())
+    state.stack.append(root)
+    tok_s = _STATE.set(state)
+    tok_a = _AROUND.set((around, hooked))
+    try:
+        with _routed_transforms():
+            if is_linen(model):
+
+                def interceptor(next_fun, a, k, context):
+                    mod = context.module
+                    name = context.method_name
+                    if name not in hooked or not mod.path or _is_lift_wrapper(mod, name):
+                        return next_fun(*a, **k)
+                    path = canonical_path(mod.path)
+                    full = path if name == "__call__" else f"{path}.{name}"
+                    return _run_around(around, full, mod, next_fun, a, k)
+
+                with nn.intercept_methods(interceptor):
+                    try:
+                        out = model.apply(
+                            variables, *args, method=method, mutable=mutable, rngs=rngs, **kwargs
+                        )
+                    except ferr.FlaxError as err:
+                        new = _translate_linen_error(err)
+                        if new is None:
+                            raise
+                        raise new from err
+            else:
+                copy = _nnx_copy(model, hooked)
+                out = _call_method(copy, method)(*args, **kwargs)
+    finally:
+        _STATE.reset(tok_s)
+        _AROUND.reset(tok_a)
+    rank = {k: i for i, k in enumerate(dict.fromkeys(root.order))}
+    keys = sorted(root.records, key=lambda k: rank.get(k, len(rank)))
+    # A key both lost and recorded was traced once where values cannot leave (Flax's
+    # constancy check of nn.scan traces the body outside lax.scan) and once where they can.
+    lost = tuple(k for k in dict.fromkeys(root.lost) if k not in root.records)
+    records = Records({k: root.records[k] for k in keys}, lost=lost)
+    return out, records
 
 
 def apply_with_hook(
@@ -101,53 +632,58 @@ def apply_with_hook(
     variables: Any,
     around: Around,
     *args: Any,
-    method: str | None = None,
+    method: str | Callable[..., Any] | None = None,
     mutable: Any = False,
     rngs: Any = None,
+    methods: Collection[str] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """Runs ``model`` on ``args`` with ``around`` wrapped about every submodule ``__call__``.
+    """Runs ``model`` on ``args`` with ``around`` wrapped about every submodule call.
+
+    Same as :func:`run_with_hook` without the records.
 
     Args:
       model: a ``flax.linen.Module`` (with ``variables``) or a ``flax.nnx.Module``.
       variables: the linen variables dict; ``None`` for nnx.
       around: ``around(path, module, call_next, args, kwargs) -> output``.
       *args: positional inputs of the model.
-      method: name of the model method to run (default ``__call__``).
+      method: the model method to run: a name or a callable (default ``__call__``).
       mutable: linen ``mutable`` collections (returned as ``(out, updates)`` when set).
       rngs: linen ``rngs`` dict.
+      methods: submodule methods hooked besides ``__call__`` (path ``"path.method"``).
       **kwargs: keyword inputs of the model.
 
     Returns:
       Whatever the model method returns.
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> model = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
+    >>> variables = model.init(jax.random.key(0), jnp.ones((1, 4)))
+    >>> zero_hidden = lambda p, m, nxt, a, k: 0 * nxt(*a, **k) if p == "layers_0" else nxt(*a, **k)
+    >>> out = apply_with_hook(model, variables, zero_hidden, jnp.ones((5, 4)))
+    >>> bool(jnp.allclose(out, variables["params"]["layers_2"]["bias"]))
+    True
     """
-    check_model(model, variables)
-    if is_linen(model):
+    return run_with_hook(
+        model,
+        variables,
+        around,
+        *args,
+        method=method,
+        mutable=mutable,
+        rngs=rngs,
+        methods=methods,
+        **kwargs,
+    )[0]
 
-        def interceptor(next_fun, a, k, context):
-            mod = context.module
-            if context.method_name != "__call__" or not mod.path:
-                return next_fun(*a, **k)
-            return around(canonical_path(mod.path), mod, next_fun, tuple(a), dict(k))
 
-        with nn.intercept_methods(interceptor):
-            return model.apply(
-                variables, *args, method=method, mutable=mutable, rngs=rngs, **kwargs
-            )
+def _records_flatten(r: Records):
+    keys = tuple(r)
+    return [r[k] for k in keys], (keys, r.lost)
 
-    graphdef, state = nnx.split(model)
-    copy = nnx.merge(graphdef, state)
-    paths: dict[int, str] = {}
-    for raw, sub in nnx.iter_modules(copy):
-        if not raw:
-            continue
-        paths[id(sub)] = canonical_path(raw)
-        if type(sub) not in _HOOKED_CLASSES.values():
-            object.__setattr__(sub, "__class__", _hooked_class(type(sub)))
-    tok_p, tok_a = _NNX_PATHS.set(paths), _NNX_AROUND.set(around)
-    try:
-        fn = getattr(copy, method or "__call__")
-        return fn(*args, **kwargs)
-    finally:
-        _NNX_PATHS.reset(tok_p)
-        _NNX_AROUND.reset(tok_a)
+
+jax.tree_util.register_pytree_node(
+    Records,
+    _records_flatten,
+    lambda aux, vals: Records(dict(zip(aux[0], vals)), lost=aux[1]),
+)

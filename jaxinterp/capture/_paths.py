@@ -14,7 +14,39 @@ the same way whichever API built the model:
 * The root module itself has the empty path and is never selected: its output is the model's
   output, returned separately.
 * A module called more than once in one forward pass records its later calls as
-  ``"path@1"``, ``"path@2"``, ...
+  ``"path@1"``, ``"path@2"``, ... (the *call key*; the first call's key is the path itself).
+* A method other than ``__call__`` that the caller asked to hook (``methods=("encode",)``) is
+  named ``"path.method"``: ``"embedder.encode"``.
+
+Paths per pattern (how other people write models):
+
+* **Scanned layers** (linen ``nn.scan``, nnx ``nnx.scan`` over a module with stacked weights):
+  the scanned module keeps its own path (``"layers"``), and so do its submodules
+  (``"layers/attn"``); their activations come out stacked over the scan, ``[layer, ...]``. A
+  site names one layer with a step index in brackets after the path: ``"layers/attn[3]"``
+  (nested scans: ``"outer/inner[1][2]"``, outermost first).
+* **Rematerialized layers** (``nn.remat``, ``nnx.remat``, ``jax.checkpoint``): no trace in the
+  path: ``nn.remat(Block)(name="block_0")`` is ``"block_0"``.
+* **vmapped modules** (``nn.vmap``, ``nnx.vmap`` in the forward pass): the path of the
+  module; activations gain the mapped axis in front.
+* **Tuple / pytree outputs**: the path names the whole output, as the module returns it.
+
+A *site* (used by interventions and :func:`jaxinterp.interventions.capture_sites`) names one
+activation: ``PATH[@K][[STEP]...][:PART]`` where
+
+* ``PATH`` is a module path (a glob where the caller allows one);
+* ``@K`` picks the ``K``-th call (``@0`` is the first and the default; ``@*`` every call);
+* ``[STEP]`` picks one step of the enclosing scans (default: every step);
+* ``:PART`` is ``:output`` (the default) or ``:input``, optionally followed by an element of
+  that pytree: ``[1]`` (sequence index), ``['key']`` (mapping key) or ``.name`` (attribute),
+  repeatable: ``"block_0:output[1]"`` is the second element of a ``(cache, x)`` output.
+  ``:input`` alone is the first argument that is an array (positional first, then keyword:
+  so ``Einsum("...", x)`` gives ``x``); ``:input.x`` is the argument named ``x`` (passed by
+  keyword or by position) and ``:input[2]`` the third positional argument, each optionally
+  followed by element keys.
+
+A digits-only bracket right after the path is a step index, so glob character classes
+must not be a single number (``"block_[0-3]"`` is a glob, ``"block_[3]"`` is step 3).
 
 A *selector* picks paths: a glob string, a sequence of globs (a path is selected if any
 matches), or a predicate ``str -> bool``. In a glob ``*`` and ``?`` stay inside one path
@@ -27,7 +59,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Union
+from typing import NamedTuple, Union
 
 Selector = Union[str, Sequence[str], Callable[[str], bool]]
 
@@ -154,3 +186,98 @@ def check_selection(select: Selector, selected: Sequence[str], available: Sequen
         if not any(glob_match(p, pattern) for p in available):
             kind = "pattern" if set(pattern) & _GLOB_CHARS else "path"
             raise KeyError(f"select: {kind} {pattern!r} matches no module. Available: {listing}")
+
+
+class Site(NamedTuple):
+    """A parsed site (see the module docstring for the syntax).
+
+    Attributes:
+      text: the site as written.
+      path: module path or glob, without call, step or part.
+      call: the call index (``None`` for ``@*``: every call).
+      steps: step indices into the enclosing scans, outermost first (``()``: every step).
+      part: ``"output"`` or ``"input"``.
+      arg: for inputs: ``None`` (first array argument), an int (positional index) or a name.
+      element: keys into the output/argument pytree: ints, strings (mapping keys) and
+        ``("attr", name)`` pairs for attributes.
+    """
+
+    text: str
+    path: str
+    call: int | None
+    steps: tuple[int, ...]
+    part: str
+    arg: int | str | None
+    element: tuple[object, ...]
+
+    @property
+    def key(self) -> str:
+        """The record key of the named call (``path`` or ``path@k``)."""
+        return self.path if not self.call else f"{self.path}@{self.call}"
+
+
+_SITE_RE = re.compile(
+    r"(?P<path>.*?)(?:@(?P<call>\d+|\*))?(?P<steps>(?:\[\d+\])*)"
+    r"(?::(?P<part>input|output)(?P<rest>.*))?\Z",
+    re.S,
+)
+_ELEM_RE = re.compile(r"\[(\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]|\.([A-Za-z_]\w*)")
+
+
+def _parse_elements(rest: str, site: str) -> tuple[object, ...]:
+    out: list[object] = []
+    i = 0
+    while i < len(rest):
+        m = _ELEM_RE.match(rest, i)
+        if m is None:
+            raise ValueError(
+                f"site: {site!r}: cannot read {rest[i:]!r}; element keys are [int], ['key'] "
+                "or .name"
+            )
+        if m.group(1) is not None:
+            out.append(int(m.group(1)))
+        elif m.group(2) is not None or m.group(3) is not None:
+            out.append(m.group(2) if m.group(2) is not None else m.group(3))
+        else:
+            out.append(("attr", m.group(4)))
+        i = m.end()
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_site(site: str) -> Site:
+    """Parses ``PATH[@K][[STEP]...][:PART]`` (see the module docstring).
+
+    Raises:
+      TypeError: ``site`` is not a non-empty string.
+      ValueError: the suffix cannot be read; the message starts with ``site:``.
+
+    >>> s = parse_site("layers/attn@1[3]:input.x[0]")
+    >>> s.path, s.call, s.steps, s.part, s.arg, s.element
+    ('layers/attn', 1, (3,), 'input', 'x', (0,))
+    >>> parse_site("block_0:output[1]").element
+    (1,)
+    """
+    if not isinstance(site, str) or not site:
+        raise TypeError(f"site: expected a non-empty path string, got {site!r}")
+    m = _SITE_RE.match(site)
+    if m is None or not m["path"] or (":" in m["path"]):
+        raise ValueError(
+            f"site: {site!r}: the only suffixes allowed are ':output' and ':input'; expected "
+            "PATH[@K][[STEP]...][:output|:input][element keys], "
+            "e.g. 'block_0/mlp', 'block_0/attn/out:input', 'layers/attn[3]', 'block_0:output[1]'"
+        )
+    call = None if m["call"] == "*" else int(m["call"] or 0)
+    steps = tuple(int(t) for t in re.findall(r"\d+", m["steps"] or ""))
+    part = m["part"] or "output"
+    rest = m["rest"] or ""
+    arg: int | str | None = None
+    if part == "input" and rest:
+        a = re.match(r"\.([A-Za-z_]\w*)|\[(\d+)\]", rest)
+        if a is None:
+            raise ValueError(
+                f"site: {site!r}: after ':input' expected '.name' or '[index]', got {rest!r}"
+            )
+        arg = a.group(1) if a.group(1) is not None else int(a.group(2))
+        rest = rest[a.end() :]
+    return Site(site, m["path"], call, steps, part, arg, _parse_elements(rest, site))
