@@ -302,7 +302,7 @@ def attention_weights(
     model: Any,
     variables: Any = None,
     *,
-    select: Selector = "**",
+    select: Selector | None = None,
     weights_at: Selector | None = None,
     layout: str = "auto",
     method: str | None = None,
@@ -314,9 +314,10 @@ def attention_weights(
       variables: linen variables (``{"params": ...}``); ``None`` for nnx.
       select: which modules' softmax calls to record, as a glob / globs / predicate on the
         canonical path of the innermost module calling the softmax (see the module docs).
+        Default: every module, or none when ``weights_at`` is given (pass both to get both).
       weights_at: paths of modules whose *output* is attention weights ``[batch, head, q, k]``
-        or ``[batch, q, head, k]``; recorded in addition to ``select``, rows checked to be
-        probabilities (under ``jit`` failing rows come out NaN; see ``jaxinterp.checked``).
+        or ``[batch, q, head, k]``; rows checked to be probabilities (under ``jit`` failing
+        rows come out NaN; see ``jaxinterp.checked``).
       layout: ``"auto"`` (default: known for Flax's attention, else read from the model's
         declared head count and the query length), ``"bhqk"`` (``[batch, head, q, k]``) or
         ``"bqhk"`` (``[batch, q, head, k]``, e.g. Gemma) for weights whose layout is not known
@@ -346,6 +347,8 @@ def attention_weights(
     (['block_0/attn', 'block_1/attn'], (2, 4, 16, 16))
     """
     check_model(model, variables)
+    if select is None:
+        select = "**" if weights_at is None else ()
     match = _matcher(select, "select")
     match_w = None if weights_at is None else _matcher(weights_at, "weights_at")
     if not isinstance(layout, str) or layout not in LAYOUTS:
