@@ -42,10 +42,16 @@ with warnings.catch_warnings():
 
 transformers.logging.set_verbosity_error()
 
-# Both sides compute the same float32 ops; only XLA's fusion of the jitted version differs,
-# a few ulps per op through two layers: 1e-6 on probabilities in [0, 1] and on
-# layer-normalised hidden states of size O(1) leaves two orders of magnitude of room.
+# Both sides compute the same float32 ops; only XLA's fusion of the jitted version differs, a
+# few ulps per op. Probabilities are in [0, 1] and come straight from one softmax: 1e-6 (about
+# 8 ulps of 1) leaves ample room over the 1.5e-8 measured. Hidden states pass through ~30 ops
+# per layer (matmuls, GELU, layer norms) and reach |h| ~ 4: they are compared at 64 ulps of
+# their largest entry (measured: at most 4 ulps).
 ATOL = 1e-6
+
+
+def _hidden_tol(h) -> float:
+    return 64 * float(jnp.finfo(jnp.float32).eps) * max(1.0, float(jnp.abs(h).max()))
 
 
 def _hf_bert():
@@ -143,10 +149,10 @@ class TestHuggingFace(chex.TestCase):
         assert len(ref.hidden_states) == len(hidden_paths)
         for p, h in zip(hidden_paths, ref.hidden_states):
             diff = float(jnp.abs(_first(acts[p]) - h).max())
-            assert diff <= ATOL, (p, diff)
+            assert diff <= _hidden_tol(h), (p, diff)
         last = out.last_hidden_state if hasattr(out, "last_hidden_state") else out.logits
         want = ref.last_hidden_state if hasattr(ref, "last_hidden_state") else ref.logits
-        assert float(jnp.abs(last - want).max()) <= ATOL
+        assert float(jnp.abs(last - want).max()) <= _hidden_tol(want)
 
 
 def test_padded_keys_get_zero_weight_bert():
