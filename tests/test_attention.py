@@ -493,3 +493,84 @@ class TestWeightsAtChecks(chex.TestCase):
             s = jax.random.normal(jax.random.key(k), (2, 3, 5, k)) * 10
             w = jax.nn.softmax(s.astype(dtype), axis=-1)
             np.testing.assert_array_equal(_check_rows("p", w), w)
+
+
+# ------------------------------------------- fused jax.nn.dot_product_attention (no softmax seen)
+
+
+class FusedGQA(nn.Module):
+    """jax.nn.dot_product_attention with 4 query heads on 2 kv heads, causal, local window."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, pad_mask: jax.Array) -> jax.Array:
+        q = nn.DenseGeneral((4, 4), name="query")(x)
+        k = nn.DenseGeneral((2, 4), name="key")(x)
+        v = nn.DenseGeneral((2, 4), name="value")(x)
+        o = jax.nn.dot_product_attention(
+            q, k, v, mask=pad_mask[:, None, None, :], is_causal=True, local_window_size=(2, 0)
+        )
+        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), name="out")(o)
+
+
+class FusedNet(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array, pad_mask: jax.Array) -> jax.Array:
+        return FusedGQA(name="attn")(x, pad_mask)
+
+
+class TestFusedAttention(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_gqa_causal_window_match_numpy_and_reproduce_output(self):
+        model = FusedNet()
+        x = jax.random.normal(jax.random.key(0), (2, 6, 8))
+        pad = jnp.arange(6)[None] < jnp.array([6, 4])[:, None]
+        variables = model.init(jax.random.key(1), x, pad)
+        out, maps = self.variant(attention_weights(model, variables))(x, pad)
+        _, acts = capture(model, variables, select="attn/*")(x, pad)
+        q = np.asarray(acts["attn/query"], np.float64)
+        k = np.repeat(np.asarray(acts["attn/key"], np.float64), 2, axis=2)  # head n uses kv n // 2
+        s = np.einsum("bqhd,bkhd->bhqk", q, k) / 2.0
+        qi, ki = np.arange(6)[:, None], np.arange(6)[None]
+        allowed = (ki <= qi) & (ki >= qi - 2) & np.asarray(pad)[:, None, None, :]
+        e = np.exp(np.where(allowed, s, -np.inf) - np.where(allowed, s, -np.inf).max(-1)[..., None])
+        ref = e / e.sum(-1, keepdims=True)
+        assert list(maps) == ["attn"]
+        w = maps["attn"]
+        assert w.shape == (2, 4, 6, 6)
+        np.testing.assert_allclose(w, ref, atol=1e-6)
+        # the weights are the ones the model used: they reproduce its output
+        vv = np.repeat(np.asarray(acts["attn/value"]), 2, axis=2)
+        p = variables["params"]["attn"]["out"]
+        o = np.einsum("bhqk,bkhd->bqhd", np.asarray(w), vv)
+        np.testing.assert_allclose(
+            np.einsum("bqhd,hdf->bqf", o, p["kernel"]) + p["bias"], out, atol=1e-5
+        )
+
+    def test_nnx_module_calling_dot_product_attention_directly(self):
+        from flax import nnx
+
+        class Attn(nnx.Module):
+            def __init__(self, rngs):
+                self.query = nnx.LinearGeneral(8, (2, 4), rngs=rngs)
+                self.key = nnx.LinearGeneral(8, (2, 4), rngs=rngs)
+                self.value = nnx.LinearGeneral(8, (2, 4), rngs=rngs)
+
+            def __call__(self, x, mask):
+                q, k, v = self.query(x), self.key(x), self.value(x)
+                return nnx.dot_product_attention(q, k, v, mask=mask).reshape(x.shape)
+
+        class Net(nnx.Module):
+            def __init__(self, rngs):
+                self.attn = Attn(rngs)
+
+            def __call__(self, x, mask):
+                return self.attn(x, mask)
+
+        model = Net(nnx.Rngs(0))
+        x = jax.random.normal(jax.random.key(3), (2, 5, 8))
+        pad = jnp.arange(5)[None] < jnp.array([5, 2])[:, None]
+        out, maps = jax.jit(attention_weights(model))(x, pad[:, None, None, :])
+        np.testing.assert_allclose(out, model(x, pad[:, None, None, :]), atol=1e-6)
+        _, qk = capture(model, select=["attn/query", "attn/key"])(x, pad[:, None, None, :])
+        ref = _np_softmax_weights(qk["attn/query"], qk["attn/key"], np.asarray(pad)[:, None, None])
+        np.testing.assert_allclose(maps["attn"], ref, atol=1e-6)

@@ -16,7 +16,13 @@ last axis (the key axis) and that module's path matches ``select``. This covers
   calling ``flax.linen.dot_product_attention_weights`` / ``dot_product_attention`` directly
   (Hugging Face's Flax BERT, GPT-2, ViT, ...): these are known to be ``[batch, head, q, k]``;
 * hand-written attention (``jax.nn.softmax(q @ k.T + mask)``, Gemma-style ``[batch, q, head,
-  k]``): the layout is read from the shapes, see below.
+  k]``): the layout is read from the shapes, see below;
+* ``jax.nn.dot_product_attention`` (which ``nnx.dot_product_attention`` calls without dropout),
+  whose fused kernel never materialises the probabilities: the call is recorded too and its
+  weights computed from its own arguments with the same steps as its XLA implementation
+  (grouped-query heads, scale, bias, mask, causal, local window, sequence lengths). Its output
+  is left as the kernel computed it. ``nnx.MultiHeadAttention`` is run with
+  ``sow_weights=True``, which makes it compute through ``dot_product_attention_weights``.
 
 The patch is scoped: it is installed for the duration of the forward pass only, reference
 counted across threads, and a call from any other thread or context (a :mod:`contextvars`
@@ -47,10 +53,11 @@ offending rows become NaN (see :func:`jaxinterp.checked`).
 
 **Where this does not reach.** A softmax computed in the root module's own ``__call__`` (it has
 no path), one bound by name before jaxinterp was imported (``from jax.nn import softmax`` in
-the model's file), fused kernels that never materialise the probabilities
-(``jax.nn.dot_product_attention``, Pallas/cuDNN flash attention) and 5-D grouped-query softmaxes
-are not recorded; :func:`attention_from_qk` recomputes the weights from captured query/key
-projections for those (same formula as ``nn.dot_product_attention_weights``).
+the model's file), custom kernels (Pallas/Splash flash attention) and 5-D grouped-query
+softmaxes are not recorded; :func:`attention_from_qk` recomputes the weights from captured
+query/key projections for those (same formula as ``nn.dot_product_attention_weights``). A
+softmax inside a lifted transform (``nn.scan``, ``nn.remat``, ``nn.jit``) belongs to that
+transform's trace and can only leave it the way the capture hook carries values out.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import inspect
 import re
 import sys
 import threading
@@ -110,6 +118,58 @@ def _recording_softmax(x: Any, *args: Any, **kwargs: Any) -> Any:
     return out
 
 
+_ORIG_DPA = jax.nn.dot_product_attention
+_DPA_SIGNATURE = inspect.signature(_ORIG_DPA)
+
+
+def _recording_dpa(*args: Any, **kwargs: Any) -> Any:
+    out = _ORIG_DPA(*args, **kwargs)
+    rec = _RECORDER.get()
+    if rec is not None:
+        bound = _DPA_SIGNATURE.bind(*args, **kwargs)
+        bound.apply_defaults()
+        rec.fused(bound.arguments)
+    return out
+
+
+def _fused_weights(a: Mapping[str, Any]) -> jax.Array:
+    """The probabilities ``jax.nn.dot_product_attention`` computes: ``[batch, head, q, k]``.
+
+    The same steps as its XLA implementation (grouped-query heads, scale, bias, mask, causal,
+    local window, sequence lengths, float32 softmax), which never returns them.
+    """
+    q, k = jnp.asarray(a["query"]), jnp.asarray(a["key"])
+    b, t, n, h = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    qg = q.reshape(b, t, kh, n // kh, h)
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k, preferred_element_type=acc)
+    logits = logits.reshape(b, n, t, s)
+    scale = 1.0 / np.sqrt(h) if a["scale"] is None else a["scale"]
+    logits = logits * jnp.asarray(scale, acc)
+    if a["bias"] is not None:
+        logits = (logits + jnp.asarray(a["bias"])).astype(acc)
+    ok = jnp.ones((1, 1, t, s), bool)
+    if a["mask"] is not None:
+        ok = ok & jnp.asarray(a["mask"], bool)
+    if a["is_causal"]:
+        ok = ok & jnp.tril(jnp.ones((t, s), bool))
+    window = a["local_window_size"]
+    if window is not None:
+        left, right = (window, window) if isinstance(window, int) else window
+        qi, ki = jnp.arange(t)[:, None], jnp.arange(s)[None, :]
+        ok = ok & (qi <= ki + left) & (qi >= ki - right)
+    if a["query_seq_lengths"] is not None:
+        q_len = jnp.asarray(a["query_seq_lengths"])[:, None, None, None]
+        ok = ok & (jnp.arange(t)[None, None, :, None] < q_len)
+    if a["key_value_seq_lengths"] is not None:
+        kv_len = jnp.asarray(a["key_value_seq_lengths"])[:, None, None, None]
+        ok = ok & (jnp.arange(s)[None, None, None, :] < kv_len)
+    neg = -0.7 * float(jnp.finfo(jnp.float32).max)
+    logits = jnp.where(ok, logits, jnp.asarray(neg, acc)).astype(jnp.float32)
+    return _ORIG_SOFTMAX(logits, axis=-1).astype(k.dtype)
+
+
 @contextlib.contextmanager
 def _softmax_patched() -> Iterator[None]:
     """Installs the recording softmax while the block runs (reference counted across threads)."""
@@ -119,6 +179,8 @@ def _softmax_patched() -> Iterator[None]:
             for mod in _SOFTMAX_SITES:
                 if getattr(mod, "softmax", None) is _ORIG_SOFTMAX:
                     mod.softmax = _recording_softmax
+            if jax.nn.dot_product_attention is _ORIG_DPA:
+                jax.nn.dot_product_attention = _recording_dpa
         _PATCH_COUNT += 1
     try:
         yield
@@ -129,6 +191,8 @@ def _softmax_patched() -> Iterator[None]:
                 for mod in _SOFTMAX_SITES:
                     if getattr(mod, "softmax", None) is _recording_softmax:
                         mod.softmax = _ORIG_SOFTMAX
+                if jax.nn.dot_product_attention is _recording_dpa:
+                    jax.nn.dot_product_attention = _ORIG_DPA
 
 
 @dataclasses.dataclass
@@ -219,6 +283,19 @@ class _Recorder:
             return
         layout = "bhqk" if code in _BHQK_CODES else _resolve_layout(shape, self.frames, self.layout)
         self.maps[record_key(self.maps, path)] = _to_bhqk(out, layout)
+
+    def fused(self, arguments: Mapping[str, Any]) -> None:
+        """A ``jax.nn.dot_product_attention`` call: its weights, known to be [b, h, q, k]."""
+        if not self.frames or self.frames[-1].weights_module:
+            return
+        path = self.frames[-1].path
+        shape = tuple(getattr(arguments["query"], "shape", ()))
+        if len(shape) != 4:
+            self.skipped.setdefault(path, shape)
+            return
+        self.seen.setdefault(path, shape)
+        if self.match(path):
+            self.maps[record_key(self.maps, path)] = _fused_weights(arguments)
 
     def weights_output(self, out: Any) -> None:
         frame = self.frames[-1]
