@@ -304,7 +304,7 @@ def _rows():
         ),
         (
             "site_grid-bad-suffix",
-            lambda t: iv.site_grid(["block_0:output"], [(-2, 3)]),
+            lambda t: iv.site_grid(["block_0:weights"], [(-2, 3)]),
             ValueError,
             "paths",
         ),
@@ -505,7 +505,7 @@ def _rows():
         ),
         (
             "capture_sites-bad-suffix",
-            lambda t: iv.capture_sites(m(t), v(t), ["block_0:output"]),
+            lambda t: iv.capture_sites(m(t), v(t), ["block_0:weights"]),
             ValueError,
             "site",
         ),
@@ -671,7 +671,7 @@ def _rows():
             "attention_from_qk-heads",
             lambda t: at.attention_from_qk(jnp.ones((1, 3, 2, 4)), jnp.ones((1, 3, 3, 4))),
             ValueError,
-            "query",
+            "key",
         ),
     ]
 

@@ -228,8 +228,8 @@ def test_intervene_errors(offset_tf, tokens):
         iv.intervene(offset_tf.model, offset_tf.variables, {"block_0": lambda a: a[:, :3]})(tokens)
     with pytest.raises(TypeError, match="must be callable"):
         iv.intervene(offset_tf.model, offset_tf.variables, {"block_0": 3.0})(tokens)
-    with pytest.raises(ValueError, match="only suffix allowed"):
-        iv.capture_sites(offset_tf.model, offset_tf.variables, ["block_0:output"])
+    with pytest.raises(ValueError, match="only suffixes allowed"):
+        iv.capture_sites(offset_tf.model, offset_tf.variables, ["block_0:weights"])
     with pytest.raises(KeyError, match="is not a submodule path"):
         iv.capture_sites(offset_tf.model, offset_tf.variables, ["block_7"])(tokens)
 
