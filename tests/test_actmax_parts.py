@@ -223,7 +223,7 @@ def test_actmax_traces_plot():
     np.testing.assert_allclose(smooth, np.convolve(traces[0], np.ones(4) / 4, mode="valid"))
     with pytest.raises(ValueError, match="labels: expected 3"):
         actmax_traces(traces, ["a"])
-    with pytest.raises(ValueError, match=r"traces: expected \[target, steps\]"):
+    with pytest.raises(ValueError, match=r"^traces: expected a non-empty \[target, steps\]"):
         actmax_traces(traces[0])
 
 
