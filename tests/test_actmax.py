@@ -172,7 +172,7 @@ def test_diversity_spreads_a_batch(cnn):
 def test_nonfinite_ascent_raises(cnn):
     bad = actmax.Objective(lambda a: jnp.log(a["act_2"][:, 0] - 1e6).mean(), ("act_2",), "bad")
     kw = dict(param=actmax.pixel((8, 8, 1)), steps=5)
-    with pytest.raises(FloatingPointError, match="NaN/inf for targets \\[0\\]"):
+    with pytest.raises(FloatingPointError, match="^objective: .*NaN/inf for targets \\[0\\]"):
         actmax.maximize(jax.random.key(0), cnn.model, cnn.variables, bad, **kw)
     res = jax.jit(lambda k: actmax.maximize(k, cnn.model, cnn.variables, bad, **kw))(
         jax.random.key(0)
@@ -189,7 +189,7 @@ def test_argument_errors(cnn):
     with pytest.raises(ValueError, match="leading \\[target\\] axis"):
         actmax.maximize(jax.random.key(0), m, v, fac, {"a": jnp.arange(2), "b": jnp.arange(3)},
                         param=p)  # fmt: skip
-    with pytest.raises(ValueError, match="key: got 3 keys for 2 targets"):
+    with pytest.raises(ValueError, match="^key: expected 2 keys"):
         actmax.maximize(jax.random.split(jax.random.key(0), 3), m, v, fac, jnp.arange(2), param=p)
     with pytest.raises(ValueError, match="init: expected"):
         actmax.maximize(jax.random.key(0), m, v, fac, jnp.arange(2), param=p,
@@ -199,7 +199,7 @@ def test_argument_errors(cnn):
     with pytest.raises(KeyError, match="Available"):
         actmax.maximize(jax.random.key(0), m, v, _unit_factory("nope"), jnp.arange(2), param=p,
                         steps=2)  # fmt: skip
-    with pytest.raises(ValueError, match="unit 99 is out of range"):
+    with pytest.raises(ValueError, match=r"^unit: expected an index in \[0, 64\)"):
         actmax.maximize(jax.random.key(0), m, v, actmax.neuron("act_2", 99), param=p, steps=2)
 
 
