@@ -584,7 +584,10 @@ def _check_objectives(model, variables, model_key, param, method, seen, x_shape,
     if not objs:
         return
     paths = tuple(dict.fromkeys(p for o in objs for p in o.paths))
-    shapes = _act_shapes(model, variables, model_key, param, method, seen, x_shape, paths)
+    try:
+        shapes = _act_shapes(model, variables, model_key, param, method, seen, x_shape, paths)
+    except KeyError as err:
+        raise KeyError(f"objective: reads paths {list(paths)}; {err.args[0]}") from None
     for o in objs:
         o.check(shapes)
 

@@ -199,7 +199,9 @@ class _Diversity(_Op):
 def _input(acts: Acts, what: str, min_ndim: int) -> jax.Array:
     x = acts[INPUT]
     if x.ndim < min_ndim:
-        raise ValueError(f"{what}: the input must have ndim >= {min_ndim}, got shape {x.shape}")
+        raise ValueError(
+            f"acts: {what} needs the input {INPUT!r} with ndim >= {min_ndim}, got shape {x.shape}"
+        )
     return x
 
 

@@ -29,7 +29,7 @@ Transform = Callable[[jax.Array, jax.Array], jax.Array]
 
 def _check_image(x: jax.Array, what: str) -> None:
     if x.ndim != 4:
-        raise ValueError(f"{what}: expected images [batch, h, w, c], got shape {x.shape}")
+        raise ValueError(f"x: {what} expects images [batch, h, w, c], got shape {x.shape}")
 
 
 def _nonneg_int(v, name: str) -> int:
