@@ -555,8 +555,8 @@ def _relu_redirect_fwd(x):
 
 def _relu_redirect_bwd(x, g):
     # Lucid's redirected ReLU: the plain gradient where active; where inactive, pass the
-    # cotangent only if it pushes the input up (g > 0 means the loss wants the output lower...
-    # the ascent minimizes the loss, so a negative cotangent asks for a larger input).
+    # cotangent of the loss (which the ascent minimizes) when it is negative, i.e. when a
+    # larger input would lower the loss, so the step pushes the unit towards activity.
     return (jnp.where((x > 0) | (g < 0), g, 0.0),)
 
 
@@ -564,7 +564,10 @@ _relu_redirect.defvjp(_relu_redirect_fwd, _relu_redirect_bwd)
 
 
 class _redirected_relu:
-    """Within the block, ``jax.nn.relu`` (and flax's ``nn.relu``) use :func:`_relu_redirect`."""
+    """Within the block, ``jax.nn.relu`` (and flax's ``nn.relu``, ``nnx.relu``) are
+    :func:`_relu_redirect`: a model that looks ``relu`` up when it is traced (``nn.relu(x)``)
+    gets the redirected gradient; one that bound the function earlier keeps plain gradients.
+    Only the forward pass of the first ``redirect_relu`` steps is traced inside the block."""
 
     def __enter__(self):
         import flax.linen as linen
