@@ -12,6 +12,8 @@ and for one thread XLA's Eigen pool is switched off. (Unpinned, 2 torch threads 
 * ``jax_first_call_s``: a fresh Python process, one ``maximize`` call as the README writes it,
   including tracing and compilation (no persistent compilation cache), after model loading;
 * ``jax_second_call_s``: the same call again in that process (the compiled program is reused);
+* ``jax_first_call_persistent_cache_s``: the first call of a second fresh process that finds
+  the program in JAX's persistent compilation cache written by the first;
 * ``jax_compile_s``: ``jax.jit(job).lower(...).compile()`` alone, in that process;
 * ``lucent_batched_s``: ``lucent.optvis.render.render_vis`` with one parameterization holding the
   64 images and one objective summing ``channel("act_2", b, batch=b)`` over them (Lucent's
@@ -36,6 +38,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -220,13 +223,23 @@ def run(quick: bool = False, threads: int = 1) -> dict:
     if len(cores) == 1:
         flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
-    proc = subprocess.run(
-        [sys.executable, "-c", _JAX_JOB], capture_output=True, text=True, env=env, check=True
-    )
-    jx = json.loads(proc.stdout.strip().splitlines()[-1])
-    jax_vals = np.asarray(jx["values"])
-    # the activations of jaxinterp's images, measured by the PyTorch port as well
-    jax_vals_torch = np.diagonal(_act2(model, np.asarray(jx["inputs"])[:, 0, ..., 0]))
+    # two fresh processes sharing a new persistent compilation cache: the first compiles
+    # (cold), the second loads the program from the cache (what a repeated script sees)
+    with tempfile.TemporaryDirectory() as cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+        runs = []
+        for _ in range(2):
+            proc = subprocess.run(
+                [sys.executable, "-c", _JAX_JOB], capture_output=True, text=True, env=env,
+                check=True,
+            )  # fmt: skip
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    jx, warm = runs
+    # every value below is the torch port's act_2 on the final 8x8 images, no transforms
+    # (maximize's own values are on the 9x9 edge-padded image the model saw; reported apart)
+    jax_vals = np.diagonal(_act2(model, np.asarray(jx["inputs"])[:, 0, ..., 0]))
 
     units = np.arange(UNITS)
     batched_imgs, t_batched = _lucent_run(model, units, batched=True)
@@ -239,6 +252,7 @@ def run(quick: bool = False, threads: int = 1) -> dict:
     out = {
         "threads": len(cores),
         "jax_first_call_s": jx["first"],
+        "jax_first_call_persistent_cache_s": warm["first"],
         "jax_second_call_s": jx["second"],
         "jax_compile_s": jx["compile"],
         "lucent_batched_s": t_batched,
@@ -248,7 +262,7 @@ def run(quick: bool = False, threads: int = 1) -> dict:
         "speedup_first_call_vs_lucent_loop": t_loop / total_jax,
         "speedup_second_call_vs_lucent_batched": t_batched / jx["second"],
         "jax_value_mean": float(jax_vals.mean()),
-        "jax_value_torch_port_max_diff": float(np.abs(jax_vals_torch - jax_vals).max()),
+        "jax_value_own_mean_9x9": float(np.mean(jx["values"])),
         "lucent_value_mean": float(lucent_vals.mean()),
         "units_jax_ge_lucent": int((jax_vals >= lucent_vals - 1e-3 * np.abs(lucent_vals)).sum()),
         "units_at_zero_jax": int((jax_vals <= 0).sum()),

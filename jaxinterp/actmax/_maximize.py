@@ -104,6 +104,7 @@ def forward_fn(
 
 
 def _as_keys(key: Any, n: int | None) -> tuple[jax.Array, int]:
+    """Typed ``[n]`` keys, or one typed key (to be split into ``n`` by the program), and n."""
     if isinstance(key, (bool, int, float, np.integer, np.floating)):
         check_key(key, "key")  # raises with the policy's message
     dtype = getattr(key, "dtype", None)
@@ -117,9 +118,8 @@ def _as_keys(key: Any, n: int | None) -> tuple[jax.Array, int]:
         )
     if not jnp.issubdtype(dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
-    if key.ndim == 0:
-        n = 1 if n is None else n
-        return jax.random.split(key, n), n
+    if key.ndim == 0:  # split inside the compiled program (an eager split compiles its own)
+        return key, 1 if n is None else n
     if key.ndim != 1:
         raise ValueError(f"key: expected one key or [target] keys, got key shape {key.shape}")
     if n is not None and key.shape[0] != n:
@@ -242,6 +242,7 @@ class _Config:
     has_penalty: bool
     fit_shape: tuple[int, ...] | None
     redirect: int
+    split: int  # 0: keys given per target; n: one key, split into n inside the program
 
 
 # ----------------------------------------------------------------------------- maximize
@@ -412,6 +413,7 @@ def maximize(
         has_penalty=penalty is not None,
         fit_shape=fit_shape,
         redirect=redirect_relu,
+        split=n if keys.ndim == 0 else 0,
     )
     traced_obj = obj if factory is None else None
     items = (jax.random.key_data(keys), targets if factory is not None else traced_obj, init)
@@ -432,6 +434,9 @@ def _model_of(cfg_model: Any, variables: Any) -> tuple[Any, Any]:
 
 def _run_impl(items: Any, variables: Any, shared: Any, *, cfg: _Config) -> ActMaxResult:
     fixed_obj, traced_penalty = shared
+    if cfg.split:
+        key = jax.random.wrap_key_data(items[0], impl=cfg.impl)
+        items = (jax.random.key_data(jax.random.split(key, cfg.split)), *items[1:])
 
     def single(item, variables):
         model, variables = _model_of(cfg.model, variables)

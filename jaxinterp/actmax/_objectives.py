@@ -90,6 +90,17 @@ def _unit_ok(n: int, unit: Any, path: str, name: str = "unit") -> Any:
                 f"{name}: expected an index in [0, {n}) for {path!r} ({n} features), got {unit}"
             )
         return True
+    if not is_traced(unit):  # concrete: checked with NumPy (no small programs to compile)
+        u = np.asarray(unit)
+        if not np.issubdtype(u.dtype, np.integer):
+            raise TypeError(f"{name}: expected an integer index, got dtype {u.dtype}")
+        bad = u[(u < 0) | (u >= n)]
+        if bad.size:
+            raise ValueError(
+                f"{name}: expected indices in [0, {n}) for {path!r} ({n} features), got "
+                f"{bad.reshape(-1)[0]}"
+            )
+        return True
     u = jnp.asarray(unit)
     if not jnp.issubdtype(u.dtype, jnp.integer):
         raise TypeError(f"{name}: expected an integer index, got dtype {u.dtype}")
