@@ -26,13 +26,17 @@ the *structure* of the objective and regularizers (which built-in objectives, pa
 and how they are combined: unit indices, direction vectors and weights are traced arguments, so
 other targets or weights reuse the program), the parameterization and transforms (equal when
 built with equal arguments), the optimizer (the default, or an optax optimizer whose
-hyperparameters are equal), ``steps``, ``chunk_size``, ``mesh``, and the shapes and dtypes of
-keys, targets, ``init`` and variables (variables are traced, so new weights of the same shapes
-reuse it too). The objective factory is evaluated outside the compiled program with
+hyperparameters are equal), ``steps``, ``chunk_size``, ``mesh``, ``redirect_relu``, and the
+shapes and dtypes of keys, targets, ``init`` and variables (variables, and an nnx module's state,
+are traced, so new weights of the same shapes reuse it too). The objective factory is evaluated outside the compiled program with
 ``jax.vmap(factory)(targets)``, so two factories giving the same structure share the program.
 An objective or regularizer containing your own function (``Objective(fn, ...)``), your own
 transform or parameterization functions, or a custom optimizer are compared by identity: pass
-the same objects again to reuse the program.
+the same objects again to reuse the program. The cache is JAX's own ``jit`` cache of one
+module-level function (it lives as long as the process; JAX's persistent compilation cache, when
+configured, also serves new processes). On CPU the program is compiled with LLVM's -O1 pipeline
+(see ``_CPU_COMPILER_OPTIONS``); called inside the caller's own ``jit``, it is part of that
+program and compiled with the caller's options.
 """
 
 from __future__ import annotations
