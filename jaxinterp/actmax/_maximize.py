@@ -28,8 +28,9 @@ other targets or weights reuse the program), the parameterization and transforms
 built with equal arguments), the optimizer (the default, or an optax optimizer whose
 hyperparameters are equal), ``steps``, ``chunk_size``, ``mesh``, ``redirect_relu``, and the
 shapes and dtypes of keys, targets, ``init`` and variables (variables, and an nnx module's state,
-are traced, so new weights of the same shapes reuse it too). The objective factory is evaluated outside the compiled program with
-``jax.vmap(factory)(targets)``, so two factories giving the same structure share the program.
+are traced, so new weights of the same shapes reuse it too). The objective factory is
+evaluated outside the compiled program with ``jax.vmap(factory)(targets)``, so two factories
+giving the same structure share the program.
 An objective or regularizer containing your own function (``Objective(fn, ...)``), your own
 transform or parameterization functions, or a custom optimizer are compared by identity: pass
 the same objects again to reuse the program. The cache is JAX's own ``jit`` cache of one
