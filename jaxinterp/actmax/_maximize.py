@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -56,8 +55,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxinterp._checks import check_array, check_int, check_key, is_traced, value_check
+from jaxinterp.actmax._cache import OptKey, by_id, static, unwrap
 from jaxinterp.actmax._objectives import INPUT, OUTPUT, SPECIAL_PATHS, Objective
 from jaxinterp.actmax._param import Param
+from jaxinterp.actmax._relu import redirected_relu
 from jaxinterp.actmax._transforms import Transform, compose
 from jaxinterp.capture import apply_with_hook, capture
 from jaxinterp.capture._hooks import is_nnx
@@ -151,83 +152,6 @@ def _num_targets(targets: Any) -> int | None:
     return n
 
 
-# ------------------------------------------------------------------------- the compile cache
-
-
-class _ById:
-    """Hashes and compares by identity (a key part that cannot be compared by value)."""
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ById) and other.obj is self.obj
-
-
-def _static(obj: Any) -> Any:
-    try:
-        hash(obj)
-    except TypeError:
-        return _ById(obj)
-    return obj
-
-
-class _Unkeyable(Exception):
-    pass
-
-
-def _fingerprint(obj: Any, depth: int = 0) -> Any:
-    """A value key for an optax optimizer: its functions' code and closed-over hyperparameters.
-
-    Only functions defined in optax are opened (their globals are optax's own modules); any
-    other function, and anything that is not a plain value, raises :class:`_Unkeyable`.
-    """
-    if depth > 30:
-        raise _Unkeyable
-    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
-        return (type(obj).__name__, obj)
-    if isinstance(obj, np.dtype) or isinstance(obj, type):
-        return ("type", obj)
-    if isinstance(obj, (np.ndarray, np.generic, jax.Array)) and not is_traced(obj):
-        a = np.asarray(obj)
-        if a.size > 64:
-            raise _Unkeyable
-        return ("array", a.shape, str(a.dtype), a.tobytes())
-    if isinstance(obj, tuple):
-        return (type(obj).__name__, tuple(_fingerprint(o, depth + 1) for o in obj))
-    if isinstance(obj, types.FunctionType):
-        if not (obj.__module__ or "").startswith("optax"):
-            raise _Unkeyable
-        cells = tuple(_fingerprint(c.cell_contents, depth + 1) for c in obj.__closure__ or ())
-        defaults = _fingerprint(obj.__defaults__, depth + 1)
-        kw = _fingerprint(tuple(sorted((obj.__kwdefaults__ or {}).items())), depth + 1)
-        return ("fn", obj.__code__, cells, defaults, kw)
-    if isinstance(obj, functools.partial):
-        kw = tuple(sorted(obj.keywords.items()))
-        return ("partial", _fingerprint((obj.func, obj.args, kw), depth + 1))
-    raise _Unkeyable
-
-
-class _OptKey:
-    """An optimizer as part of the cache key: by hyperparameters when they can be read."""
-
-    def __init__(self, opt: optax.GradientTransformation):
-        self.opt = opt
-        try:
-            self.key: Any = ("value", _fingerprint(tuple(opt)))
-        except (_Unkeyable, ValueError, TypeError):
-            self.key = ("id", id(opt))
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _OptKey) and other.key == self.key
-
-
 @dataclasses.dataclass(frozen=True)
 class _Config:
     """Everything static about one ``maximize`` program (see the module docstring)."""
@@ -236,7 +160,7 @@ class _Config:
     method: str | None
     param: Any
     transform: Any
-    optimizer: _OptKey
+    optimizer: OptKey
     steps: int
     chunk_size: int | None
     mesh: Any
@@ -379,7 +303,7 @@ def maximize(
         graphdef, variables = nnx.split(model)
         model_key: Any = ("nnx", graphdef)
     else:
-        model_key = _static(model)
+        model_key = static(model)
 
     seen = jax.eval_shape(transform, jax.random.key(0), jax.ShapeDtypeStruct(x_shape, "f4"))
     fit_shape = None if seen.shape == x_shape else tuple(seen.shape)
@@ -393,7 +317,7 @@ def maximize(
         obj = jax.vmap(objective)(targets)
         if not isinstance(obj, Objective):
             raise TypeError(f"objective: the factory returned {type(obj).__name__}, not Objective")
-        factory = None if obj.structural else _ById(objective)
+        factory = None if obj.structural else by_id(objective)
     penalty = sum(regularizers) if regularizers else None
     penalty_static = None if penalty is None or penalty.structural else penalty
     if factory is None or penalty is not None:
@@ -405,9 +329,9 @@ def maximize(
     cfg = _Config(
         model=model_key,
         method=method,
-        param=_static(param),
-        transform=_static(transform),
-        optimizer=_OptKey(optimizer),
+        param=static(param),
+        transform=static(transform),
+        optimizer=OptKey(optimizer),
         steps=steps,
         chunk_size=chunk_size,
         mesh=mesh,
@@ -433,7 +357,7 @@ def maximize(
 def _model_of(cfg_model: Any, variables: Any) -> tuple[Any, Any]:
     if isinstance(cfg_model, tuple) and len(cfg_model) == 2 and cfg_model[0] == "nnx":
         return nnx.merge(cfg_model[1], variables), None
-    model = cfg_model.obj if isinstance(cfg_model, _ById) else cfg_model
+    model = unwrap(cfg_model)
     return model, variables
 
 
@@ -449,7 +373,7 @@ def _run_impl(items: Any, variables: Any, shared: Any, *, cfg: _Config) -> ActMa
         if cfg.fixed:
             obj = fixed_obj
         elif cfg.factory is not None:
-            obj = cfg.factory.obj(target)
+            obj = unwrap(cfg.factory)(target)
             if not isinstance(obj, Objective):
                 raise TypeError(f"objective: the factory returned {type(obj).__name__}")
         else:
@@ -487,8 +411,8 @@ def _run(items: Any, variables: Any, shared: Any, *, cfg: _Config) -> ActMaxResu
 
 def _ascent(cfg, model, variables, obj, penalty, kd, x0) -> ActMaxResult:
     """The single-target core: ``steps`` optimizer steps in one ``lax.scan``."""
-    param = cfg.param.obj if isinstance(cfg.param, _ById) else cfg.param
-    transform = cfg.transform.obj if isinstance(cfg.transform, _ById) else cfg.transform
+    param = unwrap(cfg.param)
+    transform = unwrap(cfg.transform)
     optimizer = cfg.optimizer.opt
     paths = obj.paths + (penalty.paths if penalty is not None else ())
     fwd = forward_fn(model, variables, paths, cfg.method)
@@ -498,7 +422,7 @@ def _ascent(cfg, model, variables, obj, penalty, kd, x0) -> ActMaxResult:
         x = param.apply(params)
         args, kwargs = param.feed(transform(k, x) if k is not None else fit(x))
         if redirect:
-            with _redirected_relu():
+            with redirected_relu():
                 out, acts = fwd(*args, **kwargs)
         else:
             out, acts = fwd(*args, **kwargs)
@@ -549,48 +473,6 @@ def _ascent(cfg, model, variables, obj, penalty, kd, x0) -> ActMaxResult:
     params = jax.tree.map(lambda g, p: jnp.where(bad >= 0, g, p), good, params)
     _, final = evaluate(params, None)
     return ActMaxResult(param.apply(params), params, trace, final, bad)
-
-
-# ------------------------------------------------------------------------- redirected ReLU
-
-
-@jax.custom_vjp
-def _relu_redirect(x: jax.Array) -> jax.Array:
-    return jnp.maximum(x, 0)
-
-
-def _relu_redirect_fwd(x):
-    return jnp.maximum(x, 0), x
-
-
-def _relu_redirect_bwd(x, g):
-    # Lucid's redirected ReLU: the plain gradient where active; where inactive, pass the
-    # cotangent of the loss (which the ascent minimizes) when it is negative, i.e. when a
-    # larger input would lower the loss, so the step pushes the unit towards activity.
-    return (jnp.where((x > 0) | (g < 0), g, 0.0),)
-
-
-_relu_redirect.defvjp(_relu_redirect_fwd, _relu_redirect_bwd)
-
-
-class _redirected_relu:
-    """Within the block, ``jax.nn.relu`` (and flax's ``nn.relu``, ``nnx.relu``) are
-    :func:`_relu_redirect`: a model that looks ``relu`` up when it is traced (``nn.relu(x)``)
-    gets the redirected gradient; one that bound the function earlier keeps plain gradients.
-    Only the forward pass of the first ``redirect_relu`` steps is traced inside the block."""
-
-    def __enter__(self):
-        import flax.linen as linen
-
-        self._saved = (jax.nn.relu, linen.relu, nnx.relu)
-        jax.nn.relu = linen.relu = nnx.relu = _relu_redirect
-        return self
-
-    def __exit__(self, *exc):
-        import flax.linen as linen
-
-        jax.nn.relu, linen.relu, nnx.relu = self._saved
-        return False
 
 
 # ---------------------------------------------------------------------------------- checks
