@@ -172,7 +172,7 @@ def test_diversity_spreads_a_batch(cnn):
 def test_nonfinite_ascent_raises(cnn):
     bad = actmax.Objective(lambda a: jnp.log(a["act_2"][:, 0] - 1e6).mean(), ("act_2",), "bad")
     kw = dict(param=actmax.pixel((8, 8, 1)), steps=5)
-    with pytest.raises(FloatingPointError, match="NaN/inf for targets \\[0\\]"):
+    with pytest.raises(FloatingPointError, match="^objective: .*NaN/inf for targets \\[0\\]"):
         actmax.maximize(jax.random.key(0), cnn.model, cnn.variables, bad, **kw)
     res = jax.jit(lambda k: actmax.maximize(k, cnn.model, cnn.variables, bad, **kw))(
         jax.random.key(0)
@@ -189,7 +189,7 @@ def test_argument_errors(cnn):
     with pytest.raises(ValueError, match="leading \\[target\\] axis"):
         actmax.maximize(jax.random.key(0), m, v, fac, {"a": jnp.arange(2), "b": jnp.arange(3)},
                         param=p)  # fmt: skip
-    with pytest.raises(ValueError, match="key: got 3 keys for 2 targets"):
+    with pytest.raises(ValueError, match="^key: expected 2 keys"):
         actmax.maximize(jax.random.split(jax.random.key(0), 3), m, v, fac, jnp.arange(2), param=p)
     with pytest.raises(ValueError, match="init: expected"):
         actmax.maximize(jax.random.key(0), m, v, fac, jnp.arange(2), param=p,
@@ -199,7 +199,7 @@ def test_argument_errors(cnn):
     with pytest.raises(KeyError, match="Available"):
         actmax.maximize(jax.random.key(0), m, v, _unit_factory("nope"), jnp.arange(2), param=p,
                         steps=2)  # fmt: skip
-    with pytest.raises(ValueError, match="unit 99 is out of range"):
+    with pytest.raises(ValueError, match=r"^unit: expected an index in \[0, 64\)"):
         actmax.maximize(jax.random.key(0), m, v, actmax.neuron("act_2", 99), param=p, steps=2)
 
 
@@ -227,3 +227,64 @@ def test_direction_targets_pytree_reach_analytic_optimum(mlp):
     np.testing.assert_allclose(
         res.inputs[:, 0], 1.5 * (wv / np.linalg.norm(wv, axis=0)).T, atol=1e-4
     )
+
+
+def test_redirected_relu_revives_a_unit_that_starts_inactive(cnn, digits):
+    """A unit of act_2 that is 0 on a black image but active on some digit: plain gradient
+    ascent from the black image never moves (ReLU gradient 0); with redirect_relu it does."""
+    cap = capture(cnn.model, cnn.variables, select="act_2")
+    black = jnp.zeros((1, 8, 8, 1))
+    at_black = np.asarray(cap(black)[1]["act_2"][0])
+    on_data = np.asarray(cap(jnp.asarray(digits.train.x[:500]))[1]["act_2"]).max(0)
+    units = np.flatnonzero((at_black == 0) & (on_data > 0))[:3]
+    assert len(units) >= 1, "no unit inactive on black but active on a digit"
+    init = jnp.broadcast_to(black, (len(units), 1, 8, 8, 1))
+    # no sigmoid: from a black image the input gets the gradient as is (not squashed by 1e-4)
+    kw = dict(param=actmax.pixel((8, 8, 1), sigmoid=False), steps=40, init=init)
+    run = lambda r: actmax.maximize(  # noqa: E731
+        jax.random.key(0), cnn.model, cnn.variables, _unit_factory("act_2"),
+        jnp.asarray(units), redirect_relu=r, **kw,
+    )  # fmt: skip
+    plain, redirected = run(0), run(20)
+    np.testing.assert_array_equal(plain.values, 0.0)
+    np.testing.assert_array_equal(plain.traces, 0.0)  # no gradient ever reached the input
+    assert np.all(np.asarray(redirected.values) > 0), redirected.values
+    # the values are the model's own activations of the returned inputs
+    acts = np.asarray(jax.vmap(lambda x: cap(x)[1]["act_2"][0])(redirected.inputs))
+    np.testing.assert_allclose(redirected.values, acts[np.arange(len(units)), units], rtol=1e-5)
+
+
+def test_same_configuration_compiles_once(cnn):
+    """A second call with freshly built (equal) objective factory, parameterization,
+    transforms, regularizers and optimizer reuses the compiled program; other units, weights
+    and keys are traced arguments."""
+    from jaxinterp.actmax._maximize import _run_jit, _run_jit_cpu
+
+    def call(units, tv, seed):
+        return actmax.maximize(
+            jax.random.key(seed), cnn.model, cnn.variables,
+            lambda u: actmax.neuron("act_2", u), units,
+            param=actmax.pixel((8, 8, 1)), steps=3, optimizer=optax.adam(0.05),
+            transforms=[actmax.pad(1), actmax.jitter(1)],
+            regularizers=[tv * actmax.total_variation()],
+        )  # fmt: skip
+
+    size = lambda: _run_jit._cache_size() + _run_jit_cpu._cache_size()  # noqa: E731
+    first = call(jnp.arange(4), 0.01, 0)
+    before = size()
+    second = call(jnp.arange(4, 8), 0.02, 1)
+    assert size() == before
+    # and the cached program computes the second configuration, not the first
+    ref = jax.jit(lambda k: actmax.maximize(
+        k, cnn.model, cnn.variables, lambda u: actmax.neuron("act_2", u + 4), jnp.arange(4),
+        param=actmax.pixel((8, 8, 1)), steps=3, optimizer=optax.sgd(1.0) if False else
+        optax.adam(0.05), transforms=[actmax.pad(1), actmax.jitter(1)],
+        regularizers=[0.02 * actmax.total_variation()]))(jax.random.key(1))  # fmt: skip
+    np.testing.assert_allclose(second.values, ref.values, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(first.values, second.values)
+    # a different structure compiles anew
+    call3 = actmax.maximize(
+        jax.random.key(0), cnn.model, cnn.variables, lambda u: actmax.channel("act_1", u),
+        jnp.arange(4), param=actmax.pixel((8, 8, 1)), steps=3,
+    )  # fmt: skip
+    assert call3.values.shape == (4,) and size() == before + 1

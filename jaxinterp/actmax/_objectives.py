@@ -32,116 +32,462 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp._checks import is_traced, poison, value_check
 
 INPUT = "<input>"
 OUTPUT = "<output>"
 SPECIAL_PATHS = (INPUT, OUTPUT)
 
 Acts = dict[str, Any]
+Shapes = dict[str, tuple[int, ...]]
+
+
+# ------------------------------------------------------------------------------------- ops
+# A built-in objective is an ``_Op`` (a frozen dataclass: hashable, compared by value, so it can
+# be part of a compilation cache key) plus an ``args`` pytree of the numbers it reads (unit
+# indices, direction vectors, weights), which are traced like any other array. Two objectives
+# with equal ops and args of equal shapes run the same compiled program.
+
+
+class _Op:
+    """The static part of a built-in objective: ``op(acts, args) -> []``."""
+
+    structural = True  # False when a user function is somewhere inside
+
+    def __call__(self, acts: Acts, args: Any) -> jax.Array:
+        raise NotImplementedError
+
+    def check(self, shapes: Shapes, args: Any) -> None:
+        """Static and (for concrete ``args``) value checks against the activation shapes."""
+
+
+def _feature_axis(shapes: Shapes, path: str, min_ndim: int, what: str) -> tuple[int, ...]:
+    shape = tuple(shapes[path])
+    if len(shape) < min_ndim:
+        raise ValueError(
+            f"path: {what} needs activation {path!r} as [batch, ..., features] (ndim >= "
+            f"{min_ndim}), got shape {shape}"
+        )
+    return shape
+
+
+def _get(acts: Acts, path: str, min_ndim: int, what: str) -> jax.Array:
+    x = acts[path]
+    _feature_axis({path: jnp.shape(x)}, path, min_ndim, what)
+    return x
+
+
+def _unit_ok(n: int, unit: Any, path: str, name: str = "unit") -> Any:
+    """Range check of a unit index against ``n`` features: raises for Python ints and concrete
+    arrays; for traced ones registers the check and returns the boolean mask to poison with."""
+    if isinstance(unit, (bool, np.bool_)) or isinstance(unit, (float, np.floating)):
+        raise TypeError(f"{name}: expected an integer index, got {type(unit).__name__} {unit!r}")
+    if isinstance(unit, (int, np.integer)):
+        if not 0 <= unit < n:
+            raise ValueError(
+                f"{name}: expected an index in [0, {n}) for {path!r} ({n} features), got {unit}"
+            )
+        return True
+    if not is_traced(unit):  # concrete: checked with NumPy (no small programs to compile)
+        u = np.asarray(unit)
+        if not np.issubdtype(u.dtype, np.integer):
+            raise TypeError(f"{name}: expected an integer index, got dtype {u.dtype}")
+        bad = u[(u < 0) | (u >= n)]
+        if bad.size:
+            raise ValueError(
+                f"{name}: expected indices in [0, {n}) for {path!r} ({n} features), got "
+                f"{bad.reshape(-1)[0]}"
+            )
+        return True
+    u = jnp.asarray(unit)
+    if not jnp.issubdtype(u.dtype, jnp.integer):
+        raise TypeError(f"{name}: expected an integer index, got dtype {u.dtype}")
+    ok = (u >= 0) & (u < n)
+    value_check(
+        ok.all(),
+        f"{name}: expected indices in [0, {n}) for {path!r} ({n} features), got {{}}",
+        jnp.where(ok, 0, u).reshape(-1)[jnp.argmin(ok.reshape(-1))] if u.ndim else u,
+    )
+    return ok
+
+
+def _position_index(shape: tuple[int, ...], position: tuple[int, ...] | None, path: str) -> tuple:
+    """Index tuple into the middle axes of ``[batch, *mid, features]``; a static check."""
+    mid = shape[1:-1]
+    if position is None:
+        return tuple(n // 2 for n in mid)
+    if len(position) != len(mid):
+        raise ValueError(
+            f"position: expected {len(mid)} indices for {path!r} of shape {shape}, got {position}"
+        )
+    if any(not 0 <= p < n for p, n in zip(position, mid)):
+        want = " x ".join(f"[0, {n})" for n in mid)
+        raise ValueError(f"position: expected indices in {want} for {path!r}, got {position}")
+    return position
 
 
 @dataclasses.dataclass(frozen=True)
+class _Neuron(_Op):
+    path: str
+    position: tuple[int, ...] | None
+
+    def check(self, shapes, unit):
+        shape = _feature_axis(shapes, self.path, 2, "neuron")
+        _position_index(shape, self.position, self.path)
+        _unit_ok(shape[-1], unit, self.path)
+
+    def __call__(self, acts, unit):
+        x = _get(acts, self.path, 2, "neuron")
+        idx = _position_index(x.shape, self.position, self.path)
+        ok = _unit_ok(x.shape[-1], unit, self.path)
+        safe = unit if ok is True else jnp.where(ok, unit, 0)
+        return poison(x[(slice(None), *idx, safe)].mean(), ok)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Channel(_Op):
+    path: str
+
+    def check(self, shapes, unit):
+        _unit_ok(_feature_axis(shapes, self.path, 2, "channel")[-1], unit, self.path)
+
+    def __call__(self, acts, unit):
+        x = _get(acts, self.path, 2, "channel")
+        ok = _unit_ok(x.shape[-1], unit, self.path)
+        safe = unit if ok is True else jnp.where(ok, unit, 0)
+        return poison(x[..., safe].mean(), ok)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Direction(_Op):
+    path: str
+    cosine: bool
+
+    def check(self, shapes, vector):
+        n = _feature_axis(shapes, self.path, 2, "direction")[-1]
+        if jnp.shape(vector)[-1] != n:
+            raise ValueError(
+                f"vector: expected [features] = [{n}] for {self.path!r}, got shape "
+                f"{tuple(jnp.shape(vector))}"
+            )
+
+    def __call__(self, acts, vector):
+        x = _get(acts, self.path, 2, "direction")
+        self.check({self.path: x.shape}, vector)
+        dots = x @ vector
+        if self.cosine:
+            dots = dots / (jnp.linalg.norm(x, axis=-1) * jnp.linalg.norm(vector) + 1e-8)
+        return dots.mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class _DeepDream(_Op):
+    path: str
+
+    def __call__(self, acts, args):
+        return jnp.mean(acts[self.path] ** 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Diversity(_Op):
+    path: str
+
+    def check(self, shapes, args):
+        _feature_axis(shapes, self.path, 2, "diversity")
+
+    def __call__(self, acts, args):
+        x = _get(acts, self.path, 2, "diversity")
+        b, c = x.shape[0], x.shape[-1]
+        a = x.reshape(b, -1, c)
+        grams = jnp.einsum("bpi,bpj->bij", a, a).reshape(b, -1)
+        grams = grams / (jnp.linalg.norm(grams, axis=-1, keepdims=True) + 1e-8)
+        sim = grams @ grams.T
+        return -(sim.sum() - jnp.trace(sim)) / b
+
+
+def _input(acts: Acts, what: str, min_ndim: int) -> jax.Array:
+    x = acts[INPUT]
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"acts: {what} needs the input {INPUT!r} with ndim >= {min_ndim}, got shape {x.shape}"
+        )
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class _L1(_Op):
+    def __call__(self, acts, center):
+        x = _input(acts, "l1", 1)
+        return jnp.abs(x - center).reshape(x.shape[0], -1).sum(-1).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class _L2(_Op):
+    def __call__(self, acts, center):
+        x = _input(acts, "l2", 1)
+        return jnp.sqrt(jnp.square(x - center).reshape(x.shape[0], -1).sum(-1) + 1e-12).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class _TotalVariation(_Op):
+    def __call__(self, acts, args):
+        x = _input(acts, "total_variation", 4)
+        dy = jnp.abs(x[:, 1:] - x[:, :-1]).sum((1, 2, 3))
+        dx = jnp.abs(x[:, :, 1:] - x[:, :, :-1]).sum((1, 2, 3))
+        return (dy + dx).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Blur(_Op):
+    def __call__(self, acts, args):
+        x = _input(acts, "blur", 4)
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        # 3x3 box blur as two separable cumulative differences (no unrolled 9-term sum)
+        c = jnp.cumsum(padded, axis=1)
+        c = jnp.concatenate([jnp.zeros_like(c[:, :1]), c], 1)
+        rows = c[:, 3:] - c[:, :-3]
+        c = jnp.cumsum(rows, axis=2)
+        c = jnp.concatenate([jnp.zeros_like(c[:, :, :1]), c], 2)
+        blurred = (c[:, :, 3:] - c[:, :, :-3]) / 9.0
+        diff = x - jax.lax.stop_gradient(blurred)
+        return 0.5 * jnp.square(diff).reshape(x.shape[0], -1).sum(-1).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class _UserFn(_Op):
+    fn: Callable[[Acts], jax.Array]
+    structural = False
+
+    def __call__(self, acts, args):
+        return self.fn(acts)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Add(_Op):
+    a: _Op
+    b: _Op
+
+    @property
+    def structural(self):
+        return self.a.structural and self.b.structural
+
+    def check(self, shapes, args):
+        self.a.check(shapes, args[0])
+        self.b.check(shapes, args[1])
+
+    def __call__(self, acts, args):
+        return self.a(acts, args[0]) + self.b(acts, args[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Affine(_Op):
+    """``scale * inner + shift``, with ``scale`` and ``shift`` traced numbers."""
+
+    inner: _Op
+
+    @property
+    def structural(self):
+        return self.inner.structural
+
+    def check(self, shapes, args):
+        self.inner.check(shapes, args[0])
+
+    def __call__(self, acts, args):
+        inner, scale, shift = args
+        return scale * self.inner(acts, inner) + shift
+
+
+class _Label(str):
+    """A name that every other name compares equal to, so it never splits a compilation cache."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Objective:
     """A scalar function of one target's activations, with the paths it reads.
 
     Attributes:
-      fn: ``fn(acts) -> []`` where ``acts[path]`` is ``[batch, ...]``.
+      fn: ``fn(acts) -> []`` where ``acts[path]`` is ``[batch, ...]``. (Built-in objectives
+        store a static description here and their numbers in ``args``.)
       paths: the activation paths ``fn`` reads (:data:`INPUT` / :data:`OUTPUT` allowed).
       name: a readable description, e.g. ``"neuron(act_1, 17)"``.
+      args: the arrays a built-in objective reads (unit index, direction, weights); ``None``
+        for a user ``fn``.
+
+    An Objective is a pytree whose leaves are ``args``, so ``jax.vmap(lambda t: neuron("a",
+    t))(units)`` gives one Objective with a ``[target]`` axis on its unit index, and
+    :func:`~jaxinterp.actmax.maximize` compiles one program per objective *structure*.
+
+    >>> obj = neuron("act_1", 2) - 0.5
+    >>> float(obj({"act_1": jnp.arange(6.0).reshape(2, 3)}))
+    3.0
     """
 
-    fn: Callable[[Acts], jax.Array]
+    fn: Callable[..., jax.Array]
     paths: tuple[str, ...]
     name: str = "objective"
+    args: Any = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise TypeError(f"fn: expected a function acts -> scalar, got {type(self.fn).__name__}")
+        paths = self.paths
+        if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+            raise TypeError(f"paths: expected a tuple of path strings, got {paths!r}")
+        object.__setattr__(self, "paths", tuple(paths))
+
+    @property
+    def op(self) -> _Op:
+        """The static part (a hashable description of the computation)."""
+        return self.fn if isinstance(self.fn, _Op) else _UserFn(self.fn)
+
+    @property
+    def structural(self) -> bool:
+        """Whether the objective is built from jaxinterp's objectives only (no user function),
+        so that it can be cached by structure."""
+        return self.op.structural
+
+    def check(self, shapes: Shapes) -> None:
+        """Checks the objective against activation shapes ``{path: shape}``; raises on static
+        problems, and on out-of-range indices among concrete ``args``."""
+        missing = [p for p in self.paths if p not in shapes]
+        if missing:
+            raise KeyError(
+                f"acts: objective {self.name} needs paths {missing}; got {sorted(shapes)}"
+            )
+        self.op.check(shapes, self.args)
 
     def __call__(self, acts: Acts) -> jax.Array:
         missing = [p for p in self.paths if p not in acts]
         if missing:
             raise KeyError(f"acts: objective {self.name} needs paths {missing}; got {sorted(acts)}")
-        return jnp.asarray(self.fn(acts), jnp.float32)
+        out = self.fn(acts, self.args) if isinstance(self.fn, _Op) else self.fn(acts)
+        out = jnp.asarray(out, jnp.float32)
+        if out.shape != ():
+            raise ValueError(f"objective: {self.name} must return a scalar, got shape {out.shape}")
+        return out
+
+    def _affine(self, scale: Any, shift: Any, name: str) -> Objective:
+        return Objective(_Affine(self.op), self.paths, name, (self.args, scale, shift))
 
     def __add__(self, other: Objective | float) -> Objective:
-        if isinstance(other, numbers.Number):
-            c = float(other)
-            return Objective(lambda a: self.fn(a) + c, self.paths, f"({self.name} + {c})")
-        other = _as_objective(other, "+")
-        return Objective(
-            lambda a: self.fn(a) + other.fn(a),
-            _union(self.paths, other.paths),
-            f"({self.name} + {other.name})",
-        )
+        if isinstance(other, Objective):
+            return Objective(
+                _Add(self.op, other.op),
+                _union(self.paths, other.paths),
+                f"({self.name} + {other.name})",
+                (self.args, other.args),
+            )
+        c = _number(other, "other")
+        return self._affine(1.0, c, f"({self.name} + {_fmt(c)})")
 
     def __radd__(self, other: Objective | float) -> Objective:
-        if isinstance(other, numbers.Number) and other == 0:  # makes sum([...]) work
-            return self
+        if isinstance(other, numbers.Number) and not isinstance(other, bool) and other == 0:
+            return self  # makes sum([...]) work
         return self + other
 
     def __neg__(self) -> Objective:
-        return Objective(lambda a: -self.fn(a), self.paths, f"-{self.name}")
+        return self._affine(-1.0, 0.0, f"-{self.name}")
 
     def __sub__(self, other: Objective | float) -> Objective:
-        return self + (-other)
+        if isinstance(other, Objective):
+            return self + (-other)
+        return self + (-_number(other, "other"))
 
     def __rsub__(self, other: float) -> Objective:
-        return (-self) + other
+        return (-self) + _number(other, "other")
 
     def __mul__(self, c: float) -> Objective:
-        if not isinstance(c, numbers.Number) and not _is_scalar_array(c):
-            raise TypeError(f"Objective * c: expected a number, got {type(c).__name__}")
-        return Objective(lambda a: c * self.fn(a), self.paths, f"{_fmt(c)} * {self.name}")
+        c = _number(c, "c")
+        return self._affine(c, 0.0, f"{_fmt(c)} * {self.name}")
 
     __rmul__ = __mul__
 
     def __truediv__(self, c: float) -> Objective:
+        c = _number(c, "c")
+        if not is_traced(c) and float(c) == 0.0:
+            raise ValueError("c: expected a non-zero divisor, got 0")
         return self * (1.0 / c)
+
+
+def _flatten(obj: Objective):
+    return (obj.args,), (obj.fn, obj.paths, _Label(obj.name))
+
+
+def _unflatten(aux, children):
+    fn, paths, name = aux
+    new = object.__new__(Objective)
+    for field, value in zip(("fn", "paths", "name", "args"), (fn, paths, str(name), children[0])):
+        object.__setattr__(new, field, value)
+    return new
+
+
+jax.tree_util.register_pytree_node(Objective, _flatten, _unflatten)
+
+
+def _number(c: Any, name: str) -> Any:
+    """A finite real number or scalar array (a weight or offset of an objective)."""
+    if isinstance(c, numbers.Real) and not isinstance(c, (bool, np.bool_)):
+        if not np.isfinite(float(c)):
+            raise ValueError(f"{name}: expected a finite number, got {c}")
+        return float(c)
+    if hasattr(c, "shape") and tuple(c.shape) == () and jnp.issubdtype(c.dtype, jnp.number):
+        if not is_traced(c) and not bool(jnp.isfinite(c)):
+            raise ValueError(f"{name}: expected a finite number, got {c}")
+        return c
+    raise TypeError(f"{name}: expected a number or an Objective, got {type(c).__name__}")
 
 
 def _fmt(c: Any) -> str:
     return f"{c:g}" if isinstance(c, numbers.Number) else "c"
 
 
-def _is_scalar_array(c: Any) -> bool:
-    return hasattr(c, "shape") and tuple(c.shape) == ()
-
-
-def _as_objective(other: Any, op: str) -> Objective:
-    if not isinstance(other, Objective):
-        raise TypeError(f"Objective {op} x: expected an Objective or a number, got {type(other)}")
-    return other
-
-
 def _union(a: Sequence[str], b: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*a, *b]))
 
 
-def _get(acts: Acts, path: str, min_ndim: int, what: str) -> jax.Array:
-    x = acts[path]
-    if x.ndim < min_ndim:
-        raise ValueError(
-            f"{what}: activation {path!r} must be [batch, ..., features] (ndim >= {min_ndim}), "
-            f"got shape {x.shape}"
-        )
-    return x
+def _check_path(path: Any) -> str:
+    if not isinstance(path, str):
+        raise TypeError(f"path: expected an activation path string, got {type(path).__name__}")
+    return path
 
 
-def _check_unit(x: jax.Array, unit: Any, path: str, what: str) -> None:
-    if isinstance(unit, numbers.Integral) and not -x.shape[-1] <= unit < x.shape[-1]:
-        raise ValueError(
-            f"{what}: unit {unit} is out of range for {path!r} with {x.shape[-1]} features"
-        )
-
-
-def _position_index(x: jax.Array, position: Any) -> tuple:
-    """Index tuple into the middle axes of ``x: [batch, *mid, features]``."""
-    mid = x.shape[1:-1]
+def _check_position(position: Any) -> tuple[int, ...] | None:
     if position is None:
-        return tuple(n // 2 for n in mid)
-    pos = (position,) if not isinstance(position, (tuple, list)) else tuple(position)
-    if len(pos) != len(mid):
-        raise ValueError(
-            f"position: expected {len(mid)} indices for activation shape {x.shape}, got {pos}"
+        return None
+    pos = tuple(position) if isinstance(position, (tuple, list)) else (position,)
+    for p in pos:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, np.integer)):
+            raise TypeError(f"position: expected int indices, got {position!r}")
+        if p < 0:
+            raise ValueError(f"position: expected non-negative indices, got {position!r}")
+    return tuple(int(p) for p in pos)
+
+
+def _check_index_arg(unit: Any, name: str) -> Any:
+    if isinstance(unit, (bool, np.bool_)) or isinstance(unit, (float, np.floating)):
+        raise TypeError(f"{name}: expected an integer index, got {type(unit).__name__} {unit!r}")
+    if isinstance(unit, (int, np.integer)):
+        if unit < 0:
+            raise ValueError(f"{name}: expected a non-negative index, got {unit}")
+        return int(unit)
+    u = jnp.asarray(unit) if not hasattr(unit, "dtype") else unit
+    if not jnp.issubdtype(u.dtype, jnp.integer) or jnp.ndim(u) != 0:
+        raise TypeError(
+            f"{name}: expected an integer index (int or int scalar array), got "
+            f"{'dtype ' + str(u.dtype) if jnp.ndim(u) == 0 else 'shape ' + str(jnp.shape(u))}"
         )
-    return pos
+    return u
+
+
+# ------------------------------------------------------------------------------- objectives
 
 
 def neuron(path: str, unit: int | jax.Array, *, position: Any = None) -> Objective:
@@ -151,12 +497,14 @@ def neuron(path: str, unit: int | jax.Array, *, position: Any = None) -> Objecti
       path: activation path, e.g. ``"act_1"`` (``[batch, features]``) or ``"act_0"``
         (``[batch, h, w, channels]``).
       unit: index in the last (feature / channel) axis; may be a traced integer.
-      position: index into the axes between batch and features (spatial ``(y, x)`` or a
-        sequence position); default their centre, as in Lucid.
+      position: ints indexing the axes between batch and features (spatial ``(y, x)`` or a
+        sequence position); default their centre, as in Lucid. Checked against the
+        activation's shape when the objective is traced (never clamped).
 
     Returns:
-      An :class:`Objective`. A traced ``unit`` is not range-checked (JAX clamps the index);
-      a Python int is.
+      An :class:`Objective` (a scalar). A unit outside ``[0, features)`` raises ``ValueError``
+      when it is a Python int or a concrete array; under jit a traced out-of-range unit gives
+      NaN (see :func:`jaxinterp.checked`), never a clamped index.
 
     >>> acts = {"act_1": jnp.arange(6.0).reshape(2, 3)}   # [batch=2, features=3]
     >>> float(neuron("act_1", 2)(acts))                    # mean of 2.0 and 5.0
@@ -164,14 +512,10 @@ def neuron(path: str, unit: int | jax.Array, *, position: Any = None) -> Objecti
     >>> float((neuron("act_1", 2) - 0.5 * channel("act_1", 0))(acts))
     2.75
     """
-
-    def fn(acts):
-        x = _get(acts, path, 2, "neuron")
-        _check_unit(x, unit, path, "neuron")
-        idx = _position_index(x, position)
-        return x[(slice(None), *idx, unit)].mean()
-
-    return Objective(fn, (path,), f"neuron({path}, {_show(unit)})")
+    path, unit = _check_path(path), _check_index_arg(unit, "unit")
+    return Objective(
+        _Neuron(path, _check_position(position)), (path,), f"neuron({path}, {_show(unit)})", unit
+    )
 
 
 def channel(path: str, unit: int | jax.Array) -> Objective:
@@ -179,15 +523,16 @@ def channel(path: str, unit: int | jax.Array) -> Objective:
 
     Args:
       path: activation path with shape ``[batch, ..., channels]`` (e.g. a conv layer).
-      unit: channel index; may be a traced integer.
+      unit: channel index; may be a traced integer (out of range: as in :func:`neuron`).
+
+    Returns:
+      An :class:`Objective` (a scalar).
+
+    >>> float(channel("c", 1)({"c": jnp.arange(8.0).reshape(2, 2, 2)}))  # mean of 1, 3, 5, 7
+    4.0
     """
-
-    def fn(acts):
-        x = _get(acts, path, 2, "channel")
-        _check_unit(x, unit, path, "channel")
-        return x[..., unit].mean()
-
-    return Objective(fn, (path,), f"channel({path}, {_show(unit)})")
+    path, unit = _check_path(path), _check_index_arg(unit, "unit")
+    return Objective(_Channel(path), (path,), f"channel({path}, {_show(unit)})", unit)
 
 
 def direction(path: str, vector: jax.Array, *, cosine: bool = False) -> Objective:
@@ -197,40 +542,52 @@ def direction(path: str, vector: jax.Array, *, cosine: bool = False) -> Objectiv
       path: activation path ``[batch, ..., features]``.
       vector: ``[features]`` direction (any norm; the dot product is taken as is).
       cosine: use the cosine similarity instead of the dot product.
+
+    Returns:
+      An :class:`Objective` (a scalar).
+
+    >>> float(direction("d", jnp.array([1.0, -1.0]))({"d": jnp.array([[3.0, 1.0]])}))
+    2.0
     """
-    vector = jnp.asarray(vector)
-    if vector.ndim != 1:
-        raise ValueError(f"direction: vector must be [features], got shape {vector.shape}")
-
-    def fn(acts):
-        x = _get(acts, path, 2, "direction")
-        if x.shape[-1] != vector.shape[0]:
-            raise ValueError(
-                f"direction: vector has {vector.shape[0]} features, {path!r} has {x.shape[-1]}"
-            )
-        dots = x @ vector
-        if cosine:
-            dots = dots / (jnp.linalg.norm(x, axis=-1) * jnp.linalg.norm(vector) + 1e-8)
-        return dots.mean()
-
-    return Objective(fn, (path,), f"direction({path})")
+    path = _check_path(path)
+    vector = jnp.asarray(vector) if not hasattr(vector, "dtype") else vector
+    if jnp.ndim(vector) != 1:
+        raise ValueError(f"vector: expected [features], got shape {tuple(jnp.shape(vector))}")
+    if not jnp.issubdtype(vector.dtype, jnp.floating):
+        vector = vector.astype(jnp.float32)
+    if not is_traced(vector) and not bool(jnp.isfinite(vector).all()):
+        raise ValueError("vector: expected finite values, got NaN/inf entries")
+    return Objective(_Direction(path, bool(cosine)), (path,), f"direction({path})", vector)
 
 
 def deepdream(path: str) -> Objective:
-    """DeepDream: the mean squared activation of ``path`` (all positions, units and batch)."""
-    return Objective(lambda a: jnp.mean(a[path] ** 2), (path,), f"deepdream({path})")
+    """DeepDream: the mean squared activation of ``path`` (all positions, units and batch).
+
+    >>> float(deepdream("a")({"a": jnp.array([[1.0, 3.0]])}))
+    5.0
+    """
+    path = _check_path(path)
+    return Objective(_DeepDream(path), (path,), f"deepdream({path})")
 
 
 def class_logit(cls: int | jax.Array, *, path: str = OUTPUT, position: Any = None) -> Objective:
     """The logit of class ``cls``; by default read from the model output.
 
     Args:
-      cls: class index; may be a traced integer.
+      cls: class index; may be a traced integer (out of range: as in :func:`neuron`).
       path: where the logits are (default the model output, :data:`OUTPUT`).
       position: for ``[batch, seq, classes]`` logits, the sequence position (default centre).
+
+    Returns:
+      An :class:`Objective` (a scalar).
+
+    >>> float(class_logit(1)({OUTPUT: jnp.array([[0.5, 2.0]])}))
+    2.0
     """
-    obj = neuron(path, cls, position=position)
-    return Objective(obj.fn, obj.paths, f"class_logit({_show(cls)})")
+    path, cls = _check_path(path), _check_index_arg(cls, "cls")
+    return Objective(
+        _Neuron(path, _check_position(position)), (path,), f"class_logit({_show(cls)})", cls
+    )
 
 
 def diversity(path: str) -> Objective:
@@ -241,18 +598,12 @@ def diversity(path: str) -> Objective:
     flattened, normalized Grams ``g_b``, the value is ``-(sum_{b != b'} <g_b, g_b'>) / batch``,
     computed as one ``[batch, batch]`` matrix product (no Python loop over pairs). It is zero
     for a batch of one. Add it, scaled, to an objective optimizing several images per target.
+
+    >>> float(diversity("a")({"a": jnp.array([[1.0, 0.0], [1.0, 0.0]])}))  # identical pair
+    -1.0
     """
-
-    def fn(acts):
-        x = _get(acts, path, 2, "diversity")
-        b, c = x.shape[0], x.shape[-1]
-        a = x.reshape(b, -1, c)
-        grams = jnp.einsum("bpi,bpj->bij", a, a).reshape(b, -1)
-        grams = grams / (jnp.linalg.norm(grams, axis=-1, keepdims=True) + 1e-8)
-        sim = grams @ grams.T
-        return -(sim.sum() - jnp.trace(sim)) / b
-
-    return Objective(fn, (path,), f"diversity({path})")
+    path = _check_path(path)
+    return Objective(_Diversity(path), (path,), f"diversity({path})")
 
 
 # ------------------------------------------------------------------------------- regularizers
@@ -260,62 +611,44 @@ def diversity(path: str) -> Objective:
 # from an objective or pass them to ``maximize(..., regularizers=...)``.
 
 
-def _input(acts: Acts, what: str, min_ndim: int = 2) -> jax.Array:
-    x = acts[INPUT]
-    if x.ndim < min_ndim:
-        raise ValueError(f"{what}: input must have ndim >= {min_ndim}, got shape {x.shape}")
-    return x
-
-
 def l1(center: float = 0.0) -> Objective:
-    """L1 penalty ``mean_b sum |x - center|`` on the input ``[batch, ...]``."""
+    """L1 penalty ``mean_b sum |x - center|`` on the input ``[batch, ...]``.
 
-    def fn(acts):
-        x = _input(acts, "l1", 1)
-        return jnp.abs(x - center).reshape(x.shape[0], -1).sum(-1).mean()
-
-    return Objective(fn, (INPUT,), "l1")
+    >>> float(l1(0.5)({INPUT: jnp.array([[0.0, 1.0]])}))
+    1.0
+    """
+    return Objective(_L1(), (INPUT,), "l1", _number(center, "center"))
 
 
 def l2(center: float = 0.0) -> Objective:
-    """L2 penalty ``mean_b sqrt(sum (x - center)^2)`` on the input ``[batch, ...]``."""
+    """L2 penalty ``mean_b sqrt(sum (x - center)^2)`` on the input ``[batch, ...]``.
 
-    def fn(acts):
-        x = _input(acts, "l2", 1)
-        return jnp.sqrt(jnp.square(x - center).reshape(x.shape[0], -1).sum(-1) + 1e-12).mean()
-
-    return Objective(fn, (INPUT,), "l2")
+    >>> round(float(l2()({INPUT: jnp.array([[3.0, 4.0]])})), 4)
+    5.0
+    """
+    return Objective(_L2(), (INPUT,), "l2", _number(center, "center"))
 
 
 def total_variation() -> Objective:
     """Total variation of images ``[batch, h, w, c]``: summed absolute neighbour differences,
-    averaged over the batch."""
+    averaged over the batch.
 
-    def fn(acts):
-        x = _input(acts, "total_variation", 4)
-        dy = jnp.abs(x[:, 1:] - x[:, :-1]).sum((1, 2, 3))
-        dx = jnp.abs(x[:, :, 1:] - x[:, :, :-1]).sum((1, 2, 3))
-        return (dy + dx).mean()
-
-    return Objective(fn, (INPUT,), "total_variation")
+    >>> float(total_variation()({INPUT: jnp.array([[0.0, 1.0], [1.0, 1.0]])[None, ..., None]}))
+    2.0
+    """
+    return Objective(_TotalVariation(), (INPUT,), "total_variation")
 
 
 def blur() -> Objective:
     """Blur penalty ``0.5 * sum (x - stop_gradient(blur3x3(x)))^2`` on images ``[batch, h, w, c]``.
 
-    Its gradient step moves each pixel towards the 3×3 box blur of the image, like Lucid's
-    ``blur_input_each_step``.
+    Its gradient step moves each pixel towards the 3×3 box blur (edge-padded) of the image, like
+    Lucid's ``blur_input_each_step``.
+
+    >>> float(blur()({INPUT: jnp.ones((1, 4, 4, 1))}))  # a constant image is its own blur
+    0.0
     """
-
-    def fn(acts):
-        x = _input(acts, "blur", 4)
-        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-        h, w = x.shape[1:3]
-        blurred = sum(padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9.0
-        diff = x - jax.lax.stop_gradient(blurred)
-        return 0.5 * jnp.square(diff).reshape(x.shape[0], -1).sum(-1).mean()
-
-    return Objective(fn, (INPUT,), "blur")
+    return Objective(_Blur(), (INPUT,), "blur")
 
 
 def _show(v: Any) -> str:

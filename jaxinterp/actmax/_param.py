@@ -22,6 +22,8 @@ which gives linear units an analytic optimum.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -29,13 +31,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp._checks import check_array, check_finite, is_traced, poison
+
 
 def _default_feed(x: jax.Array) -> tuple[tuple, dict]:
     return (x,), {}
 
 
 class Param(NamedTuple):
-    """An input parameterization (see the module docstring)."""
+    """An input parameterization (see the module docstring).
+
+    The built-in parameterizations hold hashable callables that compare equal when built with
+    equal arguments, so :func:`~jaxinterp.actmax.maximize` reuses its compiled program for
+    ``pixel((8, 8, 1))`` built anew on every call. A Param of your own functions is reused
+    only when the same function objects are passed again.
+    """
 
     init: Callable[[jax.Array], Any]
     apply: Callable[[Any], jax.Array]
@@ -47,6 +57,46 @@ class Param(NamedTuple):
 _COLOR_SQRT = np.asarray(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Method:
+    """``spec.<name>`` as a hashable callable (equal specs give equal callables)."""
+
+    spec: Any
+    name: str
+
+    def __call__(self, *args: Any) -> Any:
+        return getattr(self.spec, self.name)(*args)
+
+
+def _param(spec: Any, feed: bool = False) -> Param:
+    methods = [_Method(spec, n) for n in ("init", "apply", "invert")]
+    return Param(*methods, _Method(spec, "feed") if feed else _default_feed)
+
+
+class _Frozen:
+    """A NumPy array that hashes and compares by value (a constant of a parameterization)."""
+
+    def __init__(self, a: Any):
+        self.a = np.asarray(a)
+        self._h = hash((self.a.shape, str(self.a.dtype), hashlib.sha1(self.a.tobytes()).digest()))
+
+    def __hash__(self) -> int:
+        return self._h
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Frozen)
+            and self._h == other._h
+            and self.a.shape == other.a.shape
+            and self.a.dtype == other.a.dtype
+            and np.array_equal(self.a, other.a)
+        )
+
+
+def _mat(m: _Frozen | None) -> np.ndarray | None:
+    return None if m is None else m.a
 
 
 def _color_matrix(channels: int, decorrelate: bool | np.ndarray) -> np.ndarray | None:
@@ -62,26 +112,75 @@ def _color_matrix(channels: int, decorrelate: bool | np.ndarray) -> np.ndarray |
     return m
 
 
-def _squash(lo: float, hi: float, sigmoid: bool):
-    if not hi > lo:
-        raise ValueError(f"value_range: expected lo < hi, got ({lo}, {hi})")
-    if sigmoid:
-        fwd = lambda t: lo + (hi - lo) * jax.nn.sigmoid(t)
+def _range(value_range: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"value_range: expected (lo, hi) numbers, got {value_range!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise ValueError(f"value_range: expected finite lo < hi, got ({lo}, {hi})")
+    return lo, hi
 
-        def inv(x):
-            p = jnp.clip((x - lo) / (hi - lo), 1e-4, 1 - 1e-4)
-            return jnp.log(p) - jnp.log1p(-p)
 
-        return fwd, inv
-    return (lambda t: t), (lambda x: x)
+def _squash_fwd(t, lo: float, hi: float, sigmoid: bool):
+    return lo + (hi - lo) * jax.nn.sigmoid(t) if sigmoid else t
+
+
+def _squash_inv(x, lo: float, hi: float, sigmoid: bool):
+    if not sigmoid:
+        return x
+    p = jnp.clip((x - lo) / (hi - lo), 1e-4, 1 - 1e-4)
+    return jnp.log(p) - jnp.log1p(-p)
 
 
 def _check_shape(shape: Sequence[int], what: str, ndim: int | None = None) -> tuple[int, ...]:
+    try:
+        ok = all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(f"{what}: expected a tuple of ints, got {shape!r}")
     shape = tuple(int(s) for s in shape)
-    if any(s < 1 for s in shape) or (ndim is not None and len(shape) != ndim):
+    if any(s < 1 for s in shape) or (ndim is not None and len(shape) != ndim) or not shape:
         want = f"{ndim} positive sizes" if ndim else "positive sizes"
         raise ValueError(f"{what}: expected {want}, got {shape}")
     return shape
+
+
+def _check_pos(v: Any, name: str, *, integer: bool = False, zero_ok: bool = False):
+    if integer:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name}: expected a positive int, got {type(v).__name__} {v!r}")
+    elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
+        raise TypeError(f"{name}: expected a number, got {type(v).__name__} {v!r}")
+    if not np.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
+        want = "a non-negative" if zero_ok else "a positive"
+        raise ValueError(f"{name}: expected {want} finite number, got {v}")
+    return int(v) if integer else float(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pixel:
+    shape: tuple[int, ...]
+    batch: int
+    sd: float
+    lo: float
+    hi: float
+    sigmoid: bool
+    m: _Frozen | None
+
+    def init(self, key):
+        return self.sd * jax.random.normal(key, (self.batch, *self.shape), jnp.float32)
+
+    def apply(self, params):
+        m = _mat(self.m)
+        t = params if m is None else params @ m.T
+        return _squash_fwd(t, self.lo, self.hi, self.sigmoid)
+
+    def invert(self, x):
+        m = _mat(self.m)
+        t = _squash_inv(jnp.asarray(x, jnp.float32), self.lo, self.hi, self.sigmoid)
+        return t if m is None else t @ np.linalg.inv(m).T
 
 
 def pixel(
@@ -113,22 +212,12 @@ def pixel(
     ((2, 8, 8, 1), True)
     """
     shape = _check_shape(shape, "shape")
-    fwd, inv = _squash(*value_range, sigmoid)
+    batch = _check_pos(batch, "batch", integer=True)
+    sd = _check_pos(sd, "sd", zero_ok=True)
+    lo, hi = _range(value_range)
     m = _color_matrix(shape[-1], decorrelate)
-    m_inv = None if m is None else np.linalg.inv(m)
-
-    def init(key):
-        return sd * jax.random.normal(key, (batch, *shape), jnp.float32)
-
-    def apply(params):
-        t = params if m is None else params @ m.T
-        return fwd(t)
-
-    def invert(x):
-        t = inv(jnp.asarray(x, jnp.float32))
-        return t if m_inv is None else t @ m_inv.T
-
-    return Param(init, apply, invert)
+    spec = _Pixel(shape, batch, sd, lo, hi, bool(sigmoid), None if m is None else _Frozen(m))
+    return _param(spec)
 
 
 def _freq_scale(h: int, w: int, decay_power: float) -> np.ndarray:
@@ -137,6 +226,39 @@ def _freq_scale(h: int, w: int, decay_power: float) -> np.ndarray:
     freqs = np.sqrt(fx * fx + fy * fy)
     scale = 1.0 / np.maximum(freqs, 1.0 / max(h, w)) ** decay_power
     return (scale * np.sqrt(h * w)).astype(np.float32)  # [h, w // 2 + 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fourier:
+    shape: tuple[int, int, int]
+    batch: int
+    sd: float
+    decay_power: float
+    lo: float
+    hi: float
+    m: _Frozen | None
+
+    def init(self, key):
+        h, w, c = self.shape
+        return self.sd * jax.random.normal(key, (self.batch, c, h, w // 2 + 1, 2), jnp.float32)
+
+    def apply(self, params):
+        h, w, _ = self.shape
+        m = _mat(self.m)
+        scale = _freq_scale(h, w, self.decay_power)
+        coeffs = (params[..., 0] + 1j * params[..., 1]) * scale
+        img = jnp.fft.irfft2(coeffs, s=(h, w)).astype(jnp.float32) / 4.0  # [batch, c, h, w]
+        t = jnp.moveaxis(img, 1, -1)
+        t = t if m is None else t @ m.T
+        return _squash_fwd(t, self.lo, self.hi, True)
+
+    def invert(self, x):
+        m = _mat(self.m)
+        h, w, _ = self.shape
+        t = _squash_inv(jnp.asarray(x, jnp.float32), self.lo, self.hi, True)
+        t = t if m is None else t @ np.linalg.inv(m).T
+        coeffs = jnp.fft.rfft2(jnp.moveaxis(t, -1, 1) * 4.0) / _freq_scale(h, w, self.decay_power)
+        return jnp.stack([coeffs.real, coeffs.imag], -1).astype(jnp.float32)
 
 
 def fourier(
@@ -164,30 +286,38 @@ def fourier(
 
     Returns:
       A :class:`Param` with ``apply(params) -> [batch, h, w, c]``.
+
+    >>> p = fourier((8, 8, 3))
+    >>> p.init(jax.random.key(0)).shape, p.apply(p.init(jax.random.key(0))).shape
+    ((1, 3, 8, 5, 2), (1, 8, 8, 3))
     """
     h, w, c = _check_shape(shape, "shape", 3)
-    scale = jnp.asarray(_freq_scale(h, w, decay_power))
-    fwd, inv = _squash(*value_range, True)
+    batch = _check_pos(batch, "batch", integer=True)
+    sd = _check_pos(sd, "sd", zero_ok=True)
+    decay_power = _check_pos(decay_power, "decay_power", zero_ok=True)
+    lo, hi = _range(value_range)
     m = _color_matrix(c, decorrelate)
-    m_inv = None if m is None else np.linalg.inv(m)
+    spec = _Fourier((h, w, c), batch, sd, decay_power, lo, hi, None if m is None else _Frozen(m))
+    return _param(spec)
 
-    def init(key):
-        return sd * jax.random.normal(key, (batch, c, h, w // 2 + 1, 2), jnp.float32)
 
-    def apply(params):
-        coeffs = (params[..., 0] + 1j * params[..., 1]) * scale
-        img = jnp.fft.irfft2(coeffs, s=(h, w)).astype(jnp.float32) / 4.0  # [batch, c, h, w]
-        t = jnp.moveaxis(img, 1, -1)
-        t = t if m is None else t @ m.T
-        return fwd(t)
+@dataclasses.dataclass(frozen=True)
+class _NormBall:
+    shape: tuple[int, ...]
+    radius: float
+    batch: int
+    sd: float
 
-    def invert(x):
-        t = inv(jnp.asarray(x, jnp.float32))
-        t = t if m_inv is None else t @ m_inv.T
-        coeffs = jnp.fft.rfft2(jnp.moveaxis(t, -1, 1) * 4.0) / scale
-        return jnp.stack([coeffs.real, coeffs.imag], -1).astype(jnp.float32)
+    def init(self, key):
+        return self.sd * jax.random.normal(key, (self.batch, *self.shape), jnp.float32)
 
-    return Param(init, apply, invert)
+    def apply(self, v):
+        axes = tuple(range(1, len(self.shape) + 1))
+        norm = jnp.sqrt(jnp.sum(v * v, axis=axes, keepdims=True))
+        return self.radius * v / jnp.maximum(norm, self.radius)
+
+    def invert(self, x):
+        return jnp.asarray(x, jnp.float32)
 
 
 def norm_ball(shape: Sequence[int], radius: float, *, batch: int = 1, sd: float = 0.01) -> Param:
@@ -204,23 +334,40 @@ def norm_ball(shape: Sequence[int], radius: float, *, batch: int = 1, sd: float 
 
     Returns:
       A :class:`Param` with ``apply(params) -> [batch, *shape]``.
+
+    >>> p = norm_ball((2,), 1.0)
+    >>> p.apply(jnp.array([[3.0, 4.0]])).tolist()
+    [[0.6000000238418579, 0.800000011920929]]
     """
     shape = _check_shape(shape, "shape")
-    if not radius > 0:
-        raise ValueError(f"radius: expected a positive number, got {radius}")
-    axes = tuple(range(1, len(shape) + 1))
+    radius = _check_pos(radius, "radius")
+    batch = _check_pos(batch, "batch", integer=True)
+    return _param(_NormBall(shape, radius, batch, _check_pos(sd, "sd", zero_ok=True)))
 
-    def init(key):
-        return sd * jax.random.normal(key, (batch, *shape), jnp.float32)
 
-    def apply(v):
-        norm = jnp.sqrt(jnp.sum(v * v, axis=axes, keepdims=True))
-        return radius * v / jnp.maximum(norm, radius)
+@dataclasses.dataclass(frozen=True)
+class _SoftPrompt:
+    table: _Frozen
+    seq_len: int
+    batch: int
+    sd: float
+    argname: str
 
-    def invert(x):
+    def init(self, key):
+        table = jnp.asarray(self.table.a)
+        k1, k2 = jax.random.split(key)
+        ids = jax.random.randint(k1, (self.batch, self.seq_len), 0, table.shape[0])
+        noise = jax.random.normal(k2, (self.batch, self.seq_len, table.shape[1]))
+        return table[ids] + self.sd * noise
+
+    def apply(self, v):
+        return v
+
+    def invert(self, x):
         return jnp.asarray(x, jnp.float32)
 
-    return Param(init, apply, invert)
+    def feed(self, x):
+        return (jnp.zeros(x.shape[:-1], jnp.int32),), {self.argname: x}
 
 
 def soft_prompt(
@@ -235,7 +382,8 @@ def soft_prompt(
 
     Initialized at the embeddings of random tokens (plus ``sd`` noise); fed to the model as
     ``model(zeros[batch, seq] int32, **{argname: x})``, as :class:`jaxinterp.models.Transformer`
-    accepts. Read the result back with :func:`nearest_tokens`.
+    accepts. Read the result back with :func:`nearest_tokens`. The table is a constant of the
+    compiled program (compared by value when ``maximize`` looks for a compiled program).
 
     Args:
       embedding: the model's token embedding table ``[vocab, d_model]``.
@@ -246,22 +394,27 @@ def soft_prompt(
 
     Returns:
       A :class:`Param` with ``apply(params) -> [batch, seq, d_model]``.
+
+    >>> p = soft_prompt(jnp.eye(4), 3)
+    >>> p.init(jax.random.key(0)).shape
+    (1, 3, 4)
     """
-    table = jnp.asarray(embedding)
-    if table.ndim != 2:
-        raise ValueError(f"embedding: expected [vocab, d_model], got shape {table.shape}")
-    if seq_len < 1:
-        raise ValueError(f"seq_len: expected a positive integer, got {seq_len}")
-
-    def init(key):
-        k1, k2 = jax.random.split(key)
-        ids = jax.random.randint(k1, (batch, seq_len), 0, table.shape[0])
-        return table[ids] + sd * jax.random.normal(k2, (batch, seq_len, table.shape[1]))
-
-    def feed(x):
-        return (jnp.zeros(x.shape[:-1], jnp.int32),), {argname: x}
-
-    return Param(init, lambda v: v, lambda x: jnp.asarray(x, jnp.float32), feed)
+    if is_traced(embedding):
+        raise TypeError("embedding: expected a concrete table, got a traced array")
+    table = np.asarray(embedding)
+    if table.ndim != 2 or not np.issubdtype(table.dtype, np.floating):
+        raise ValueError(
+            f"embedding: expected a float [vocab, d_model] table, got shape {table.shape} "
+            f"and dtype {table.dtype}"
+        )
+    if not np.isfinite(table).all():
+        raise ValueError("embedding: expected finite values, got NaN/inf entries")
+    seq_len = _check_pos(seq_len, "seq_len", integer=True)
+    batch = _check_pos(batch, "batch", integer=True)
+    if not isinstance(argname, str):
+        raise TypeError(f"argname: expected a keyword name, got {argname!r}")
+    spec = _SoftPrompt(_Frozen(table), seq_len, batch, _check_pos(sd, "sd", zero_ok=True), argname)
+    return _param(spec, feed=True)
 
 
 def nearest_tokens(embeddings: jax.Array, embedding: jax.Array, *, metric: str = "l2") -> jax.Array:
@@ -273,13 +426,22 @@ def nearest_tokens(embeddings: jax.Array, embedding: jax.Array, *, metric: str =
       metric: ``"l2"`` (Euclidean distance) or ``"cosine"``.
 
     Returns:
-      ``[..., seq]`` int32 token ids.
+      ``[..., seq]`` int32 token ids. NaN/inf in ``embeddings`` or ``embedding`` raises
+      ``ValueError``; under jit the affected ids are -1 (see :func:`jaxinterp.checked`).
+
+    >>> nearest_tokens(jnp.array([[0.9, 0.1], [0.0, 2.0]]), jnp.eye(2)).tolist()
+    [0, 1]
     """
-    embeddings, table = jnp.asarray(embeddings), jnp.asarray(embedding)
-    if table.ndim != 2 or embeddings.shape[-1] != table.shape[1]:
+    embeddings = check_array(embeddings, "embeddings", kind="floating")
+    table = check_array(embedding, "embedding", ndim=2, kind="floating")
+    if embeddings.ndim < 1 or embeddings.shape[-1] != table.shape[1]:
         raise ValueError(
-            f"embedding: expected [vocab, {embeddings.shape[-1]}], got shape {table.shape}"
+            f"embedding: expected [vocab, {embeddings.shape[-1] if embeddings.ndim else '?'}], "
+            f"got shape {table.shape}"
         )
+    check_finite(embeddings, "embeddings")
+    check_finite(table, "embedding")
+    ok = jnp.isfinite(embeddings).all(-1) & jnp.isfinite(table).all()
     if metric == "l2":
         score = 2 * embeddings @ table.T - jnp.sum(table * table, -1)
     elif metric == "cosine":
@@ -287,4 +449,4 @@ def nearest_tokens(embeddings: jax.Array, embedding: jax.Array, *, metric: str =
         score = embeddings @ unit.T
     else:
         raise ValueError(f"metric: expected 'l2' or 'cosine', got {metric!r}")
-    return jnp.argmax(score, axis=-1).astype(jnp.int32)
+    return poison(jnp.argmax(score, axis=-1).astype(jnp.int32), ok)

@@ -13,49 +13,107 @@ size it expects (e.g. ``pad(1)`` then ``jitter(2)`` for a fixed-size dense head)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Transform = Callable[[jax.Array, jax.Array], jax.Array]
+
+# The built-in transforms are frozen dataclasses (hashable, compared by value), so that
+# ``maximize`` can reuse a compiled program for equal transforms built anew on each call.
 
 
 def _check_image(x: jax.Array, what: str) -> None:
     if x.ndim != 4:
-        raise ValueError(f"{what}: expected images [batch, h, w, c], got shape {x.shape}")
+        raise ValueError(f"x: {what} expects images [batch, h, w, c], got shape {x.shape}")
+
+
+def _nonneg_int(v, name: str) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected a non-negative int, got {type(v).__name__} {v!r}")
+    if v < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {v}")
+    return int(v)
+
+
+def _floats(values, name: str, what: str) -> tuple[float, ...]:
+    try:
+        arr = np.asarray(values, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a non-empty list of {what}, got {values!r}") from None
+    if arr.ndim != 1 or arr.shape[0] == 0:
+        raise ValueError(f"{name}: expected a non-empty list of {what}, got {values!r}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: expected finite {what}, got {values!r}")
+    return tuple(float(v) for v in arr)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pad:
+    width: int
+    mode: str
+    value: float
+
+    def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+        _check_image(x, "pad")
+        w = self.width
+        widths = ((0, 0), (w, w), (w, w), (0, 0))
+        if self.mode == "constant":
+            return jnp.pad(x, widths, constant_values=self.value)
+        return jnp.pad(x, widths, mode=self.mode)
+
+
+_PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
 
 
 def pad(width: int, *, mode: str = "constant", value: float = 0.5) -> Transform:
-    """Pads ``width`` pixels on each side (``mode`` as in ``jnp.pad``; ``value`` if constant)."""
-    if width < 0:
-        raise ValueError(f"width: expected a non-negative integer, got {width}")
+    """Pads ``width`` pixels on each side (``mode`` as in ``jnp.pad``; ``value`` if constant).
 
-    def t(key: jax.Array, x: jax.Array) -> jax.Array:
-        _check_image(x, "pad")
-        widths = ((0, 0), (width, width), (width, width), (0, 0))
-        if mode == "constant":
-            return jnp.pad(x, widths, constant_values=value)
-        return jnp.pad(x, widths, mode=mode)
+    >>> pad(1)(jax.random.key(0), jnp.zeros((1, 2, 2, 1))).shape
+    (1, 4, 4, 1)
+    """
+    width = _nonneg_int(width, "width")
+    if mode not in _PAD_MODES:
+        raise ValueError(f"mode: expected one of {_PAD_MODES}, got {mode!r}")
+    if not np.isfinite(value):
+        raise ValueError(f"value: expected a finite number, got {value}")
+    return _Pad(width, mode, float(value))
 
-    return t
+
+@dataclasses.dataclass(frozen=True)
+class _Jitter:
+    d: int
+
+    def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+        _check_image(x, "jitter")
+        b, h, w, c = x.shape
+        d = self.d
+        if d >= min(h, w):
+            raise ValueError(f"d: expected a jitter smaller than the image size {(h, w)}, got {d}")
+        if d == 0:
+            return x
+        # one draw of 32 random bits gives both offsets (uniform in [0, d], d + 1 << 2**16)
+        bits = jax.random.bits(key, (), jnp.uint32)
+        oy = ((bits & 0xFFFF) % (d + 1)).astype(jnp.int32)
+        ox = ((bits >> 16) % (d + 1)).astype(jnp.int32)
+        return jax.lax.dynamic_slice(x, (0, oy, ox, 0), (b, h - d, w - d, c))
 
 
 def jitter(d: int) -> Transform:
-    """Random crop of size ``(h - d, w - d)`` at a uniform offset in ``[0, d]``."""
-    if d < 0:
-        raise ValueError(f"d: expected a non-negative integer, got {d}")
+    """Random crop of size ``(h - d, w - d)`` at a random offset in ``[0, d]`` per axis
+    (uniform up to a bias below ``d / 65536``: 16 random bits per axis).
 
-    def t(key: jax.Array, x: jax.Array) -> jax.Array:
-        _check_image(x, "jitter")
-        b, h, w, c = x.shape
-        if d >= min(h, w):
-            raise ValueError(f"jitter: d={d} must be smaller than the image size {(h, w)}")
-        oy, ox = jax.random.randint(key, (2,), 0, d + 1)
-        return jax.lax.dynamic_slice(x, (0, oy, ox, 0), (b, h - d, w - d, c))
-
-    return t
+    >>> jitter(2)(jax.random.key(0), jnp.zeros((1, 6, 6, 1))).shape
+    (1, 4, 4, 1)
+    """
+    d = _nonneg_int(d, "d")
+    if d >= 1 << 15:
+        raise ValueError(f"d: expected a jitter below 32768 pixels, got {d}")
+    return _Jitter(d)
 
 
 def _affine(x: jax.Array, matrix: jax.Array, fill: float | None) -> jax.Array:
@@ -76,54 +134,94 @@ def _affine(x: jax.Array, matrix: jax.Array, fill: float | None) -> jax.Array:
     return jnp.moveaxis(jax.vmap(one)(flat).reshape(b, c, h, w), 1, -1)
 
 
+def _check_fill(fill):
+    if fill is not None and not np.isfinite(fill):
+        raise ValueError(f"fill: expected None or a finite number, got {fill}")
+    return None if fill is None else float(fill)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RandomScale:
+    scales: tuple[float, ...]
+    fill: float | None
+
+    def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+        _check_image(x, "random_scale")
+        s = jax.random.choice(key, jnp.asarray(self.scales, jnp.float32))
+        return _affine(x, jnp.eye(2) / s, self.fill)
+
+
 def random_scale(scales: Sequence[float], *, fill: float | None = None) -> Transform:
     """Rescales about the centre by a factor drawn uniformly from ``scales`` (size kept,
-    bilinear; outside pixels take the nearest edge value, or ``fill`` if given)."""
-    scales = jnp.asarray(scales, jnp.float32)
-    if scales.ndim != 1 or scales.shape[0] == 0:
-        raise ValueError(f"scales: expected a non-empty list of factors, got {scales}")
+    bilinear; outside pixels take the nearest edge value, or ``fill`` if given).
 
-    def t(key: jax.Array, x: jax.Array) -> jax.Array:
-        _check_image(x, "random_scale")
-        s = jax.random.choice(key, scales)
-        return _affine(x, jnp.eye(2) / s, fill)
+    >>> random_scale([1.0])(jax.random.key(0), jnp.ones((1, 3, 3, 1))).sum()
+    Array(9., dtype=float32)
+    """
+    scales = _floats(scales, "scales", "factors")
+    if min(scales) <= 0:
+        raise ValueError(f"scales: expected positive factors, got {list(scales)}")
+    return _RandomScale(scales, _check_fill(fill))
 
-    return t
+
+@dataclasses.dataclass(frozen=True)
+class _RandomRotate:
+    angles: tuple[float, ...]
+    fill: float | None
+
+    def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+        _check_image(x, "random_rotate")
+        theta = jax.random.choice(key, jnp.asarray(self.angles, jnp.float32)) * (math.pi / 180)
+        cos, sin = jnp.cos(theta), jnp.sin(theta)
+        return _affine(x, jnp.asarray([[cos, sin], [-sin, cos]]), self.fill)
 
 
 def random_rotate(angles: Sequence[float], *, fill: float | None = None) -> Transform:
     """Rotates about the centre by an angle (degrees, counter-clockwise as displayed, like
     ``scipy.ndimage.rotate``) drawn uniformly from ``angles`` (bilinear; outside pixels take
-    the nearest edge value, or ``fill`` if given)."""
-    angles = jnp.asarray(angles, jnp.float32)
-    if angles.ndim != 1 or angles.shape[0] == 0:
-        raise ValueError(f"angles: expected a non-empty list of degrees, got {angles}")
+    the nearest edge value, or ``fill`` if given).
 
-    def t(key: jax.Array, x: jax.Array) -> jax.Array:
-        _check_image(x, "random_rotate")
-        theta = jax.random.choice(key, angles) * (math.pi / 180)
-        cos, sin = jnp.cos(theta), jnp.sin(theta)
-        return _affine(x, jnp.asarray([[cos, sin], [-sin, cos]]), fill)
+    >>> random_rotate([0.0])(jax.random.key(0), jnp.ones((1, 3, 3, 1))).sum()
+    Array(9., dtype=float32)
+    """
+    return _RandomRotate(_floats(angles, "angles", "degrees"), _check_fill(fill))
 
-    return t
+
+@dataclasses.dataclass(frozen=True)
+class _Compose:
+    transforms: tuple[Transform, ...]
+
+    def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+        random = [t for t in self.transforms if not isinstance(t, _Pad)]
+        keys = iter(jax.random.split(key, len(random))) if len(random) > 1 else iter([key])
+        for tr in self.transforms:
+            x = tr(key, x) if isinstance(tr, _Pad) else tr(next(keys), x)
+        return x
 
 
 def compose(*transforms: Transform) -> Transform:
-    """Applies ``transforms`` in order, each with its own key split from the given one."""
+    """Applies ``transforms`` in order, each random one with its own key split from the given
+    one (a single random transform gets the key itself; :func:`pad` uses none).
 
-    def t(key: jax.Array, x: jax.Array) -> jax.Array:
-        if not transforms:
-            return x
-        for k, tr in zip(jax.random.split(key, len(transforms)), transforms):
-            x = tr(k, x)
-        return x
-
-    return t
+    >>> t = compose(pad(2), jitter(1))
+    >>> t(jax.random.key(0), jnp.zeros((1, 8, 8, 3))).shape
+    (1, 11, 11, 3)
+    """
+    flat: list[Transform] = []
+    for i, t in enumerate(transforms):
+        if not callable(t):
+            raise TypeError(f"transforms: expected functions t(key, x), item {i} is {t!r}")
+        flat.extend(t.transforms if isinstance(t, _Compose) else (t,))
+    return flat[0] if len(flat) == 1 else _Compose(tuple(flat))
 
 
 def standard_transforms() -> tuple[Transform, ...]:
     """Lucid's default transforms for ~224-pixel images: pad 12, jitter 8, scale ±10%,
-    rotate ±10°, jitter 4 (the net size change is +12 pixels)."""
+    rotate ±10°, jitter 4 (the net size change is +12 pixels).
+
+    >>> len(standard_transforms())
+    5
+    """
     return (
         pad(12, value=0.5),
         jitter(8),
