@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -183,7 +184,7 @@ def test_hand_written_attention_via_attention_from_qk(hand):
         ref = _np_softmax_weights(qk[f"attn_{i}/query"], qk[f"attn_{i}/key"], np.asarray(mask))
         np.testing.assert_allclose(w, ref, atol=1e-5)
         np.testing.assert_allclose(w, maps[f"attn_{i}/probs"], atol=1e-5)
-    with pytest.raises(ValueError, match="query/key"):
+    with pytest.raises(ValueError, match="^query"):
         attention_from_qk(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 4)))
 
 
@@ -284,3 +285,292 @@ def test_nnx_hand_written_attention_via_weights_at(hand):
     ref = _np_softmax_weights(qk["query"], qk["key"], np.asarray(pad)[:, None, None, :])
     np.testing.assert_allclose(maps["probs"], ref, atol=1e-5)
     np.testing.assert_allclose(out, maps["probs"], atol=1e-6)
+
+
+# ------------------------------------------------- the default path: softmax calls are recorded
+
+
+class InlineAttention(nn.Module):
+    """Hand-written attention with the softmax inline (no submodule): [batch, head, q, k]."""
+
+    num_heads: int = 2
+    d_head: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, pad_mask: jax.Array) -> jax.Array:
+        q = nn.DenseGeneral((self.num_heads, self.d_head), name="query")(x)
+        k = nn.DenseGeneral((self.num_heads, self.d_head), name="key")(x)
+        v = nn.DenseGeneral((self.num_heads, self.d_head), name="value")(x)
+        s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(self.d_head)
+        p = jax.nn.softmax(jnp.where(pad_mask[:, None, None, :], s, -1e30), axis=-1)
+        o = jnp.einsum("bhqk,bkhd->bqhd", p, v)
+        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), name="out")(o)
+
+
+class GemmaStyleAttention(nn.Module):
+    """Gemma's layout: logits 'BTNS' = [batch, q, head, k], softmax over the last axis."""
+
+    num_heads: int = 2
+    d_head: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, pad_mask: jax.Array) -> jax.Array:
+        q = nn.DenseGeneral((self.num_heads, self.d_head), name="query")(x)
+        k = nn.DenseGeneral((self.num_heads, self.d_head), name="key")(x)
+        v = nn.DenseGeneral((self.num_heads, self.d_head), name="value")(x)
+        logits = jnp.einsum("BTNH,BSNH->BTNS", q, k) / jnp.sqrt(self.d_head)
+        logits = jnp.where(pad_mask[:, None, None, :], logits, -1e30)
+        p = jax.nn.softmax(logits, axis=-1)
+        o = jnp.einsum("BTNS,BSNH->BTNH", p, v)
+        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), name="out")(o)
+
+
+class TwoLayer(nn.Module):
+    layer: type = InlineAttention
+    num_heads: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array, pad_mask: jax.Array) -> jax.Array:
+        for i in range(2):
+            x = x + self.layer(num_heads=self.num_heads, name=f"layer_{i}")(x, pad_mask)
+        return jax.nn.softmax(x, axis=-1)  # a 3-D softmax in the root: never recorded
+
+
+def _two_layer(layer, heads=2):
+    model = TwoLayer(layer=layer, num_heads=heads)
+    x = jax.random.normal(jax.random.key(0), (3, 5, 8))
+    pad = jnp.arange(5)[None] < jnp.array([5, 3, 4])[:, None]
+    return model, model.init(jax.random.key(1), x, pad), x, pad
+
+
+class TestSoftmaxRecording(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_inline_and_gemma_layouts_match_numpy(self):
+        for layer in (InlineAttention, GemmaStyleAttention):
+            model, variables, x, pad = _two_layer(layer)
+            out, maps = self.variant(attention_weights(model, variables))(x, pad)
+            np.testing.assert_allclose(out, model.apply(variables, x, pad), atol=1e-6)
+            _, qk = capture(model, variables, select="layer_*/[qk]*")(x, pad)
+            assert sorted(maps) == ["layer_0", "layer_1"], (layer, sorted(maps))
+            for i in range(2):
+                ref = _np_softmax_weights(
+                    qk[f"layer_{i}/query"], qk[f"layer_{i}/key"], np.asarray(pad)[:, None, None]
+                )
+                assert maps[f"layer_{i}"].shape == (3, 2, 5, 5)  # [batch, head, q, k]
+                np.testing.assert_allclose(maps[f"layer_{i}"], ref, atol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_submodule_softmax_recorded_by_default(self):
+        model = HandModel()
+        x = jax.random.normal(jax.random.key(0), (3, 5, 8))
+        pad = jnp.arange(5)[None] < jnp.array([5, 3, 4])[:, None]
+        variables = model.init(jax.random.key(1), x, pad)
+        _, maps = self.variant(attention_weights(model, variables))(x, pad)
+        _, ref = attention_weights(model, variables, weights_at="attn_*/probs")(x, pad)
+        assert sorted(maps) == sorted(ref) == ["attn_0/probs", "attn_1/probs"]
+        for p in maps:
+            np.testing.assert_allclose(maps[p], ref[p], atol=1e-7)
+
+    def test_layout_ambiguous_raises_then_explicit_layout_works(self):
+        # 5 heads and 5 tokens: [batch, 5, 5, k] fits both layouts
+        model, variables, x, pad = _two_layer(GemmaStyleAttention, heads=5)
+        with pytest.raises(ValueError, match="^layout: cannot tell.*layout='bqhk'"):
+            attention_weights(model, variables)(x, pad)
+        _, maps = jax.jit(attention_weights(model, variables, layout="bqhk"))(x, pad)
+        _, qk = capture(model, variables, select="layer_0/[qk]*")(x, pad)
+        ref = _np_softmax_weights(qk["layer_0/query"], qk["layer_0/key"], pad[:, None, None])
+        np.testing.assert_allclose(maps["layer_0"], ref, atol=1e-6)
+        # the wrong explicit layout is taken as asked: it transposes head and q
+        _, wrong = attention_weights(model, variables, layout="bhqk")(x, pad)
+        np.testing.assert_allclose(wrong["layer_0"], np.swapaxes(ref, 1, 2), atol=1e-6)
+
+    def test_nnx_gemma_style_and_builtin(self):
+        from flax import nnx
+
+        class Attn(nnx.Module):
+            def __init__(self, rngs):
+                self.num_heads = 3
+                self.query = nnx.LinearGeneral(8, (3, 4), rngs=rngs)
+                self.key = nnx.LinearGeneral(8, (3, 4), rngs=rngs)
+
+            def __call__(self, x):
+                s = jnp.einsum("BTNH,BSNH->BTNS", self.query(x), self.key(x)) / 2.0
+                return jnp.einsum("BTNS,BSD->BTD", jax.nn.softmax(s, axis=-1), x)
+
+        class Net(nnx.Module):
+            def __init__(self, rngs):
+                self.attn = Attn(rngs)
+                self.mha = nnx.MultiHeadAttention(2, 8, decode=False, rngs=rngs)
+
+            def __call__(self, x):
+                return self.mha(x + self.attn(x))
+
+        model = Net(nnx.Rngs(0))
+        x = jax.random.normal(jax.random.key(2), (2, 6, 8))
+        out, maps = jax.jit(attention_weights(model))(x)
+        np.testing.assert_allclose(out, model(x), atol=1e-6)
+        _, qk = capture(model, select=["attn/query", "attn/key"])(x)
+        s = np.einsum("bqhd,bkhd->bhqk", qk["attn/query"], qk["attn/key"]) / 2.0
+        e = np.exp(s - s.max(-1, keepdims=True))
+        np.testing.assert_allclose(maps["attn"], e / e.sum(-1, keepdims=True), atol=1e-6)
+        assert maps["mha"].shape == (2, 2, 6, 6)
+        np.testing.assert_allclose(np.asarray(maps["mha"]).sum(-1), 1.0, atol=1e-6)
+
+    def test_softmax_restored_and_untouched_elsewhere(self):
+        model, variables, x, pad = _two_layer(InlineAttention)
+        orig = jax.nn.softmax
+        attention_weights(model, variables)(x, pad)
+        assert jax.nn.softmax is orig and nn.softmax is orig
+        with pytest.raises(KeyError):
+            attention_weights(model, variables, select="nope")(x, pad)
+        assert jax.nn.softmax is orig
+
+    def test_softmax_in_other_thread_not_recorded(self):
+        import threading
+
+        model, variables, x, pad = _two_layer(InlineAttention)
+        started, release = threading.Event(), threading.Event()
+        results = {}
+
+        class Slow(InlineAttention):
+            @nn.compact
+            def __call__(self, x, pad_mask):
+                y = super().__call__(x, pad_mask)
+                parked = threading.current_thread() is not threading.main_thread()
+                if parked and self.name == "layer_0":  # park the thread in its forward pass
+                    started.set()
+                    assert release.wait(30)
+                return y
+
+        slow, slow_vars, _, _ = _two_layer(Slow)
+        t = threading.Thread(
+            target=lambda: results.setdefault("maps", attention_weights(slow, slow_vars)(x, pad))
+        )
+        t.start()
+        assert started.wait(30)
+        # while the other thread's recorder is active, softmax here is plain
+        np.testing.assert_allclose(jax.nn.softmax(jnp.zeros(4)), 0.25)
+        _, mine = attention_weights(model, variables)(x, pad)
+        release.set()
+        t.join(30)
+        assert sorted(mine) == ["layer_0", "layer_1"]
+        assert sorted(results["maps"][1]) == ["layer_0", "layer_1"]
+
+
+class TestWeightsAtChecks(chex.TestCase):
+    def _scores_model(self):
+        class Scores(nn.Module):
+            @nn.compact
+            def __call__(self, s):
+                return s
+
+        class M(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                s = jnp.einsum("bqd,bkd->bqk", x, x)[:, None]  # [batch, 1, q, k] raw scores
+                s = Scores(name="scores")(s)
+                return jax.nn.softmax(s, axis=-1)
+
+        x = jax.random.normal(jax.random.key(0), (2, 4, 3))
+        return M(), x
+
+    def test_rows_not_probabilities_raise_eagerly_and_nan_under_jit(self):
+        import jaxinterp
+
+        model, x = self._scores_model()
+        variables = model.init(jax.random.key(0), x)
+        with pytest.raises(ValueError, match="^weights_at: module 'scores' output is not"):
+            attention_weights(model, variables, weights_at="scores")(x)
+        _, maps = jax.jit(attention_weights(model, variables, weights_at="scores"))(x)
+        assert bool(jnp.isnan(maps["scores"]).all())
+        with pytest.raises(ValueError, match="^weights_at: module 'scores' output is not"):
+            jaxinterp.checked(attention_weights(model, variables, weights_at="scores"))(x)
+
+    def test_row_tolerance_accepts_real_softmax_rows(self):
+        from jaxinterp.attention._extract import _check_rows
+
+        for dtype, k in ((jnp.float32, 7), (jnp.float32, 300), (jnp.bfloat16, 64)):
+            s = jax.random.normal(jax.random.key(k), (2, 3, 5, k)) * 10
+            w = jax.nn.softmax(s.astype(dtype), axis=-1)
+            np.testing.assert_array_equal(_check_rows("p", w), w)
+
+
+# ------------------------------------------- fused jax.nn.dot_product_attention (no softmax seen)
+
+
+class FusedGQA(nn.Module):
+    """jax.nn.dot_product_attention with 4 query heads on 2 kv heads, causal, local window."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, pad_mask: jax.Array) -> jax.Array:
+        q = nn.DenseGeneral((4, 4), name="query")(x)
+        k = nn.DenseGeneral((2, 4), name="key")(x)
+        v = nn.DenseGeneral((2, 4), name="value")(x)
+        o = jax.nn.dot_product_attention(
+            q, k, v, mask=pad_mask[:, None, None, :], is_causal=True, local_window_size=(2, 0)
+        )
+        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), name="out")(o)
+
+
+class FusedNet(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array, pad_mask: jax.Array) -> jax.Array:
+        return FusedGQA(name="attn")(x, pad_mask)
+
+
+class TestFusedAttention(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_gqa_causal_window_match_numpy_and_reproduce_output(self):
+        model = FusedNet()
+        x = jax.random.normal(jax.random.key(0), (2, 6, 8))
+        pad = jnp.arange(6)[None] < jnp.array([6, 4])[:, None]
+        variables = model.init(jax.random.key(1), x, pad)
+        out, maps = self.variant(attention_weights(model, variables))(x, pad)
+        _, acts = capture(model, variables, select="attn/*")(x, pad)
+        q = np.asarray(acts["attn/query"], np.float64)
+        k = np.repeat(np.asarray(acts["attn/key"], np.float64), 2, axis=2)  # head n uses kv n // 2
+        s = np.einsum("bqhd,bkhd->bhqk", q, k) / 2.0
+        qi, ki = np.arange(6)[:, None], np.arange(6)[None]
+        allowed = (ki <= qi) & (ki >= qi - 2) & np.asarray(pad)[:, None, None, :]
+        e = np.exp(np.where(allowed, s, -np.inf) - np.where(allowed, s, -np.inf).max(-1)[..., None])
+        ref = e / e.sum(-1, keepdims=True)
+        assert list(maps) == ["attn"]
+        w = maps["attn"]
+        assert w.shape == (2, 4, 6, 6)
+        np.testing.assert_allclose(w, ref, atol=1e-6)
+        # the weights are the ones the model used: they reproduce its output
+        vv = np.repeat(np.asarray(acts["attn/value"]), 2, axis=2)
+        p = variables["params"]["attn"]["out"]
+        o = np.einsum("bhqk,bkhd->bqhd", np.asarray(w), vv)
+        np.testing.assert_allclose(
+            np.einsum("bqhd,hdf->bqf", o, p["kernel"]) + p["bias"], out, atol=1e-5
+        )
+
+    def test_nnx_module_calling_dot_product_attention_directly(self):
+        from flax import nnx
+
+        class Attn(nnx.Module):
+            def __init__(self, rngs):
+                self.query = nnx.LinearGeneral(8, (2, 4), rngs=rngs)
+                self.key = nnx.LinearGeneral(8, (2, 4), rngs=rngs)
+                self.value = nnx.LinearGeneral(8, (2, 4), rngs=rngs)
+
+            def __call__(self, x, mask):
+                q, k, v = self.query(x), self.key(x), self.value(x)
+                return nnx.dot_product_attention(q, k, v, mask=mask).reshape(x.shape)
+
+        class Net(nnx.Module):
+            def __init__(self, rngs):
+                self.attn = Attn(rngs)
+
+            def __call__(self, x, mask):
+                return self.attn(x, mask)
+
+        model = Net(nnx.Rngs(0))
+        x = jax.random.normal(jax.random.key(3), (2, 5, 8))
+        pad = jnp.arange(5)[None] < jnp.array([5, 2])[:, None]
+        out, maps = jax.jit(attention_weights(model))(x, pad[:, None, None, :])
+        np.testing.assert_allclose(out, model(x, pad[:, None, None, :]), atol=1e-6)
+        _, qk = capture(model, select=["attn/query", "attn/key"])(x, pad[:, None, None, :])
+        ref = _np_softmax_weights(qk["attn/query"], qk["attn/key"], np.asarray(pad)[:, None, None])
+        np.testing.assert_allclose(maps["attn"], ref, atol=1e-6)

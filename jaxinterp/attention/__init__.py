@@ -1,8 +1,11 @@
 """Attention weights from Flax models, their analysis, and dataset-level statistics.
 
 * :func:`attention_weights` — ``f(*inputs) -> (output, {path: [batch, head, q, k]})`` for any
-  linen model on ``nn.MultiHeadDotProductAttention`` or nnx model on ``nnx.MultiHeadAttention``
-  (hand-written attention via ``weights_at=`` or :func:`attention_from_qk`);
+  linen or nnx model whose attention calls a softmax: Flax's attention modules, models calling
+  ``dot_product_attention_weights`` (Hugging Face Flax BERT/GPT-2/ViT) and hand-written
+  ``softmax(q kᵀ)`` (Gemma's ``[batch, q, head, k]`` layout is detected and transposed;
+  ``layout=`` when the shapes cannot tell). ``weights_at=`` takes module outputs as weights;
+  :func:`attention_from_qk` recomputes them from captured projections (fused kernels);
   :func:`stack_layers` gives ``[layer, batch, head, q, k]``.
 * Scores on ``[..., q, k]``: :func:`rollout`, :func:`head_entropy`,
   :func:`mean_attention_distance`, :func:`attention_to`, :func:`offset_score`,
