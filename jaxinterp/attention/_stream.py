@@ -17,7 +17,8 @@ place; with a ``mesh`` the vmapped core is split over devices with
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -25,45 +26,102 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxinterp._checks import check_int
 from jaxinterp.attention._extract import attention_weights, stack_layers
 from jaxinterp.capture import Selector
-from jaxinterp.sharding import shard_batched, stream_reduce
+from jaxinterp.sharding import is_stream, shard_batched, stream_reduce
 
 Stat = Callable[..., Any]
 
 
-def _as_tuple(item: Any, what: str) -> tuple:
-    item = tuple(item) if isinstance(item, (tuple, list)) else (item,)
-    if not item or not all(hasattr(a, "shape") and len(a.shape) >= 1 for a in item):
+def _as_arrays(item: Any, what: str) -> tuple[np.ndarray, ...]:
+    """One dataset or chunk: an array or a list/tuple of arrays sharing the example axis."""
+    parts = tuple(item) if isinstance(item, (tuple, list)) else (item,)
+    if not parts or not all(hasattr(a, "shape") and hasattr(a, "dtype") for a in parts):
         raise TypeError(
-            f"{what}: expected an array or a tuple of arrays with a leading example axis, "
-            f"got {[getattr(a, 'shape', type(a).__name__) for a in item]}"
+            f"{what}: expected an array or a list/tuple of arrays (the model's positional "
+            f"inputs) with a leading example axis, got "
+            f"{[getattr(a, 'shape', type(a).__name__) for a in parts]}"
         )
-    n = item[0].shape[0]
-    if any(a.shape[0] != n for a in item):
-        raise ValueError(f"{what}: leading axes differ: {[a.shape for a in item]}")
-    return tuple(np.asarray(a) for a in item)
+    shapes = [tuple(a.shape) for a in parts]
+    if any(len(s) == 0 for s in shapes):
+        raise ValueError(f"{what}: expected arrays with a leading [n] example axis, got {shapes}")
+    if len({s[0] for s in shapes}) > 1:
+        raise ValueError(
+            f"{what}: a list/tuple holds the model's positional inputs, which must share the "
+            f"leading example axis; got shapes {shapes} (to stream chunks, pass an iterator, "
+            "a generator or a function returning one)"
+        )
+    out = tuple(np.asarray(a) for a in parts)
+    for a in out:
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise TypeError(f"{what}: expected numeric arrays, got dtype {a.dtype}")
+    return out
 
 
-def _chunks(data: Any, chunk_size: int) -> Iterator[tuple]:
-    """Re-cuts ``data`` into chunks of exactly ``chunk_size`` examples (the last may be short)."""
-    is_arrays = hasattr(data, "shape") or (
-        isinstance(data, tuple) and all(hasattr(a, "shape") for a in data)
-    )
-    sources: Iterable[Any] = [data] if is_arrays else data
-    buf: list[tuple] = []
-    for src in sources:
-        item = _as_tuple(src, "data")
-        if buf and len(buf[0]) != len(item):
-            raise ValueError("data: every chunk must hold the same number of arrays")
-        buf.append(item)
-        while sum(b[0].shape[0] for b in buf) >= chunk_size:
-            joined = tuple(np.concatenate(parts) for parts in zip(*buf))
-            yield tuple(a[:chunk_size] for a in joined)
-            rest = tuple(a[chunk_size:] for a in joined)
-            buf = [rest] if rest[0].shape[0] else []
-    if buf:
-        yield tuple(np.concatenate(parts) for parts in zip(*buf))
+def _chunks(data: Any, chunk_size: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """Cuts ``data`` into chunks of exactly ``chunk_size`` examples (the last may be short).
+
+    Linear in the number of examples: an in-memory dataset is sliced (views, no copy); a stream
+    is buffered as a list of pieces and each example is copied at most once, when the pieces
+    that make up one chunk are joined.
+    """
+    if not is_stream(data):
+        arrays = _as_arrays(data, "data")
+        n = arrays[0].shape[0]
+        if n == 0:
+            raise ValueError("data: expected at least one example, got 0")
+        for start in range(0, n, chunk_size):
+            yield tuple(a[start : start + chunk_size] for a in arrays)
+        return
+    if not (callable(data) or hasattr(data, "__iter__")):
+        raise TypeError(f"data: expected arrays or a stream of chunks, got {type(data).__name__}")
+    source = data() if callable(data) else data
+    try:
+        iterator = iter(source)
+    except TypeError:
+        raise TypeError(
+            f"data: the function passed as a stream returned {type(source).__name__}, "
+            "not an iterable of chunks"
+        ) from None
+    pieces: deque[tuple[np.ndarray, ...]] = deque()
+    buffered = 0
+    width = None
+    seen = 0
+    for i, src in enumerate(iterator):
+        item = _as_arrays(src, f"data: chunk {i}")
+        if width is None:
+            width = len(item)
+        elif len(item) != width:
+            raise ValueError(
+                f"data: chunk {i} holds {len(item)} arrays, chunk 0 held {width}; every chunk "
+                "must hold the same model inputs"
+            )
+        seen += item[0].shape[0]
+        pieces.append(item)
+        buffered += item[0].shape[0]
+        while buffered >= chunk_size:
+            take, need = [], chunk_size
+            while need:
+                head = pieces[0]
+                m = head[0].shape[0]
+                if m <= need:
+                    take.append(head)
+                    pieces.popleft()
+                    need -= m
+                else:
+                    take.append(tuple(a[:need] for a in head))
+                    pieces[0] = tuple(a[need:] for a in head)
+                    need = 0
+            buffered -= chunk_size
+            yield take[0] if len(take) == 1 else tuple(np.concatenate(p) for p in zip(*take))
+    if buffered:
+        yield tuple(np.concatenate(p) for p in zip(*pieces)) if len(pieces) > 1 else pieces[0]
+    if seen == 0:
+        raise ValueError(
+            "data: the stream yielded no examples (an iterator or generator is used up after "
+            "one pass; pass a new one, or a function returning a new iterator each call)"
+        )
 
 
 def attention_stats(
@@ -88,8 +146,13 @@ def attention_stats(
         (e.g. ``tokens [seq]`` or ``input_ids [seq], attention_mask [seq]``). Typically built
         from :mod:`jaxinterp.attention` scores, e.g.
         ``lambda w, ids, m: head_entropy(w, m)`` giving ``[layer, head]``.
-      data: the model's positional inputs with a leading example axis ``[n, ...]`` (one array
-        or a tuple), or an iterable of such chunks (any sizes; re-chunked).
+      data: the dataset, either in memory or as a stream (see
+        :func:`jaxinterp.sharding.is_stream`).
+        *In memory*: the model's positional inputs with a leading example axis ``[n, ...]``,
+        one array or a list/tuple of arrays (e.g. ``[input_ids, attention_mask]``); it is
+        sliced into chunks without copying. *Stream*: an iterator or generator of such chunks
+        (any sizes; re-chunked to ``chunk_size``), or a function returning a new one. An
+        iterator or generator is used up after one pass: to reuse a stream, pass a function.
       chunk_size: examples per jitted chunk; memory scales with it, not with ``n``.
       mesh: optional device mesh; each chunk is split over all its axes (``chunk_size`` should
         be a multiple of the device count to avoid padding).
@@ -100,11 +163,25 @@ def attention_stats(
       The pytree of ``stat`` averaged over all ``n`` examples (float32).
 
     Raises:
-      ValueError: ``chunk_size`` < 1, the data is empty, or its arrays disagree in length.
-      TypeError: ``data`` holds something other than arrays.
+      ValueError: ``chunk_size`` < 1, the data is empty (also a stream that yields nothing,
+        e.g. a generator already used up), or its arrays disagree in length.
+      TypeError: ``data`` holds something other than numeric arrays, ``stat`` is not callable,
+        ``mesh`` is not a Mesh.
+
+    >>> from jaxinterp import models
+    >>> from jaxinterp.attention import head_entropy
+    >>> cfg = models.TransformerConfig(n_layers=1, n_heads=2, d_model=8, d_mlp=8)
+    >>> tf = models.Transformer(cfg)
+    >>> variables = tf.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))
+    >>> toks = np.zeros((10, 16), np.int32)
+    >>> attention_stats(tf, variables, lambda w, t: head_entropy(w), toks, chunk_size=4).shape
+    (1, 2)
     """
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    chunk_size = check_int(chunk_size, "chunk_size", lo=1)
+    if not callable(stat):
+        raise TypeError(f"stat: expected a function of (weights, *example), got {stat!r:.60}")
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
     f = attention_weights(model, variables, select=select, weights_at=weights_at, method=method)
 
     def one(item: tuple) -> Any:

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp._checks import poison, value_check
 from jaxinterp.models._safetensors import read_safetensors
 from jaxinterp.models._tokenizer import Tokenized, load_tokenizer, tokenize
 
@@ -137,7 +138,14 @@ class Bert(nn.Module):
 
     ``__call__(input_ids, attention_mask=None, token_type_ids=None)``: ``attention_mask``
     ``[batch, seq]`` (1/True for real tokens) masks padded *keys*, as HF BERT does; rows of
-    padded queries are computed but meaningless. ``token_type_ids`` default to 0.
+    padded queries are computed but meaningless. ``token_type_ids`` default to 0. Ids outside
+    ``[0, vocab_size)`` raise ``ValueError`` on concrete inputs; under ``jit`` the hidden states
+    of those rows are NaN (see :func:`jaxinterp.checked`).
+
+    >>> cfg = BertConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, d_mlp=8)
+    >>> v = Bert(cfg).init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
+    >>> Bert(cfg).apply(v, jnp.ones((2, 3), jnp.int32)).shape
+    (2, 3, 8)
     """
 
     cfg: BertConfig = BertConfig()
@@ -149,8 +157,10 @@ class Bert(nn.Module):
         attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
     ) -> jax.Array:
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids: expected [batch, seq], got shape {input_ids.shape}")
+        if jnp.ndim(input_ids) != 2 or 0 in jnp.shape(input_ids):
+            raise ValueError(f"input_ids: expected [batch, seq], got shape {jnp.shape(input_ids)}")
+        if not jnp.issubdtype(jnp.result_type(input_ids), jnp.integer):
+            raise TypeError(f"input_ids: expected integer ids, got {jnp.result_type(input_ids)}")
         batch, seq = input_ids.shape
         if seq > self.cfg.max_positions:
             raise ValueError(
@@ -158,17 +168,27 @@ class Bert(nn.Module):
             )
         if attention_mask is None:
             attention_mask = jnp.ones((batch, seq), bool)
-        if attention_mask.shape != (batch, seq):
+        if jnp.shape(attention_mask) != (batch, seq):
             raise ValueError(
-                f"attention_mask: expected shape {(batch, seq)}, got {attention_mask.shape}"
+                f"attention_mask: expected shape {(batch, seq)}, got {jnp.shape(attention_mask)}"
             )
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
+        if jnp.shape(token_type_ids) != (batch, seq):
+            raise ValueError(
+                f"token_type_ids: expected shape {(batch, seq)}, got {jnp.shape(token_type_ids)}"
+            )
+        in_range = (input_ids >= 0) & (input_ids < self.cfg.vocab_size)
+        value_check(
+            in_range.all(),
+            f"input_ids: expected ids in [0, {self.cfg.vocab_size - 1}], got {{}} outside",
+            (~in_range).sum(),
+        )
         mask = jnp.broadcast_to(attention_mask.astype(bool)[:, None, None, :], (batch, 1, seq, seq))
         x = _Embeddings(self.cfg, name="embeddings")(input_ids, token_type_ids)
         for i in range(self.cfg.n_layers):
             x = _Layer(self.cfg, name=f"layer_{i}")(x, mask)
-        return x
+        return poison(x, in_range.all(-1))
 
 
 def mean_pool(hidden: jax.Array, attention_mask: jax.Array, *, normalize: bool = True) -> jax.Array:
@@ -181,11 +201,16 @@ def mean_pool(hidden: jax.Array, attention_mask: jax.Array, *, normalize: bool =
 
     Returns:
       ``[batch, d_model]`` sentence embeddings.
+
+    >>> mean_pool(jnp.ones((1, 2, 3)), jnp.array([[1, 0]]), normalize=False).tolist()
+    [[1.0, 1.0, 1.0]]
     """
-    if hidden.ndim != 3 or attention_mask.shape != hidden.shape[:2]:
+    if jnp.ndim(hidden) != 3:
+        raise ValueError(f"hidden: expected [batch, seq, d_model], got shape {jnp.shape(hidden)}")
+    if jnp.shape(attention_mask) != hidden.shape[:2]:
         raise ValueError(
-            f"hidden/attention_mask: expected [batch, seq, d_model] and [batch, seq], got "
-            f"{hidden.shape} and {attention_mask.shape}"
+            f"attention_mask: expected shape {hidden.shape[:2]} ([batch, seq] of hidden), got "
+            f"{jnp.shape(attention_mask)}"
         )
     m = attention_mask.astype(hidden.dtype)[..., None]
     e = (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
@@ -312,6 +337,8 @@ def load_minilm(path: str | Path | None = None) -> MiniLM:
 
 def tokenize_sentences(minilm: MiniLM, sentences: Sequence[str]) -> Tokenized:
     """Tokenizes a batch for ``minilm``, padded to its longest sentence (see :func:`tokenize`)."""
+    if not isinstance(minilm, MiniLM):
+        raise TypeError(f"minilm: expected a MiniLM (load_minilm()), got {type(minilm).__name__}")
     return tokenize(minilm.tokenizer, sentences, max_length=minilm.config.max_positions)
 
 
@@ -324,7 +351,13 @@ def embed_sentences(minilm: MiniLM, sentences: Sequence[str]) -> jax.Array:
 
     Returns:
       ``[batch, d_model]`` unit-norm embeddings.
+
+    Raises:
+      TypeError: ``minilm`` is not a :class:`MiniLM`, or ``sentences`` is not a list of str.
+      ValueError: ``sentences`` is empty or a sentence exceeds ``max_positions`` tokens.
     """
+    if not isinstance(minilm, MiniLM):
+        raise TypeError(f"minilm: expected a MiniLM (load_minilm()), got {type(minilm).__name__}")
     tok = tokenize_sentences(minilm, sentences)
     return _embed(minilm.model, minilm.variables, tok.input_ids, tok.attention_mask)
 

@@ -58,19 +58,42 @@ def read_safetensors(path: str | Path, names: Iterable[str] | None = None) -> di
 
     Raises:
       FileNotFoundError: ``path`` is not a file.
-      ValueError: the file is truncated or its header is malformed, or a dtype is unknown.
+      TypeError: ``path`` is not a path, or ``names`` is a single string.
+      ValueError: the file is truncated or its header is malformed (the message gives the
+        sizes found and needed), or a dtype is unknown.
       KeyError: a requested name is not in the file (the message lists what is).
+
+    >>> import tempfile, json, struct
+    >>> head = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = Path(d) / "t.safetensors"
+    ...     _ = p.write_bytes(struct.pack("<Q", len(head)) + head + np.ones(2, "<f4").tobytes())
+    ...     read_safetensors(p)["w"].tolist()
+    [1.0, 1.0]
     """
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path: expected a str or Path, got {type(path).__name__}")
+    if isinstance(names, str):
+        raise TypeError(f"names: expected a list of tensor names, got the single string {names!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: expected a .safetensors file, {path} does not exist")
-    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    empty = path.stat().st_size == 0  # np.memmap refuses an empty file
+    raw = np.zeros(0, np.uint8) if empty else np.memmap(path, dtype=np.uint8, mode="r")
     if raw.size < 8:
         raise ValueError(f"path: {path} is too short ({raw.size} bytes) to be a safetensors file")
     (n,) = struct.unpack("<Q", raw[:8].tobytes())
     if 8 + n > raw.size:
-        raise ValueError(f"path: {path} header length {n} exceeds the file size {raw.size}")
-    header = json.loads(raw[8 : 8 + n].tobytes().decode("utf-8"))
+        raise ValueError(
+            f"path: {path} is truncated or not a safetensors file: its header declares {n} "
+            f"bytes of JSON but only {raw.size - 8} bytes follow the 8-byte length"
+        )
+    try:
+        header = json.loads(raw[8 : 8 + n].tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"path: {path} has a malformed safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"path: {path} has a malformed safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
     wanted = list(header) if names is None else list(names)
     missing = [k for k in wanted if k not in header]
@@ -78,16 +101,24 @@ def read_safetensors(path: str | Path, names: Iterable[str] | None = None) -> di
         raise KeyError(f"names: {missing} not in {path.name}; available: {sorted(header)}")
     out: dict[str, np.ndarray] = {}
     base = 8 + n
+    data_size = raw.size - base
     for name in wanted:
         info = header[name]
         dtype = _dtype(info["dtype"], name)
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
+        begin, end = (int(v) for v in info["data_offsets"])
+        shape = tuple(int(d) for d in info["shape"])
         expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if end - begin != expected or base + end > raw.size:
+        if not 0 <= begin <= end or end - begin != expected:
             raise ValueError(
-                f"safetensors: tensor {name!r} spans {end - begin} bytes, expected {expected} "
-                f"for shape {shape} {info['dtype']}"
+                f"path: {path} is malformed: tensor {name!r} of shape {shape} {info['dtype']} "
+                f"needs {expected} bytes, but its header offsets [{begin}, {end}) span "
+                f"{end - begin}"
+            )
+        if end > data_size:
+            raise ValueError(
+                f"path: {path} is truncated: tensor {name!r} ({shape} {info['dtype']}) needs "
+                f"data bytes [{begin}, {end}), but the file holds only {data_size} data bytes "
+                f"({raw.size} bytes in all, {base + end} expected at least)"
             )
         buf = raw[base + begin : base + end]
         out[name] = np.frombuffer(buf.tobytes(), dtype=dtype).reshape(shape)

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp._checks import check_int, check_key
+
 
 class Split(NamedTuple):
     """A supervised data split. ``x: [n, ...]``, ``y: [n]`` int labels."""
@@ -37,8 +39,17 @@ def load_digits(seed: int = 0) -> Digits:
       seed: seed of the stratified train/test split.
 
     Returns:
-      ``Digits(train, test)`` with ``x: [n, 8, 8, 1] float32`` in [0, 1] and ``y: [n] int32``.
+      ``Digits(train, test)`` with ``x: [n, 8, 8, 1] float32`` in [0, 1] and ``y: [n] int32``
+      (1347 training and 450 test images).
+
+    Raises:
+      TypeError, ValueError: ``seed`` is not an int >= 0.
+
+    >>> d = load_digits()
+    >>> d.train.x.shape, d.test.y.shape
+    ((1347, 8, 8, 1), (450,))
     """
+    seed = check_int(seed, "seed", lo=0)
     from sklearn.datasets import load_digits as _load
     from sklearn.model_selection import train_test_split
 
@@ -68,7 +79,20 @@ def offset_batch(key: jax.Array, batch: int, seq_len: int, vocab: int, offset: i
 
     Returns:
       A :class:`SeqBatch`.
+
+    Raises:
+      TypeError: ``key`` is not a PRNG key, or a size is not an int.
+      ValueError: a size is below 1, or ``offset`` is outside ``[0, seq_len - 1]``.
+
+    >>> b = offset_batch(jax.random.key(0), 2, 6, 5, 2)
+    >>> bool((b.targets[:, 2:] == b.tokens[:, :-2]).all()), b.loss_mask[0].tolist()
+    (True, [False, False, True, True, True, True])
     """
+    check_key(key, "key")
+    batch = check_int(batch, "batch", lo=1)
+    seq_len = check_int(seq_len, "seq_len", lo=1)
+    vocab = check_int(vocab, "vocab", lo=1)
+    offset = check_int(offset, "offset")
     if not 0 <= offset < seq_len:
         raise ValueError(f"offset: expected 0 <= offset < seq_len={seq_len}, got {offset}")
     tokens = jax.random.randint(key, (batch, seq_len), 0, vocab, dtype=jnp.int32)

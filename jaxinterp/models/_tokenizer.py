@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxinterp._checks import check_int
+
 
 class Tokenized(NamedTuple):
     """A padded batch of tokenized sentences.
@@ -40,8 +42,17 @@ def load_tokenizer(path: str | Path) -> Any:
 
     Raises:
       ImportError: the ``tokenizers`` package is missing (``pip install 'jaxinterp[models]'``).
+      TypeError: ``path`` is not a str or Path.
       FileNotFoundError: ``path`` is not a file.
+      ValueError: the file is not a valid ``tokenizer.json``.
+
+    >>> load_tokenizer("/no/such/tokenizer.json")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: path: expected a tokenizer.json file, /no/such/tokenizer.json does not exist
     """
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path: expected a str or Path, got {type(path).__name__}")
     try:
         from tokenizers import Tokenizer
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -51,7 +62,10 @@ def load_tokenizer(path: str | Path) -> Any:
         ) from e
     if not Path(path).is_file():
         raise FileNotFoundError(f"path: expected a tokenizer.json file, {path} does not exist")
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+        raise ValueError(f"path: {path} is not a valid tokenizer.json ({e})") from None
     tok.no_padding()
     tok.no_truncation()
     return tok
@@ -73,9 +87,24 @@ def tokenize(
       A :class:`Tokenized` batch.
 
     Raises:
-      TypeError: ``sentences`` is a single string or holds non-strings.
-      ValueError: ``sentences`` is empty, or a sentence is longer than ``max_length``.
+      TypeError: ``tokenizer`` has no ``encode_batch``, ``sentences`` is a single string or
+        holds non-strings, ``max_length``/``pad_id`` are not ints.
+      ValueError: ``sentences`` is empty, a sentence is longer than ``max_length``,
+        ``max_length < 1`` or ``pad_id < 0``.
+
+    >>> tokenize(None, ["hi"])
+    Traceback (most recent call last):
+    ...
+    TypeError: tokenizer: expected a tokenizers.Tokenizer (see load_tokenizer), got NoneType
     """
+    if not hasattr(tokenizer, "encode_batch"):
+        raise TypeError(
+            "tokenizer: expected a tokenizers.Tokenizer (see load_tokenizer), got "
+            f"{type(tokenizer).__name__}"
+        )
+    if max_length is not None:
+        max_length = check_int(max_length, "max_length", lo=1)
+    pad_id = check_int(pad_id, "pad_id", lo=0)
     if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
         raise TypeError(f"sentences: expected a sequence of strings, got {sentences!r:.80}")
     if len(sentences) == 0:

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from jaxinterp._checks import check_int
 from jaxinterp.models._tasks import load_digits, offset_batch
 from jaxinterp.models._transformer import Transformer, TransformerConfig
 from jaxinterp.models._vision import CNN, MLP
@@ -86,6 +87,8 @@ def _fit(loss_fn, params, batches, steps: int, lr: float, key: jax.Array):
 
 
 def _train_digits(model: nn.Module, name: str, steps: int, seed: int) -> Trained:
+    steps = check_int(steps, "steps", lo=1)
+    seed = check_int(seed, "seed", lo=0)
     data = load_digits()
     xtr, ytr = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
     key = jax.random.key(seed)
@@ -114,12 +117,41 @@ def _train_digits(model: nn.Module, name: str, steps: int, seed: int) -> Trained
 
 
 def digits_mlp(steps: int = 1500, seed: int = 0) -> Trained:
-    """An :class:`MLP` 64-128-128-10 trained on digits (held-out accuracy ≈ 0.97)."""
+    """An :class:`MLP` 64-128-128-10 trained on digits (held-out accuracy ≈ 0.97).
+
+    Args:
+      steps: Adam steps (batch 128), ``>= 1``.
+      seed: seed of the initialisation and the batches, ``>= 0``.
+
+    Returns:
+      A :class:`Trained` (loaded from the cache when this configuration was trained before).
+
+    Raises:
+      TypeError, ValueError: ``steps`` or ``seed`` is not an int in range.
+
+    >>> digits_mlp(steps=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: steps: expected an int >= 1, got 0
+    """
     return _train_digits(MLP(), "digits_mlp", steps, seed)
 
 
 def digits_cnn(steps: int = 400, seed: int = 0) -> Trained:
-    """A :class:`CNN` trained on digits (held-out accuracy ≈ 0.98)."""
+    """A :class:`CNN` trained on digits (held-out accuracy ≈ 0.98).
+
+    Args:
+      steps: Adam steps (batch 128), ``>= 1``.
+      seed: seed of the initialisation and the batches, ``>= 0``.
+
+    Returns:
+      A :class:`Trained` (loaded from the cache when this configuration was trained before).
+
+    >>> digits_cnn(steps=-5)
+    Traceback (most recent call last):
+    ...
+    ValueError: steps: expected an int >= 1, got -5
+    """
     return _train_digits(CNN(), "digits_cnn", steps, seed)
 
 
@@ -131,7 +163,28 @@ def offset_transformer(
     ``metrics`` holds the accuracy on fresh sequences at the positions the task determines, and
     ``offset``. The trained model's mechanism is an attention head in some layer whose mass lies
     on the key ``offset`` positions back.
+
+    Args:
+      offset: how far back the copied token lies, ``0 <= offset < cfg.seq_len``.
+      cfg: the model configuration.
+      steps: Adam steps (batch 64), ``>= 1``.
+      seed: seed of the initialisation and the batches, ``>= 0``.
+
+    Returns:
+      A :class:`Trained` with ``metrics = {"task_accuracy", "offset"}``.
+
+    >>> offset_transformer(offset=16)
+    Traceback (most recent call last):
+    ...
+    ValueError: offset: expected 0 <= offset < seq_len=16, got 16
     """
+    if not isinstance(cfg, TransformerConfig):
+        raise TypeError(f"cfg: expected a TransformerConfig, got {type(cfg).__name__}")
+    offset = check_int(offset, "offset")
+    if not 0 <= offset < cfg.seq_len:
+        raise ValueError(f"offset: expected 0 <= offset < seq_len={cfg.seq_len}, got {offset}")
+    steps = check_int(steps, "steps", lo=1)
+    seed = check_int(seed, "seed", lo=0)
     model = Transformer(cfg)
     key = jax.random.key(seed)
     tokens0 = jnp.zeros((1, cfg.seq_len), jnp.int32)

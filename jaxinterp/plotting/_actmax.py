@@ -31,13 +31,22 @@ def actmax_traces(
 
     Returns:
       A matplotlib ``Figure`` (never shown).
+
+    Raises:
+      ValueError: ``traces`` is not a non-empty ``[target, steps]``, ``smooth`` is not an int
+        in ``[1, steps]``, or ``labels``/``dataset_best`` have another length.
+
+    >>> len(actmax_traces(np.zeros((3, 10))).axes[0].lines)
+    3
     """
     traces = np.asarray(traces, dtype=np.float64)
-    if traces.ndim != 2:
-        raise ValueError(f"traces: expected [target, steps], got shape {traces.shape}")
+    if traces.ndim != 2 or 0 in traces.shape:
+        raise ValueError(f"traces: expected a non-empty [target, steps], got shape {traces.shape}")
     n = traces.shape[0]
-    if smooth < 1:
-        raise ValueError(f"smooth: expected a window of at least 1 step, got {smooth}")
+    if isinstance(smooth, bool) or not isinstance(smooth, (int, np.integer)):
+        raise ValueError(f"smooth: expected an int window of steps, got {smooth!r}")
+    if not 1 <= smooth <= traces.shape[1]:
+        raise ValueError(f"smooth: expected a window in [1, {traces.shape[1]}] steps, got {smooth}")
     if smooth > 1:
         kernel = np.ones(smooth) / smooth
         traces = np.stack([np.convolve(t, kernel, mode="valid") for t in traces])

@@ -39,10 +39,19 @@ def attention_grid(
 
     Returns:
       A matplotlib ``Figure``.
+
+    Raises:
+      ValueError: ``weights`` is not a non-empty 4-D array, or a label list has another
+        length, or ``size`` is not positive.
+
+    >>> len(attention_grid(np.full((2, 3, 4, 4), 0.25)).axes)
+    6
     """
     w = np.asarray(weights, dtype=np.float32)
-    if w.ndim != 4:
-        raise ValueError(f"weights: expected [layer, head, q, k], got shape {w.shape}")
+    if w.ndim != 4 or 0 in w.shape:
+        raise ValueError(f"weights: expected a non-empty [layer, head, q, k], got shape {w.shape}")
+    if not size > 0:
+        raise ValueError(f"size: expected a positive number of inches, got {size!r}")
     n_layer, n_head, nq, nk = w.shape
     _check_labels(tokens, nq, "tokens")
     key_tokens = tokens if key_tokens is None else key_tokens
@@ -95,18 +104,26 @@ def attention_heatmap(
       size: figure width in inches.
 
     Returns:
-      A matplotlib ``Figure`` with a colorbar.
+      A matplotlib ``Figure`` with a colorbar (range 0 to the largest finite weight).
+
+    Raises:
+      ValueError: ``weights`` is not a non-empty ``[q, k]``, or a label list has another length.
+
+    >>> attention_heatmap(np.eye(3) * 0.5).axes[0].images[0].get_clim()
+    (0.0, 0.5)
     """
     w = np.asarray(weights, dtype=np.float32)
-    if w.ndim != 2:
-        raise ValueError(f"weights: expected [q, k], got shape {w.shape}")
+    if w.ndim != 2 or 0 in w.shape:
+        raise ValueError(f"weights: expected a non-empty [q, k], got shape {w.shape}")
     nq, nk = w.shape
     _check_labels(tokens, nq, "tokens")
     key_tokens = tokens if key_tokens is None else key_tokens
     _check_labels(key_tokens, nk, "key_tokens")
     fig = Figure(figsize=(size, size * nq / max(nk, 1) + 0.6))
     ax = fig.subplots()
-    im = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=float(w.max()) or 1.0, interpolation="nearest")
+    finite = w[np.isfinite(w)]
+    top = float(finite.max()) if finite.size else 0.0
+    im = ax.imshow(w, cmap=cmap, vmin=0.0, vmax=top if top > 0 else 1.0, interpolation="nearest")
     ax.set_xlabel("key")
     ax.set_ylabel("query")
     if tokens is not None:
@@ -141,10 +158,21 @@ def head_score_map(
 
     Returns:
       A matplotlib ``Figure``.
+
+    Raises:
+      ValueError: ``scores`` is not a non-empty ``[layer, head]``.
+      TypeError: ``fmt`` is not a format string such as ``"{:.2f}"``.
+
+    >>> len(head_score_map(np.zeros((2, 4))).axes[0].texts)
+    8
     """
     s = np.asarray(scores, dtype=np.float32)
-    if s.ndim != 2:
-        raise ValueError(f"scores: expected [layer, head], got shape {s.shape}")
+    if s.ndim != 2 or 0 in s.shape:
+        raise ValueError(f"scores: expected a non-empty [layer, head], got shape {s.shape}")
+    try:
+        fmt.format(0.5)
+    except (AttributeError, ValueError, IndexError, KeyError):
+        raise TypeError(f"fmt: expected a format string such as '{{:.2f}}', got {fmt!r}") from None
     n_layer, n_head = s.shape
     fig = Figure(figsize=(size * n_head + 1.6, size * n_layer + 0.9))
     ax = fig.subplots()
@@ -154,7 +182,7 @@ def head_score_map(
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     if annotate:
-        lo, hi = float(s.min()), float(s.max())
+        lo, hi = float(np.nanmin(s)), float(np.nanmax(s))
         mid = (lo + hi) / 2
         for li in range(n_layer):
             for hi_ in range(n_head):

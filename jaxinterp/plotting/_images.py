@@ -33,6 +33,14 @@ def image_grid(
 
     Returns:
       A matplotlib ``Figure`` (never shown; save or display it yourself).
+
+    Raises:
+      ValueError: wrong shape, no images, NaN/inf pixels, ``titles`` of another length, or
+        ``ncols``/``size`` below 1 / not positive.
+
+    >>> fig = image_grid(np.arange(8.0).reshape(2, 2, 2), ["a", "b"])
+    >>> [ax.get_title() for ax in fig.axes]
+    ['a', 'b']
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 4 and images.shape[-1] == 1:
@@ -40,6 +48,17 @@ def image_grid(
     if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
         raise ValueError(f"images: expected [n, h, w] or [n, h, w, 1|3], got shape {images.shape}")
     n = images.shape[0]
+    if n == 0 or images.size == 0:
+        raise ValueError(f"images: expected at least one non-empty image, got shape {images.shape}")
+    if not np.isfinite(images).all():
+        raise ValueError(
+            f"images: expected finite values, got {int((~np.isfinite(images)).sum())} NaN/inf "
+            f"entries of {images.size}"
+        )
+    if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
+        raise ValueError(f"ncols: expected an int >= 1, got {ncols!r}")
+    if not size > 0:
+        raise ValueError(f"size: expected a positive number of inches, got {size!r}")
     if titles is not None and len(titles) != n:
         raise ValueError(f"titles: expected {n} labels, got {len(titles)}")
     glo, ghi = float(images.min()), float(images.max())

@@ -38,6 +38,13 @@ def patching_heatmap(
 
     Returns:
       A matplotlib ``Figure``.
+
+    Raises:
+      ValueError: ``effects`` is not a non-empty ``[row, col]``, a label list has another
+        length, or ``limit`` is not a positive finite number.
+
+    >>> patching_heatmap(np.array([[0.5, -1.0]])).axes[0].images[0].get_clim()
+    (-1.0, 1.0)
     """
     e = np.asarray(effects, dtype=np.float32)
     if e.ndim != 2 or 0 in e.shape:
@@ -47,6 +54,8 @@ def patching_heatmap(
         raise ValueError(f"row_labels: expected {n_row} labels, got {len(row_labels)}")
     if col_labels is not None and len(col_labels) != n_col:
         raise ValueError(f"col_labels: expected {n_col} labels, got {len(col_labels)}")
+    if limit is not None and not (np.isfinite(limit) and limit > 0):
+        raise ValueError(f"limit: expected a positive finite colour limit, got {limit!r}")
     finite = e[np.isfinite(e)]
     lim = float(limit) if limit is not None else max(float(np.abs(finite).max(initial=0)), 1e-6)
     if annotate is None:

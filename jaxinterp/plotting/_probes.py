@@ -32,10 +32,17 @@ def probe_accuracy(
 
     Returns:
       A matplotlib ``Figure`` (never shown).
+
+    Raises:
+      ValueError: ``accuracy`` is not a non-empty ``[layer, task]``, or ``layer_names``,
+        ``task_names``, ``control`` or ``chance`` do not match it.
+
+    >>> len(probe_accuracy(np.array([[0.5], [0.9]])).axes[0].lines)
+    1
     """
     acc = np.asarray(accuracy, dtype=np.float64)
-    if acc.ndim != 2:
-        raise ValueError(f"accuracy: expected [layer, task], got shape {acc.shape}")
+    if acc.ndim != 2 or 0 in acc.shape:
+        raise ValueError(f"accuracy: expected a non-empty [layer, task], got shape {acc.shape}")
     layers, tasks = acc.shape
     names = [str(i) for i in range(layers)] if layer_names is None else list(layer_names)
     tnames = [f"task {t}" for t in range(tasks)] if task_names is None else list(task_names)
