@@ -537,8 +537,7 @@ def fit_logistic(
       max_iter: iteration cap.
       tol: stop when the max-abs gradient of the objective with respect to the weights of
         the *standardised* features (and the intercept) is below ``tol``; this criterion does
-        not depend on the features' units. (Without ``standardize`` that gradient is the raw
-        one times each feature's standard deviation.)
+        not depend on the features' units.
       memory: L-BFGS history length.
       standardize: fit on ``(x - mean) / std`` of each layer's features (like a
         ``StandardScaler`` pipeline: the penalty is on the standardised weights); the returned
