@@ -552,8 +552,10 @@ def fit_logistic(
       (``info.converged`` is not the only signal).
       Under ``jit``, invalid values (NaN/inf features, labels outside ``[0, num_classes)``, a
       task with one class, ``C <= 0``) cannot raise: the affected probes' weights, biases and
-      diagnostics come out as NaN (``iterations`` -1, ``converged`` False); see
-      :func:`jaxinterp.checked` to raise instead.
+      diagnostics come out as NaN (``iterations`` -1, ``converged`` False). The checks are
+      registered with checkify, but :func:`jaxinterp.checked` cannot wrap this function
+      (checkify does not support its vmapped ``while_loop``): check the inputs eagerly or
+      test the outputs for NaN.
 
     Raises:
       ValueError: bad shapes, mismatched lengths, NaN/inf features, labels out of range, a
