@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp._checks import check_array, check_int, check_key
 from jaxinterp.capture import capture
 
 Array = jax.Array
@@ -26,22 +27,31 @@ def train_val_test_split(
     """Random disjoint index arrays covering ``range(n)``, one per fraction.
 
     Args:
-      key: PRNG key.
-      n: number of examples.
+      key: PRNG key (``jax.random.key``); plain ints are refused.
+      n: number of examples (a static int; works under ``jit`` with a traced key).
       fractions: split sizes (normalised to sum to 1), e.g. ``(train, val, test)``.
 
     Returns:
       A tuple of ``[n_i]`` int32 index arrays, sizes rounded so they sum to ``n``.
 
+    Raises:
+      TypeError: a plain int ``key``, non-int ``n``.
+      ValueError: ``n < 1``; negative, NaN or all-zero ``fractions``.
+
     >>> tr, va, te = train_val_test_split(jax.random.key(0), 10, (0.6, 0.2, 0.2))
     >>> (len(tr), len(va), len(te))
     (6, 2, 2)
     """
-    fr = np.asarray(fractions, float)
-    if fr.ndim != 1 or fr.size == 0 or np.any(fr < 0) or fr.sum() <= 0:
-        raise ValueError(f"fractions: expected non-negative numbers, got {fractions}")
-    if n < 1:
-        raise ValueError(f"n: expected >= 1, got {n}")
+    key = check_key(key, "key")
+    n = check_int(n, "n", lo=1)
+    try:
+        fr = np.asarray(fractions, float)
+    except (TypeError, ValueError):
+        raise TypeError(f"fractions: expected a sequence of numbers, got {fractions!r}") from None
+    if fr.ndim != 1 or fr.size == 0 or not np.all(np.isfinite(fr)) or np.any(fr < 0):
+        raise ValueError(f"fractions: expected finite non-negative numbers, got {fractions}")
+    if fr.sum() <= 0:
+        raise ValueError(f"fractions: expected a positive sum, got {fractions}")
     edges = np.round(np.cumsum(fr / fr.sum()) * n).astype(int)
     edges[-1] = n
     perm = jax.random.permutation(key, n).astype(jnp.int32)
@@ -110,15 +120,43 @@ def layer_features(
 
     Raises:
       KeyError: a path matches nothing (lists the available paths).
-      ValueError: bad ``pool`` or ``token_mask``.
+      ValueError: bad ``pool``, ``token_mask``, ``chunk_size`` or empty ``inputs``.
+      TypeError: ``paths`` is a single string or holds non-strings.
+
+    >>> from jaxinterp import models
+    >>> mlp = models.digits_mlp()
+    >>> x = jnp.asarray(models.load_digits().test.x[:5])
+    >>> layer_features(mlp.model, mlp.variables, x, ["act_0", "act_1"]).shape[:2]
+    (2, 5)
     """
+    if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+        raise TypeError(f"paths: expected a list of path strings, got {paths!r}")
     paths = list(paths)
     if not paths:
         raise ValueError("paths: expected at least one path")
+    chunk_size = check_int(chunk_size, "chunk_size", lo=1)
+    if not (isinstance(pool, str) or callable(pool)):
+        raise TypeError(f"pool: expected a string or a callable, got {type(pool).__name__}")
+    if isinstance(pool, str) and pool not in ("mean", "last", "flatten", "tokens"):
+        raise ValueError(
+            f"pool: expected 'mean', 'last', 'flatten', 'tokens' or a callable, got {pool!r}"
+        )
     args = inputs if isinstance(inputs, tuple) else (inputs,)
-    n = jax.tree.leaves(args)[0].shape[0]
-    if token_mask is not None and token_mask.shape[0] != n:
-        raise ValueError(f"token_mask: expected {n} rows (batch), got shape {token_mask.shape}")
+    leaves = jax.tree.leaves(args)
+    if not leaves or any(getattr(a, "ndim", 0) < 1 for a in leaves):
+        raise ValueError("inputs: expected arrays with a leading batch axis")
+    n = leaves[0].shape[0]
+    if any(a.shape[0] != n for a in leaves):
+        raise ValueError(
+            f"inputs: expected the same batch size in every input, got "
+            f"{[a.shape[0] for a in leaves]}"
+        )
+    if n < 1:
+        raise ValueError(f"inputs: expected at least one example, got batch size {n}")
+    if token_mask is not None:
+        token_mask = check_array(token_mask, "token_mask", ndim=2)
+        if token_mask.shape[0] != n:
+            raise ValueError(f"token_mask: expected {n} rows (batch), got shape {token_mask.shape}")
     f = capture(model, variables, select=paths)
 
     @jax.jit

@@ -30,15 +30,21 @@ to make few passes over them:
   gradient). optax's own searches cost more passes here: each trial point costs a
   value-and-gradient (two passes), and under ``vmap`` the zoom search runs both branches of
   its ``lax.cond`` (four passes per trial); with them the fit was 2-10x slower.
-* Standardisation (optional) is folded into the maths, never materialised: ``(x - μ)/σ`` is
-  applied through ``μ`` and ``σ`` in each product, and the fitted weights are mapped back so
-  probes apply to raw features.
+* **Scale-free working copy** — every fit first forms, once per layer, the standardised copy
+  ``x_s = (x - μ)/σ`` of the features (max-abs scaling first, then the mean, then the
+  variance of the centred data, all in float32, so offsets of 10⁴ or magnitudes of 10³⁰ lose
+  nothing) and solves in those coordinates. Without ``standardize`` the penalty stays on the
+  raw weights (``‖w‖² = Σⱼ (w_sⱼ/σⱼ)²``), so the objective is unchanged; the fitted weights are
+  mapped back so probes apply to raw features. This costs one extra copy of one layer's
+  features and about four extra passes; without it, a feature offset of 3000 loses every
+  significant digit of ``xᵀx`` in float32 and the fit returned NaN.
 
 Ridge regression (continuous targets) is solved in closed form from the same Gram matrix.
 """
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import NamedTuple
 
@@ -49,6 +55,14 @@ import optax
 import optax.tree_utils as otu
 from jax.sharding import Mesh
 
+from jaxinterp._checks import (
+    check_array,
+    check_finite,
+    check_int,
+    is_traced,
+    poison,
+    value_check,
+)
 from jaxinterp.sharding import shard_batched
 
 Array = jax.Array
@@ -98,14 +112,47 @@ class _Feat(NamedTuple):
     sigma: Array
 
 
-def _feat(x: Array, standardize: bool) -> _Feat:
+def _standardized(x: Array) -> tuple[Array, Array, Array]:
+    """Standardised copy of one layer's features, safe for any finite float32 scale.
+
+    Returns ``(x_s [n, d] in x's dtype, mu [d], sigma [d])`` with ``x = mu + sigma · x_s``.
+    Each column is first divided by its max-abs value (so squares cannot overflow), then the
+    mean is taken and refined once (the second pass removes the rounding of the first), then
+    the variance of the centred data. Constant columns (``max == min``) become zeros with
+    ``sigma = 1``.
+    """
+    xf = x.astype(jnp.float32)
+    top, bottom = jnp.max(xf, axis=0), jnp.min(xf, axis=0)
+    const = top == bottom
+    s = jnp.maximum(jnp.abs(top), jnp.abs(bottom))
+    s = jnp.where(s > 0, s, 1.0)
+    xs = xf / s
+    mu = jnp.mean(xs, axis=0)
+    mu = mu + jnp.mean(xs - mu, axis=0)
+    sd = jnp.sqrt(jnp.mean(jnp.square(xs - mu), axis=0))
+    sd = jnp.where(const | (sd <= 0), 1.0, sd)
+    xc = jnp.where(const, 0.0, (xs - mu) / sd).astype(x.dtype)
+    return xc, mu * s, sd * s
+
+
+def _feat(x: Array) -> _Feat:
+    """Features used as they are (no centring): ``mu = 0``, ``sigma = 1``."""
     d = x.shape[-1]
-    if not standardize:
-        return _Feat(x, jnp.zeros((d,), jnp.float32), jnp.ones((d,), jnp.float32))
-    mu = jnp.mean(x, axis=0, dtype=jnp.float32)
-    var = jnp.mean(jnp.square(x.astype(jnp.float32) - mu), axis=0)
-    sigma = jnp.where(var > 0, jnp.sqrt(var), 1.0)
-    return _Feat(x, mu, sigma)
+    return _Feat(x, jnp.zeros((d,), jnp.float32), jnp.ones((d,), jnp.float32))
+
+
+def _feature_penalty(sigma: Array, standardize: bool) -> Array:
+    """Penalty weights ``[d + 1]`` in standardised coordinates (last entry: intercept, 0).
+
+    ``standardize``: the penalty is on the standardised weights (1 each). Otherwise it stays on
+    the raw weights ``w = w_s / σ``: weight ``1/σ²``, capped at 1e30 (a column of scale
+    < 1e-15 then gets weight ~0, as its raw-penalty optimum has).
+    """
+    if standardize:
+        w = jnp.ones_like(sigma)
+    else:
+        w = jnp.minimum(jnp.square(1.0 / sigma), 1e30)
+    return jnp.concatenate([w, jnp.zeros((1,), w.dtype)])
 
 
 def _forward(f: _Feat, theta: Array) -> Array:
@@ -139,10 +186,10 @@ def _penalty_mask(d: int) -> Array:
     return jnp.concatenate([jnp.ones((d,)), jnp.zeros((1,))])
 
 
-def _unstandardize(f: _Feat, theta: Array) -> tuple[Array, Array]:
+def _unstandardize(mu: Array, sigma: Array, theta: Array) -> tuple[Array, Array]:
     """Maps augmented weights on standardised features back to raw ``(w [d, k], b [k])``."""
-    w = theta[:-1] / f.sigma[:, None]
-    return w, theta[-1] - f.mu @ w
+    w = theta[:-1] / sigma[:, None]
+    return w, theta[-1] - mu @ w
 
 
 def _over_grid(core, mesh: Mesh | None = None, per_probe: bool = False):
@@ -309,11 +356,12 @@ def _fit_logistic_one(
 ):
     """Fits ONE logistic probe: features ``x: [n, d]``, labels ``y: [n]``, ``C`` scalar."""
     x, inv_c = layer
-    f = _feat(x, standardize)
+    xc, mu, sigma = _standardized(x)  # shared by all tasks of the layer (vmap keeps it so)
+    f = _feat(xc)
     n, d = x.shape
     k = num_classes
     lam = inv_c / n
-    pen = _penalty_mask(d)
+    pen = _feature_penalty(sigma, standardize)
     chol, linv = _whitening(_gram(f), lam, pen, 0.25)  # shared by all tasks of the layer
     t = _task(y, k)
 
@@ -343,69 +391,119 @@ def _fit_logistic_one(
 
     init = (v0, value0, grad0, state0, jnp.int32(0), jnp.bool_(False))
     _, value, g, state, it, _ = jax.lax.while_loop(cond, body, init)
-    w, b = _unstandardize(f, otu.tree_get(state, "theta"))
+    w, b = _unstandardize(mu, sigma, otu.tree_get(state, "theta"))
     gn = gnorm(g)
     info = FitInfo(value, gn, it, gn <= tol)
     return LinearProbe(w, b, t.present), info
 
 
 # --------------------------------------------------------------------------------------------
-# Input checks (shapes at trace time, values when concrete).
+# Input checks (shapes at trace time, values when concrete; see jaxinterp._checks).
 
 
 def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    return not is_traced(x)
 
 
-def _check_features(features) -> None:
-    if not hasattr(features, "shape") or len(features.shape) != 3:
+def _check_features(features, name: str = "features") -> Array:
+    """``[layer, n, d]`` float, non-empty; NaN/inf raise when concrete. Returns the array."""
+    x = check_array(features, name, ndim=3, kind="floating")
+    if min(x.shape) < 1:
+        raise ValueError(f"{name}: expected [layer, n, d] with every size >= 1, got {x.shape}")
+    if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+        bad = np.argwhere(~np.isfinite(np.asarray(x, np.float32)).all(axis=(1, 2)))
         raise ValueError(
-            f"features: expected [layer, n, d], got shape {getattr(features, 'shape', None)}"
+            f"{name}: expected finite values, got NaN or inf (layers {bad.ravel().tolist()})"
         )
-    if not jnp.issubdtype(features.dtype, jnp.floating):
-        raise TypeError(f"features: expected a float dtype, got {features.dtype}")
-    if _is_concrete(features) and not bool(jnp.all(jnp.isfinite(features))):
-        bad = np.argwhere(~np.isfinite(np.asarray(features, np.float32)).all(axis=(1, 2)))
-        raise ValueError(
-            f"features: contain NaN or inf (layers {bad.ravel().tolist()}); clean them first"
-        )
+    return x
 
 
-def _check_labels(labels, n: int, name: str, integer: bool) -> None:
-    if not hasattr(labels, "shape") or len(labels.shape) != 2:
-        raise ValueError(f"{name}: expected [task, n], got shape {getattr(labels, 'shape', None)}")
-    if labels.shape[1] != n:
-        raise ValueError(
-            f"{name}: expected length n={n} (features' second axis), got {labels.shape[1]}"
-        )
-    if integer and not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"{name}: expected integer class labels, got dtype {labels.dtype}")
+def _check_labels(labels, n: int, name: str, integer: bool) -> Array:
+    """``[task, n]`` labels (int or bool; any number for ``integer=False``). Returns the array."""
+    y = check_array(labels, name, ndim=2)
+    if integer:
+        if y.dtype == jnp.bool_:
+            y = y.astype(jnp.int32)
+        if not jnp.issubdtype(y.dtype, jnp.integer):
+            raise TypeError(f"{name}: expected integer class labels, got dtype {y.dtype}")
+    elif not jnp.issubdtype(y.dtype, jnp.number) or jnp.issubdtype(y.dtype, jnp.complexfloating):
+        raise TypeError(f"{name}: expected real numbers, got dtype {y.dtype}")
+    if y.shape[0] < 1:
+        raise ValueError(f"{name}: expected [task, n] with at least one task, got {y.shape}")
+    if y.shape[1] != n:
+        raise ValueError(f"{name}: expected length n={n} (features' second axis), got {y.shape[1]}")
+    return y
 
 
-def _resolve_classes(labels, num_classes: int | None) -> int:
-    if not _is_concrete(labels):
+def _resolve_classes(labels: Array, num_classes: int | None) -> tuple[int, Array | None]:
+    """``(k, task_ok)``: classes per task and, for traced labels, a ``[task]`` validity mask.
+
+    Concrete labels are checked now (range, >= 2 classes per task) and ``task_ok`` is None.
+    Traced labels register the same checks with :func:`value_check`.
+    """
+    if num_classes is not None:
+        num_classes = check_int(num_classes, "num_classes", lo=2)
+    if is_traced(labels):
         if num_classes is None:
             raise ValueError("num_classes: required when labels are traced (e.g. under jit)")
-        return num_classes
+        k = num_classes
+        in_range = jnp.all((labels >= 0) & (labels < k), axis=1)
+        two = jnp.min(labels, axis=1) != jnp.max(labels, axis=1)
+        value_check(
+            jnp.all(in_range),
+            f"labels: expected class ids in [0, {k}), got min {{}} and max {{}}",
+            jnp.min(labels),
+            jnp.max(labels),
+        )
+        value_check(
+            jnp.all(two),
+            "labels: expected >= 2 classes in every task, got {} task(s) with one class",
+            jnp.sum(~two),
+        )
+        return k, in_range & two
     lab = np.asarray(labels)
-    if lab.min() < 0:
-        raise ValueError(f"labels: expected non-negative class ids, got min {lab.min()}")
     k = int(lab.max()) + 1 if num_classes is None else num_classes
-    if lab.max() >= k:
-        raise ValueError(f"labels: class id {lab.max()} >= num_classes={k}")
+    if lab.min() < 0 or lab.max() >= k:
+        raise ValueError(
+            f"labels: expected class ids in [0, {k}) (num_classes={k}), got min {lab.min()} "
+            f"and max {lab.max()}"
+        )
     for i, row in enumerate(lab):
         if np.unique(row).size < 2:
             raise ValueError(
                 f"labels: task {i} has one class only ({int(row[0])}); a probe needs >= 2"
             )
-    return max(k, 2)
+    return max(k, 2), None
 
 
-def _inv_c(C, num_layers: int) -> Array:
-    c = jnp.broadcast_to(jnp.asarray(C, jnp.float32), (num_layers,))
-    if _is_concrete(c) and bool(jnp.any(c <= 0)):
-        raise ValueError(f"C: expected > 0 (use jnp.inf for no penalty), got {C}")
-    return 1.0 / c
+def _inv_c(C, num_layers: int, name: str = "C") -> tuple[Array, Array | None]:
+    """``(1/C [layer], ok)``; concrete C is checked now (``ok`` None), traced C registered."""
+    try:
+        c = jnp.asarray(C, jnp.float32)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a positive number or [layer] array, got {C!r}") from None
+    if c.ndim > 1 or (c.ndim == 1 and c.shape[0] not in (1, num_layers)):
+        raise ValueError(
+            f"{name}: expected a scalar or shape [{num_layers}] (one per layer), got {c.shape}"
+        )
+    c = jnp.broadcast_to(c, (num_layers,))
+    if _is_concrete(c):
+        if not bool(jnp.all(c > 0)):  # also refuses NaN
+            raise ValueError(f"{name}: expected > 0 (use jnp.inf for no penalty), got {C}")
+        return 1.0 / c, None
+    ok = c > 0
+    value_check(jnp.all(ok), f"{name}: expected > 0, got min {{}}", jnp.min(c))
+    return 1.0 / c, ok
+
+
+def _check_solver(max_iter, tol, memory) -> float:
+    check_int(max_iter, "max_iter", lo=0)
+    check_int(memory, "memory", lo=1)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
+        raise TypeError(f"tol: expected a positive float, got {type(tol).__name__} {tol!r}")
+    if not tol > 0:  # refuses NaN too
+        raise ValueError(f"tol: expected a positive float, got {tol}")
+    return float(tol)
 
 
 def fit_logistic(
@@ -427,27 +525,41 @@ def fit_logistic(
     sigmoid (one logit), more classes the multinomial model. Solved by optax's L-BFGS
     (``optax.scale_by_lbfgs``) in coordinates whitened by the layer's feature covariance, with
     an exact line search on cached logits; each iteration reads the features twice for all
-    tasks.
+    tasks. The solve runs on a standardised copy of the features, so any feature offset or
+    scale that float32 can hold (e.g. mean 3000 and sd 1, or magnitudes of 1e19) is fitted as
+    well as unit-scale data; the returned probe applies to the raw features.
 
     Args:
       features: ``[layer, n, d]`` float (f32 or bf16; bf16 halves the bytes read).
-      labels: ``[task, n]`` int class ids in ``[0, num_classes)``.
+      labels: ``[task, n]`` int (or bool) class ids in ``[0, num_classes)``.
       num_classes: classes per task (default ``labels.max() + 1``; required under ``jit``).
       C: inverse regularisation strength, scalar or ``[layer]``; ``jnp.inf`` for none.
       max_iter: iteration cap.
-      tol: stop when the max-abs gradient of the objective is below ``tol``.
+      tol: stop when the max-abs gradient of the objective with respect to the weights of
+        the *standardised* features (and the intercept) is below ``tol``; this criterion does
+        not depend on the features' units.
       memory: L-BFGS history length.
       standardize: fit on ``(x - mean) / std`` of each layer's features (like a
-        ``StandardScaler`` pipeline); the returned probe applies to the raw features.
+        ``StandardScaler`` pipeline: the penalty is on the standardised weights); the returned
+        probe applies to the raw features.
       mesh: split the layer axis over this device mesh.
 
     Returns:
       ``(probe, info)``: a :class:`LinearProbe` with ``weight [layer, task, d, num_classes]``
       and a :class:`FitInfo` of ``[layer, task]`` diagnostics. Passes over the features per
-      layer: ``3 + 2 · max(info.iterations)``.
+      layer: about ``8 + 2 · max(info.iterations)`` (5 of them form the standardised copy).
+      Called eagerly, probes that did not reach ``tol`` also raise a ``RuntimeWarning``
+      (``info.converged`` is not the only signal).
+      Under ``jit``, invalid values (NaN/inf features, labels outside ``[0, num_classes)``, a
+      task with one class, ``C <= 0``) cannot raise: the affected probes' weights, biases and
+      diagnostics come out as NaN (``iterations`` -1, ``converged`` False). The checks are
+      registered with checkify, but :func:`jaxinterp.checked` cannot wrap this function
+      (checkify does not support its vmapped ``while_loop``): check the inputs eagerly or
+      test the outputs for NaN.
 
     Raises:
-      ValueError: bad shapes, mismatched lengths, NaN/inf features, a task with one class.
+      ValueError: bad shapes, mismatched lengths, NaN/inf features, labels out of range, a
+        task with one class, bad ``C``, ``max_iter``, ``tol`` or ``memory``.
       TypeError: non-float features or non-integer labels.
 
     >>> import jax, jax.numpy as jnp
@@ -456,21 +568,53 @@ def fit_logistic(
     >>> probe, info = fit_logistic(x, y)
     >>> probe.weight.shape
     (2, 2, 5, 2)
+    >>> bool(info.converged.all())
+    True
     """
-    _check_features(features)
-    _check_labels(labels, features.shape[1], "labels", integer=True)
-    k = _resolve_classes(labels, num_classes)
-    inv_c = _inv_c(C, features.shape[0])
-    return _fit_logistic_jit(
+    features = _check_features(features)
+    labels = _check_labels(labels, features.shape[1], "labels", integer=True)
+    tol = _check_solver(max_iter, tol, memory)
+    k, task_ok = _resolve_classes(labels, num_classes)
+    inv_c, c_ok = _inv_c(C, features.shape[0])
+    probe, info = _fit_logistic_jit(
         (features, inv_c),
         labels,
         num_classes=k,
         max_iter=max_iter,
         tol=tol,
         memory=memory,
-        standardize=standardize,
+        standardize=bool(standardize),
         mesh=mesh,
     )
+    if is_traced((features, labels, inv_c)):
+        layers, tasks = features.shape[0], labels.shape[0]
+        ok = jnp.all(jnp.isfinite(features), axis=(1, 2))[:, None]
+        check_finite(features, "features")
+        ok = ok & (jnp.ones((tasks,), bool) if task_ok is None else task_ok)[None, :]
+        ok = ok & (jnp.ones((layers,), bool) if c_ok is None else c_ok)[:, None]
+        probe = probe._replace(weight=poison(probe.weight, ok), bias=poison(probe.bias, ok))
+        info = FitInfo(
+            poison(info.loss, ok),
+            poison(info.grad_norm, ok),
+            poison(info.iterations, ok),
+            info.converged & ok,
+        )
+        return probe, info
+    _warn_unconverged("fit_logistic", info)
+    return probe, info
+
+
+def _warn_unconverged(fn: str, info: FitInfo) -> None:
+    conv = np.asarray(info.converged)
+    if not conv.all():
+        bad = np.argwhere(~conv)[:8].tolist()
+        warnings.warn(
+            f"{fn}: {int((~conv).sum())} of {conv.size} probes did not reach tol "
+            f"(max grad norm {float(np.nanmax(np.asarray(info.grad_norm))):.3g}; "
+            f"[layer, task] {bad}); raise max_iter or check the features",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 @partial(
@@ -497,14 +641,20 @@ def _fit_logistic_jit(layer, labels, *, mesh, ls_steps=2, **settings):
 def _fit_ridge_layer(layer: tuple[Array, Array], targets: Array, *, standardize: bool):
     """Ridge for ALL tasks of one layer: ``x: [n, d]``, ``targets: [task, n]``."""
     x, alpha = layer
-    f = _feat(x, standardize)
+    xc, mu, sigma = _standardized(x)
+    f = _feat(xc)
     n, d = x.shape
-    pen = _penalty_mask(d)
+    pen = _feature_penalty(sigma, standardize)
+    # centred targets: the intercept is their mean plus a small correction from the solve
+    y = targets.T.astype(jnp.float32)  # [n, task]
+    ym = jnp.mean(y, axis=0)
+    ym = ym + jnp.mean(y - ym, axis=0)
     m = n * _gram(f) + jnp.diag(alpha * pen)
     m = m + 1e-7 * jnp.mean(jnp.diag(m)) * jnp.eye(d + 1)
-    rhs = _backward(f, targets.T.astype(jnp.float32))  # [d + 1, task]
+    rhs = _backward(f, y - ym)  # [d + 1, task]
     theta = jax.scipy.linalg.solve(m, rhs, assume_a="pos")
-    w, b = _unstandardize(f, theta)
+    theta = theta.at[-1].add(ym)
+    w, b = _unstandardize(mu, sigma, theta)
     return w.T[:, :, None], b[:, None]
 
 
@@ -520,26 +670,57 @@ def fit_ridge(
 
     Minimises ``‖y - Xw - b‖² + alpha·‖w‖²`` per probe (intercept unpenalised), the objective
     of scikit-learn's ``Ridge(alpha)``; ``alpha=0`` is ordinary least squares. All tasks of a
-    layer share one Gram matrix and one solve.
+    layer share one Gram matrix and one solve, formed from a standardised copy of the features
+    (and centred targets), so large offsets or magnitudes lose no precision.
 
     Args:
       features: ``[layer, n, d]`` float.
-      targets: ``[task, n]`` float targets.
-      alpha: L2 strength, scalar or ``[layer]``.
-      standardize: fit on standardised features (probe applies to raw features).
+      targets: ``[task, n]`` real targets.
+      alpha: L2 strength ``>= 0``, scalar or ``[layer]``.
+      standardize: fit on standardised features (penalty on standardised weights; the probe
+        applies to raw features).
       mesh: split the layer axis over this device mesh.
 
     Returns:
       A :class:`LinearProbe` with ``weight [layer, task, d, 1]``, ``bias [layer, task, 1]``.
+      Under ``jit``, NaN/inf features or targets or a negative ``alpha`` cannot raise: the
+      affected probes come out as NaN; see :func:`jaxinterp.checked` to raise instead.
+
+    Raises:
+      ValueError: bad shapes, mismatched lengths, NaN/inf values, negative ``alpha``.
+      TypeError: non-float features or non-numeric targets.
+
+    >>> import jax, jax.numpy as jnp
+    >>> x = jax.random.normal(jax.random.key(0), (1, 50, 3))
+    >>> y = (x[0] @ jnp.array([1.0, -2.0, 0.5]) + 3.0)[None]
+    >>> probe = fit_ridge(x, y, alpha=0.0)
+    >>> [round(float(v), 3) for v in probe.weight[0, 0, :, 0]], round(float(probe.bias[0, 0, 0]), 3)
+    ([1.0, -2.0, 0.5], 3.0)
     """
-    _check_features(features)
-    _check_labels(targets, features.shape[1], "targets", integer=False)
+    features = _check_features(features)
+    targets = _check_labels(targets, features.shape[1], "targets", integer=False)
     if _is_concrete(targets) and not bool(jnp.all(jnp.isfinite(targets))):
-        raise ValueError("targets: contain NaN or inf")
-    a = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (features.shape[0],))
-    if _is_concrete(a) and bool(jnp.any(a < 0)):
+        bad = np.argwhere(~np.isfinite(np.asarray(targets, np.float32)).all(axis=1)).ravel()
+        raise ValueError(f"targets: expected finite values, got NaN or inf (tasks {bad.tolist()})")
+    try:
+        a = jnp.asarray(alpha, jnp.float32)
+    except (TypeError, ValueError):
+        raise TypeError(f"alpha: expected a number or [layer] array, got {alpha!r}") from None
+    layers = features.shape[0]
+    if a.ndim > 1 or (a.ndim == 1 and a.shape[0] not in (1, layers)):
+        raise ValueError(f"alpha: expected a scalar or shape [{layers}], got {a.shape}")
+    a = jnp.broadcast_to(a, (layers,))
+    if _is_concrete(a) and not bool(jnp.all(a >= 0)):  # refuses NaN too
         raise ValueError(f"alpha: expected >= 0, got {alpha}")
-    return _fit_ridge_jit(features, a, targets, standardize=standardize, mesh=mesh)
+    probe = _fit_ridge_jit(features, a, targets, standardize=bool(standardize), mesh=mesh)
+    if is_traced((features, targets, a)):
+        check_finite(features, "features")
+        check_finite(targets, "targets")
+        value_check(jnp.all(a >= 0), "alpha: expected >= 0, got min {}", jnp.min(a))
+        ok = (jnp.all(jnp.isfinite(features), axis=(1, 2)) & (a >= 0))[:, None]
+        ok = ok & jnp.all(jnp.isfinite(targets.astype(jnp.float32)), axis=1)[None, :]
+        probe = probe._replace(weight=poison(probe.weight, ok), bias=poison(probe.bias, ok))
+    return probe
 
 
 @partial(jax.jit, static_argnames=("standardize", "mesh"))
@@ -555,24 +736,65 @@ def _fit_ridge_jit(features, alpha, targets, *, standardize, mesh):
 # Applying probes.
 
 
+def _check_probe(probe, name: str = "probe") -> LinearProbe:
+    if not isinstance(probe, LinearProbe):
+        raise TypeError(
+            f"{name}: expected a LinearProbe from fit_logistic/fit_ridge, got a "
+            f"{type(probe).__name__}"
+        )
+    w = probe.weight
+    if getattr(w, "ndim", None) != 4:
+        raise ValueError(
+            f"{name}: expected weight [layer, task, d, classes], got shape "
+            f"{getattr(w, 'shape', None)}"
+        )
+    lt = tuple(w.shape[:2])
+    if tuple(probe.bias.shape) != lt + (w.shape[3],) or tuple(probe.classes.shape) != tuple(
+        probe.bias.shape
+    ):
+        raise ValueError(
+            f"{name}: expected bias and classes of shape {lt + (w.shape[3],)}, got "
+            f"{tuple(probe.bias.shape)} and {tuple(probe.classes.shape)}"
+        )
+    return probe
+
+
+def _is_ridge(probe: LinearProbe) -> bool:
+    return probe.weight.shape[-1] == 1
+
+
 def decision(probe: LinearProbe, features: Array) -> Array:
     """Probe scores ``[layer, task, n, classes]`` (logits; ``-inf`` for unseen classes).
 
     Args:
       probe: fitted probes ``[layer, task, ...]``.
-      features: ``[layer, n, d]``.
+      features: ``[layer, n, d]`` float.
+
+    Returns:
+      ``[layer, task, n, classes]`` float32 scores (``classes == 1`` for ridge probes: the
+      predicted values). Under ``jit``, rows of NaN/inf features give NaN scores; see
+      :func:`jaxinterp.checked` to raise instead.
+
+    Raises:
+      ValueError: ``features`` of the wrong shape or with NaN/inf values.
+      TypeError: ``probe`` is not a :class:`LinearProbe`, or non-float ``features``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> x = jax.random.normal(jax.random.key(0), (1, 40, 3))
+    >>> probe, _ = fit_logistic(x, (x[0, :, :1].T > 0).astype(int))
+    >>> decision(probe, x).shape
+    (1, 1, 40, 2)
     """
-    if features.ndim != 3 or features.shape[0] != probe.weight.shape[0]:
-        raise ValueError(
-            f"features: expected [layer={probe.weight.shape[0]}, n, "
-            f"d={probe.weight.shape[2]}], got shape {features.shape}"
-        )
-    if features.shape[2] != probe.weight.shape[2]:
-        raise ValueError(f"features: expected d={probe.weight.shape[2]}, got {features.shape[2]}")
+    probe = _check_probe(probe)
+    layers, d = probe.weight.shape[0], probe.weight.shape[2]
+    x = check_array(features, "features", ndim=3, kind="floating")
+    if x.shape[0] != layers or x.shape[2] != d:
+        raise ValueError(f"features: expected [layer={layers}, n, d={d}], got shape {x.shape}")
+    check_finite(x, "features")
     z = jnp.einsum(
         "lnd,ltdk->ltnk",
-        features,
-        probe.weight.astype(features.dtype),
+        x,
+        probe.weight.astype(x.dtype),
         preferred_element_type=jnp.float32,
     )
     z = z + probe.bias[:, :, None, :]
@@ -580,13 +802,46 @@ def decision(probe: LinearProbe, features: Array) -> Array:
 
 
 def predict(probe: LinearProbe, features: Array) -> Array:
-    """Predicted class ids ``[layer, task, n]`` (or values, for a ridge probe)."""
+    """Predicted class ids ``[layer, task, n]`` int32 (or values, for a ridge probe).
+
+    Under ``jit``, rows of NaN/inf features predict class -1 (a ridge probe: NaN); see
+    :func:`jaxinterp.checked` to raise instead.
+
+    >>> import jax, jax.numpy as jnp
+    >>> x = jax.random.normal(jax.random.key(0), (1, 40, 3))
+    >>> y = (x[0, :, :1].T > 0).astype(int)
+    >>> probe, _ = fit_logistic(x, y)
+    >>> pred = predict(probe, x)
+    >>> pred.shape, bool((pred == decision(probe, x).argmax(-1)).all())
+    ((1, 1, 40), True)
+    """
     z = decision(probe, features)
-    if probe.weight.shape[-1] == 1:
+    if _is_ridge(probe):
         return z[..., 0]
-    return jnp.argmax(z, axis=-1)
+    pred = jnp.argmax(z, axis=-1).astype(jnp.int32)
+    return poison(pred, ~jnp.any(jnp.isnan(z), axis=-1))
 
 
 def predict_proba(probe: LinearProbe, features: Array) -> Array:
-    """Class probabilities ``[layer, task, n, classes]`` of logistic probes."""
+    """Class probabilities ``[layer, task, n, classes]`` of logistic probes.
+
+    Unseen classes get probability 0. Under ``jit``, rows of NaN/inf features give NaN; see
+    :func:`jaxinterp.checked`.
+
+    Raises:
+      ValueError: ``probe`` is a ridge (regression) probe, or bad ``features``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> x = jax.random.normal(jax.random.key(0), (1, 40, 3))
+    >>> probe, _ = fit_logistic(x, (x[0, :, :1].T > 0).astype(int))
+    >>> p = predict_proba(probe, x)
+    >>> p.shape, bool(jnp.allclose(p.sum(-1), 1.0))
+    ((1, 1, 40, 2), True)
+    """
+    probe = _check_probe(probe)
+    if _is_ridge(probe):
+        raise ValueError(
+            "probe: expected a logistic probe (from fit_logistic, >= 2 classes), got a ridge "
+            "probe (1 output); use predict for its values"
+        )
     return jax.nn.softmax(decision(probe, features), axis=-1)

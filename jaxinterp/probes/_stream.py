@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxinterp._checks import check_int, is_traced
 from jaxinterp.probes._fit import (
     FitInfo,
     LinearProbe,
@@ -32,6 +33,7 @@ from jaxinterp.probes._fit import (
     _ce,
     _check_features,
     _check_labels,
+    _check_solver,
     _Feat,
     _forward,
     _inv_c,
@@ -39,6 +41,7 @@ from jaxinterp.probes._fit import (
     _penalty_mask,
     _probs,
     _task,
+    _warn_unconverged,
     _whitening,
 )
 
@@ -101,6 +104,11 @@ def _sum_over(chunks, fn):
     for x, y in chunks():
         out = fn(x, y)
         total = out if total is None else jax.tree.map(jnp.add, total, out)
+    if total is None:
+        raise ValueError(
+            "chunks: a call yielded no chunks; chunks() must return a fresh, non-empty iterable "
+            "on every call (pass a generator function, not a generator)"
+        )
     return total
 
 
@@ -131,30 +139,82 @@ def fit_logistic_stream(
       ``(probe, info)`` as :func:`fit_logistic`.
 
     Raises:
-      ValueError: a chunk with bad shapes, NaN features, or a task with one class overall.
+      ValueError: a chunk with bad shapes, NaN features or labels outside
+        ``[0, num_classes)`` (checked as each chunk arrives: the stream runs eagerly, so
+        these checks always raise), a task with one class overall, an empty stream.
+      TypeError: ``chunks`` is not a function of no arguments returning ``(x, y)`` pairs,
+        or it yields traced arrays (the stream cannot run under ``jit``).
+
+    >>> import jax, jax.numpy as jnp
+    >>> x = jax.random.normal(jax.random.key(0), (1, 60, 3))
+    >>> y = (x[0, :, :1].T > 0).astype(int)
+    >>> chunks = lambda: ((x[:, s : s + 20], y[:, s : s + 20]) for s in range(0, 60, 20))
+    >>> probe, info = fit_logistic_stream(chunks, num_classes=2)
+    >>> probe.weight.shape, bool(info.converged.all())
+    ((1, 1, 3, 2), True)
     """
     if not callable(chunks):
-        raise TypeError("chunks: expected a function returning an iterable of (x, y) chunks")
+        raise TypeError(
+            f"chunks: expected a function returning an iterable of (x, y) chunks, got a "
+            f"{type(chunks).__name__}"
+        )
+    num_classes = check_int(num_classes, "num_classes", lo=2)
+    tol = _check_solver(max_iter, tol, memory)
+    first: list = []
+    rows = [0]
 
     def checked():
-        for x, y in chunks():
-            _check_features(x)
-            _check_labels(y, x.shape[1], "labels", integer=True)
+        it = chunks()
+        try:
+            it = iter(it)
+        except TypeError:
+            raise TypeError(
+                f"chunks: expected chunks() to return an iterable, got a {type(it).__name__}"
+            ) from None
+        for i, item in enumerate(it):
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise TypeError(
+                    f"chunks: chunk {i}: expected a (features, labels) pair, got a "
+                    f"{type(item).__name__}"
+                )
+            x, y = item
+            if is_traced((x, y)):
+                raise TypeError(
+                    "chunks: fit_logistic_stream runs eagerly (a Python loop over chunks) and "
+                    "got traced arrays; call it outside jit"
+                )
+            x = _check_features(x, f"chunks: chunk {i} features")
+            y = _check_labels(y, x.shape[1], f"chunks: chunk {i} labels", integer=True)
+            if not first:
+                first.append((x.shape[0], x.shape[2], y.shape[0]))
+            if (x.shape[0], x.shape[2], y.shape[0]) != first[0]:
+                raise ValueError(
+                    f"chunks: chunk {i}: expected features [layer={first[0][0]}, m, "
+                    f"d={first[0][1]}] and labels [task={first[0][2]}, m], got "
+                    f"{tuple(x.shape)} and {tuple(y.shape)}"
+                )
+            lo, hi = int(jnp.min(y)), int(jnp.max(y))
+            if lo < 0 or hi >= num_classes:
+                raise ValueError(
+                    f"chunks: chunk {i} labels: expected class ids in [0, {num_classes}) "
+                    f"(num_classes={num_classes}), got min {lo} and max {hi}"
+                )
+            rows[0] += x.shape[1]
             yield x, y
 
     gram, counts = _sum_over(checked, partial(_stats_chunk, num_classes=num_classes))
-    if gram is None:
-        raise ValueError("chunks: the iterable yielded no chunks")
     counts = np.asarray(counts)
     for i, c in enumerate(counts):
         if (c > 0).sum() < 2:
-            raise ValueError(f"labels: task {i} has one class only; a probe needs >= 2")
+            raise ValueError(
+                f"chunks: task {i} has one class only over all chunks; a probe needs >= 2"
+            )
     n = float(counts[0].sum())
     layers, d1 = gram.shape[0], gram.shape[1]
     tasks, k = counts.shape
     present = jnp.asarray(counts > 0)
     free = jax.vmap(lambda c: _task(jnp.zeros((1,), jnp.int32), k, c).free)(present)
-    lam = _inv_c(C, layers) / n  # [layer]
+    lam = _inv_c(C, layers)[0] / n  # [layer]
     pen = _penalty_mask(d1 - 1)
     _, linv = jax.vmap(lambda g, lm: _whitening(g / n, lm, pen, 0.25))(gram, lam)
 
@@ -207,4 +267,6 @@ def fit_logistic_stream(
     w, b = theta[..., :-1, :], theta[..., -1, :]
     gnorm = jnp.max(jnp.abs(g), axis=(-2, -1))
     probe = LinearProbe(w, b, jnp.broadcast_to(present, (layers, tasks, k)))
-    return probe, FitInfo(value, gnorm, it, gnorm <= tol)
+    info = FitInfo(value, gnorm, it, gnorm <= tol)
+    _warn_unconverged("fit_logistic_stream", info)
+    return probe, info
