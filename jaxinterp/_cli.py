@@ -26,9 +26,14 @@ def use_compile_cache(path: str | Path | None) -> Path | None:
     Returns:
       The folder in use, or ``None`` when this call changed nothing.
 
+    Raises:
+      TypeError: ``path`` is neither ``None``, a ``str`` nor a ``Path``.
+
     >>> use_compile_cache(None) is None
     True
     """
+    if path is not None and not isinstance(path, (str, Path)):
+        raise TypeError(f"path: expected a folder path (str or Path), got {type(path).__name__}")
     if path is None or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None
     import jax
@@ -76,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache = args.compile_cache
         if cache is None:
             cache = cache_dir() / "xla"
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            parser.error(f"--out: expected a folder, got the existing file {args.out!r}")
         use_compile_cache(None if str(cache).lower() == "none" else cache)
         run_demo(args.out, quick=args.quick, only=args.only)
     return 0

@@ -24,7 +24,7 @@ import pytest
 import jaxinterp
 from jaxinterp import interventions as iv
 from jaxinterp import models
-from jaxinterp._cli import main, use_compile_cache
+from jaxinterp._cli import use_compile_cache
 from jaxinterp._demo import SECTIONS
 from jaxinterp.attention import attention_weights, stack_layers
 
@@ -259,18 +259,3 @@ def test_compile_cache_switch(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path))
     assert use_compile_cache(tmp_path / "x") is None  # the user's own setting wins
     assert use_compile_cache(None) is None
-
-
-def test_demo_rejects_unknown_section(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["demo", "--only", "nope", "--out", str(tmp_path)])
-    assert e.value.code == 2
-    assert "invalid choice: 'nope'" in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())
-
-
-def test_run_demo_rejects_unknown_section(tmp_path):
-    from jaxinterp._demo import run_demo
-
-    with pytest.raises(ValueError, match=r"^only: unknown sections \['nope'\]"):
-        run_demo(tmp_path, only=["nope"])
