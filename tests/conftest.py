@@ -1,5 +1,8 @@
 """Shared fixtures: trained reference models are built once per session (and cached on disk).
 
+**Compilation cache.** The session turns on JAX's persistent compilation cache (see
+``_use_compile_cache``): the first run compiles, later runs load.
+
 **Models.** ``digits``, ``mlp``, ``cnn``, ``offset_tf`` and ``offset_nnx`` are session fixtures;
 the trained weights are cached on disk by :mod:`jaxinterp.models` (``$JAXINTERP_CACHE``), so a
 model is trained once per machine, and under ``pytest -n N`` (pytest-xdist) the controller
@@ -20,14 +23,52 @@ works too (use an ``autouse`` fixture method to reach the session fixtures from 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import types
 from typing import Any
 
 import chex
+import jax
 import pytest
 
 from jaxinterp import models
+
+
+def _use_compile_cache() -> None:
+    """Persistent XLA compilation cache for this session and every process it starts.
+
+    The suite is dominated by compilation; a second run loads the compiled programs from
+    ``$JAXINTERP_CACHE/xla`` (the folder ``jaxinterp demo`` uses). Entries are keyed by the
+    program, the jax version and ``XLA_FLAGS``, so ISA and device-count runs never share one.
+    The environment variables reach the subprocesses (notebook kernels, the sharded runner,
+    the demo). Off with ``JAXINTERP_TEST_COMPILE_CACHE=0``; a ``JAX_COMPILATION_CACHE_DIR``
+    set by the caller is used as it is.
+    """
+    if os.environ.get("JAXINTERP_TEST_COMPILE_CACHE", "1") == "0":
+        return
+    env = {
+        "JAX_COMPILATION_CACHE_DIR": str(models.cache_dir() / "xla"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1",
+    }
+    if importlib.util.find_spec("filelock") is not None:
+        # a size cap turns on jax's LRU eviction, whose file lock makes concurrent writers
+        # (xdist workers, kernels) safe
+        env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 * 2**30)
+    for name, value in env.items():
+        os.environ.setdefault(name, value)
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs",
+        float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+    )
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" in os.environ:
+        size = int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"])
+        jax.config.update("jax_compilation_cache_max_size", size)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _use_compile_cache()
 
 
 def _trained_models() -> list[Any]:

@@ -48,8 +48,8 @@ def sharded_results(tmp_path_factory):
     return results
 
 
-# All in one xdist group: under ``pytest -n N`` one worker starts the subprocess, once.
-@pytest.mark.xdist_group("sharded")
+# Under pytest-xdist, ``--dist loadfile`` (pyproject.toml) keeps this file on one worker, so
+# the module fixture starts the subprocess once.
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_sharded_equals_single_device(script, sharded_results):
     result = sharded_results[script]
