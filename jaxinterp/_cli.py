@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
 
 # Compilations that take less than this are not worth a disk entry (the demo's quick run
 # compiles ~580 programs; the ~100 above 0.1 s hold ~3/4 of the compile time).
 MIN_COMPILE_SECONDS = 0.1
+# With a size cap jax keeps the cache as an LRU guarded by a file lock (needs ``filelock``), so
+# concurrent writers are safe. Every writer of one folder must agree: entries written without
+# the cap lack the access-time files the LRU reads (jax then warns and skips writes).
+MAX_CACHE_BYTES = 4 * 2**30
 
 
 def use_compile_cache(path: str | Path | None) -> Path | None:
@@ -42,6 +47,8 @@ def use_compile_cache(path: str | Path | None) -> Path | None:
     jax.config.update("jax_compilation_cache_dir", str(path))
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ and find_spec("filelock"):
+        jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
     return path
 
 

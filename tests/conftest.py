@@ -33,6 +33,7 @@ import jax
 import pytest
 
 from jaxinterp import models
+from jaxinterp._cli import MAX_CACHE_BYTES, MIN_COMPILE_SECONDS
 
 
 def _use_compile_cache() -> None:
@@ -49,12 +50,12 @@ def _use_compile_cache() -> None:
         return
     env = {
         "JAX_COMPILATION_CACHE_DIR": str(models.cache_dir() / "xla"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(MIN_COMPILE_SECONDS),
     }
     if importlib.util.find_spec("filelock") is not None:
         # a size cap turns on jax's LRU eviction, whose file lock makes concurrent writers
         # (xdist workers, kernels) safe
-        env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 * 2**30)
+        env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(MAX_CACHE_BYTES)  # as jaxinterp demo
     for name, value in env.items():
         os.environ.setdefault(name, value)
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
