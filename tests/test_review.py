@@ -6,6 +6,7 @@ that argument (before this, several of these failed deep inside XLA/flax or not 
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,7 +118,8 @@ def test_stream_reduce_args_and_padding_stay_in_domain():
 # ------------------------------------------------------------------------------ vmap of scores
 
 
-def test_head_scores_under_vmap_match_numpy():
+def test_head_scores_under_vmap_match_numpy(variant):
+    # run with and without jit (chex.variants, see conftest.py)
     w = jax.nn.softmax(jax.random.normal(jax.random.key(3), (3, 2, 5, 5)), axis=-1)  # [b,h,q,k]
     wn = np.asarray(w, np.float64)
     ent_ref = -(wn * np.log(wn)).sum(-1).mean(-1)  # [b, h]
@@ -126,8 +128,10 @@ def test_head_scores_under_vmap_match_numpy():
         (attention.head_entropy, ent_ref),
         (lambda a: attention.offset_score(a, 1), off_ref),
     ):
-        np.testing.assert_allclose(jax.jit(jax.vmap(f))(w), ref, rtol=1e-5)
-        np.testing.assert_allclose(jax.vmap(jax.vmap(f))(w), f(w), rtol=1e-6)
+        got = variant(jax.vmap(f))(w)
+        chex.assert_shape(got, (3, 2))
+        np.testing.assert_allclose(got, ref, rtol=1e-5)
+        np.testing.assert_allclose(variant(jax.vmap(jax.vmap(f)))(w), f(w), rtol=1e-6)
 
 
 def test_attention_stats_passes_method(offset_tf):

@@ -1,12 +1,15 @@
-"""Multi-device checks, each in its own process (the fake device count is fixed at jax start).
+"""Multi-device checks, all in ONE subprocess (the fake device count is fixed at jax start).
 
-Every ``tests/sharded/check_*.py`` script sets
-``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before importing jax, runs an analysis
-on one device and on an 8-device mesh, and asserts equal results.
+Every ``tests/sharded/check_*.py`` script runs an analysis on one device and on an 8-device
+mesh and asserts equal results. ``tests/sharded/run_all.py`` runs all of them in one process
+with ``--xla_force_host_platform_device_count=8`` (appended to the caller's ``XLA_FLAGS``, so
+an ``--xla_cpu_max_isa`` run covers them too); each script is still reported as its own test.
+A new ``check_*.py`` is picked up by the glob, here and in the runner.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,18 +20,40 @@ import pytest
 
 from jaxinterp.sharding import chunked, data_mesh, shard_batched
 
-SCRIPTS = sorted((Path(__file__).parent / "sharded").glob("check_*.py"))
+SHARDED = Path(__file__).parent / "sharded"
+SCRIPTS = sorted(p.stem for p in SHARDED.glob("check_*.py"))
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
-def test_sharded_equals_single_device(script):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
+@pytest.fixture(scope="module")
+def sharded_results(tmp_path_factory):
+    """Runs every check script once, in one 8-device subprocess: ``{name: outcome}``.
+
+    The caller's ``XLA_FLAGS`` pass through (the runner appends the device count).
+    """
+    out = tmp_path_factory.mktemp("sharded") / "results.json"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(SHARDED / "run_all.py"), "--json", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("ok")
+    if not out.exists():  # the runner itself failed (before or outside any script)
+        pytest.fail(
+            f"run_all.py exited {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
+    results = json.loads(out.read_text())
+    assert sorted(results) == SCRIPTS  # the runner finds every script by the same glob
+    return results
+
+
+# Under pytest-xdist, ``--dist loadfile`` (pyproject.toml) keeps this file on one worker, so
+# the module fixture starts the subprocess once.
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_sharded_equals_single_device(script, sharded_results):
+    result = sharded_results[script]
+    assert result["ok"], result["output"]
 
 
 def test_one_device_mesh_and_chunked_in_process():

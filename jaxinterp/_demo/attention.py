@@ -48,7 +48,11 @@ def _toy(ctx: DemoContext) -> None:
     )
     ctx.record(
         "attention",
-        {"toy_offset_head": [layer, head], "toy_offset_mass": float(off[layer, head])},
+        {
+            "toy_sequences": n,
+            "toy_offset_head": [layer, head],
+            "toy_offset_mass": float(off[layer, head]),
+        },
     )
     fig = head_score_map(off, title=f"mean attention mass at offset {k} ({n} sequences)")
     ctx.figure("attention_toy_offset_scores", fig, f"Toy model: attention mass at offset {k}")

@@ -141,6 +141,7 @@ def run(ctx: DemoContext) -> None:
     ctx.record(
         "interventions",
         {
+            "pairs": batch,
             "clean_logit_diff": float(res.clean),
             "corrupted_logit_diff": float(res.corrupted),
             "head_effects": grid.tolist(),

@@ -60,6 +60,7 @@ def _cnn(ctx: DemoContext) -> None:
     ctx.record(
         "probes",
         {
+            "cnn_train_images": ntr,
             "cnn_accuracy": acc[:, 0].tolist(),
             "cnn_control_accuracy": acc[:, 1].tolist(),
             "cnn_fit_seconds": secs,
@@ -108,6 +109,7 @@ def _transformer(ctx: DemoContext) -> None:
     ctx.record(
         "probes",
         {
+            "transformer_sequences": batch,
             "transformer_current_accuracy": acc[:, 0].tolist(),
             "transformer_back_accuracy": acc[:, 1].tolist(),
             "transformer_selectivity": sel.tolist(),

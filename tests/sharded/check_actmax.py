@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 
+import chex  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from jaxinterp import actmax, models  # noqa: E402
 from jaxinterp.sharding import data_mesh  # noqa: E402
@@ -32,14 +34,9 @@ def main() -> int:
     sharded = actmax.maximize(
         jax.random.key(1), model, variables, fac, units, mesh=data_mesh(), chunk_size=1, **kw
     )
-    for name in ("inputs", "traces", "values", "nonfinite_step"):
-        np.testing.assert_allclose(
-            np.asarray(getattr(sharded, name)),
-            np.asarray(getattr(single, name)),
-            rtol=1e-5,
-            atol=1e-6,
-            err_msg=name,
-        )
+    # every field of the result (inputs, traces, values, nonfinite_step), shapes and dtypes too
+    chex.assert_trees_all_equal_shapes_and_dtypes(sharded, single)
+    chex.assert_trees_all_close(sharded, single, rtol=1e-5, atol=1e-6)
     print("ok")
     return 0
 

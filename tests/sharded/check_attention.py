@@ -2,8 +2,11 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 
+import chex  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -29,16 +32,15 @@ def main() -> None:
     mesh = data_mesh()
     ref = attention_stats(tf.model, tf.variables, stat, tokens, chunk_size=16)
     got = attention_stats(tf.model, tf.variables, stat, tokens, chunk_size=16, mesh=mesh)
-    for k in ref:
-        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    chex.assert_trees_all_close(got, ref, rtol=1e-5, atol=1e-6)
     assert float(jnp.max(got["offset3"])) > 0.9
 
     # the raw weights of a sharded batch equal the single-device ones
     f = attention_weights(tf.model, tf.variables)
     _, maps = jax.jit(f)(tokens[:20])
     _, maps8 = jax.jit(shard_batched(f, mesh))(tokens[:20])
-    for k in maps:
-        np.testing.assert_allclose(maps8[k], maps[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    chex.assert_trees_all_equal_shapes_and_dtypes(maps8, maps)
+    chex.assert_trees_all_close(maps8, maps, rtol=1e-5, atol=1e-6)
     print("ok")
 
 

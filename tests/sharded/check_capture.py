@@ -2,8 +2,11 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 
+import chex  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -21,9 +24,8 @@ def main() -> None:
 
     mesh = data_mesh()
     out, acts = jax.jit(shard_batched(f, mesh))(tokens)  # 20 rows padded to 24, split 8 ways
-    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
-    for k in ref:
-        np.testing.assert_allclose(acts[k], ref[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    chex.assert_trees_all_equal_shapes_and_dtypes((out, acts), (ref_out, ref))
+    chex.assert_trees_all_close((out, acts), (ref_out, ref), rtol=1e-5, atol=1e-5)
 
     # GSPMD route: put the batch on the mesh and let jit partition the same function.
     sharded = shard_leading(tokens[:16], mesh)

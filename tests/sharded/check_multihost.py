@@ -7,13 +7,15 @@ process checks its addressable shards against a single-device reference.
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
 
 
 def worker(pid: int, port: int) -> None:
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=4"
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -54,7 +56,12 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # keep the caller's XLA_FLAGS (e.g. --xla_cpu_max_isa), less any device count: the workers
+    # set 4 devices each
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = re.sub(
+        r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")
+    )
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, str(pid), str(port)],

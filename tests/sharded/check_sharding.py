@@ -2,8 +2,11 @@
 
 import os
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
 
+import chex  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -24,8 +27,8 @@ def main() -> None:
     ]
     for mesh in meshes:
         got = jax.jit(shard_batched(f, mesh))(x, w)
-        for k in ref:
-            np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5)
+        chex.assert_trees_all_equal_shapes_and_dtypes(got, ref)
+        chex.assert_trees_all_close(got, ref, rtol=1e-5, atol=1e-5)
     got = shard_batched(f, meshes[2], axis="target")(x, w)
     np.testing.assert_allclose(got["y"], ref["y"], rtol=1e-5, atol=1e-5)
     try:
