@@ -115,11 +115,11 @@ def _check_near_optimum(w, b, x, y, c, xte, ref, tol=None):
     n, d = x.shape
     assert o["nu"] < 0.1 and s["nu"] < 1e-5, (o["nu"], s["nu"])  # Newton regime
     if tol is not None:
-        # gradient w.r.t. standardised weights (b_s = b + μ·w fixed): (g_w - μ g_b) / σ;
+        # gradient w.r.t. scaled weights (b_s = b + μ·w fixed): (g_w - μ g_b) / σ;
         # float32 evaluation error of g_j = Σ_i r_i x̃_ij / n is at most
         # ~(log2 n + d + 2)·eps·Σ_i |r_i| |x̃_ij| / n, with r_i's own error
         # ≤ ¼ |Δz_i| ≤ ¼ (d + 2)·eps·Σ_k |x̃_ik θ_k| (logits summed in float32)
-        mu, sd = x.mean(0), x.std(0)
+        mu, sd = x.mean(0), np.full(d, x.std(0).max())  # fit_logistic's per-layer scale
         gs = np.concatenate([(o["g"][:-1] - mu[:, None] * o["g"][-1]) / sd[:, None], o["g"][-1:]])
         xs = np.abs(np.concatenate([(x - mu) / sd, np.ones((n, 1))], 1))
         theta_s = np.concatenate([o["theta"][:-1] * sd[:, None], o["theta"][-1:]])

@@ -112,14 +112,15 @@ class _Feat(NamedTuple):
     sigma: Array
 
 
-def _standardized(x: Array) -> tuple[Array, Array, Array]:
+def _standardized(x: Array, per_column: bool = True) -> tuple[Array, Array, Array]:
     """Standardised copy of one layer's features, safe for any finite float32 scale.
 
     Returns ``(x_s [n, d] in x's dtype, mu [d], sigma [d])`` with ``x = mu + sigma · x_s``.
     Each column is first divided by its max-abs value (so squares cannot overflow), then the
     mean is taken and refined once (the second pass removes the rounding of the first), then
     the variance of the centred data. Constant columns (``max == min``) become zeros with
-    ``sigma = 1``.
+    ``sigma = 1``. With ``per_column=False`` every column is divided by the same scale (the
+    layer's largest sd), which keeps a raw-weight penalty uniform and well conditioned.
     """
     xf = x.astype(jnp.float32)
     top, bottom = jnp.max(xf, axis=0), jnp.min(xf, axis=0)
@@ -131,8 +132,13 @@ def _standardized(x: Array) -> tuple[Array, Array, Array]:
     mu = mu + jnp.mean(xs - mu, axis=0)
     sd = jnp.sqrt(jnp.mean(jnp.square(xs - mu), axis=0))
     sd = jnp.where(const | (sd <= 0), 1.0, sd)
-    xc = jnp.where(const, 0.0, (xs - mu) / sd).astype(x.dtype)
-    return xc, mu * s, sd * s
+    sigma = sd * s  # raw units
+    if not per_column:  # one scale per layer (the largest sd): the raw penalty stays uniform
+        top = jnp.max(jnp.where(const, 0.0, sigma))
+        sigma = jnp.full_like(sigma, jnp.where(top > 0, top, 1.0))
+    scale = s / sigma  # multiplies (xs - mu)
+    xc = jnp.where(const, 0.0, (xs - mu) * scale).astype(x.dtype)
+    return xc, mu * s, jnp.where(const, 1.0, sigma)
 
 
 def _feat(x: Array) -> _Feat:
@@ -356,7 +362,9 @@ def _fit_logistic_one(
 ):
     """Fits ONE logistic probe: features ``x: [n, d]``, labels ``y: [n]``, ``C`` scalar."""
     x, inv_c = layer
-    xc, mu, sigma = _standardized(x)  # shared by all tasks of the layer (vmap keeps it so)
+    xc, mu, sigma = _standardized(
+        x, standardize
+    )  # shared by all tasks of the layer (vmap keeps it so)
     f = _feat(xc)
     n, d = x.shape
     k = num_classes
@@ -535,9 +543,10 @@ def fit_logistic(
       num_classes: classes per task (default ``labels.max() + 1``; required under ``jit``).
       C: inverse regularisation strength, scalar or ``[layer]``; ``jnp.inf`` for none.
       max_iter: iteration cap.
-      tol: stop when the max-abs gradient of the objective with respect to the weights of
-        the *standardised* features (and the intercept) is below ``tol``; this criterion does
-        not depend on the features' units.
+      tol: stop when the max-abs gradient of the objective is below ``tol``, taken with
+        respect to the intercept and the weights of the centred features divided by one scale
+        per layer (their largest standard deviation; with ``standardize``, each feature's
+        own), so the criterion does not depend on the features' units.
       memory: L-BFGS history length.
       standardize: fit on ``(x - mean) / std`` of each layer's features (like a
         ``StandardScaler`` pipeline: the penalty is on the standardised weights); the returned
@@ -641,7 +650,7 @@ def _fit_logistic_jit(layer, labels, *, mesh, ls_steps=2, **settings):
 def _fit_ridge_layer(layer: tuple[Array, Array], targets: Array, *, standardize: bool):
     """Ridge for ALL tasks of one layer: ``x: [n, d]``, ``targets: [task, n]``."""
     x, alpha = layer
-    xc, mu, sigma = _standardized(x)
+    xc, mu, sigma = _standardized(x, standardize)
     f = _feat(xc)
     n, d = x.shape
     pen = _feature_penalty(sigma, standardize)
