@@ -78,7 +78,20 @@ def _check_interventions(ns):  # block 4
     assert float(task.metric(ablated)) < float(task.metric(clean))
 
 
-def _check_sharding(ns):  # block 5
+def _check_policy(ns):  # block 5
+    diff_at = ns["diff_at"]
+    assert np.isnan(float(jax.jit(diff_at)(20)))  # out of range under jit: NaN, never wrapped
+    assert float(jax.jit(diff_at)(4)) == 0.0  # in range: the (zero) logit difference
+    assert ns["message"] == "position: expected indices in [-16, 16), got 20"
+    try:
+        diff_at(20)  # eager: the same message at once
+    except ValueError as e:
+        assert str(e) == ns["message"]
+    else:
+        raise AssertionError("an out-of-range position must raise eagerly")
+
+
+def _check_sharding(ns):  # block 6
     ref_logits, ref_acts = jax.jit(ns["f"])(ns["tokens"])
     np.testing.assert_allclose(ns["logits"], ref_logits, rtol=1e-5, atol=1e-5)
     for k in ref_acts:
@@ -91,6 +104,7 @@ CHECKS = [
     _check_attention,
     _check_probes,
     _check_interventions,
+    _check_policy,
     _check_sharding,
 ]
 
