@@ -57,7 +57,7 @@ def _cached(
     variables = jax.device_get(variables)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: xdist workers
         tmp.write_bytes(serialization.to_bytes(variables))
         os.replace(tmp, path)
         meta.write_text(json.dumps(metrics))
