@@ -26,19 +26,40 @@ N_NEW = 6
 
 def models() -> dict[str, torch.nn.Module]:
     gpt2 = transformers.GPT2Config(
-        vocab_size=128, n_positions=32, n_embd=64, n_layer=2, n_head=4,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=128,
+        n_positions=32,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     llama = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        rms_norm_eps=1e-5, rope_theta=500000.0, attention_bias=True, tie_word_embeddings=False,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        attention_bias=True,
+        tie_word_embeddings=False,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
     )
     out = {}
-    for name, cfg, cls in (("gpt2", gpt2, transformers.GPT2LMHeadModel),
-                           ("llama", llama, transformers.LlamaForCausalLM)):
+    for name, cfg, cls in (
+        ("gpt2", gpt2, transformers.GPT2LMHeadModel),
+        ("llama", llama, transformers.LlamaForCausalLM),
+    ):
         torch.manual_seed(0)
         cfg._attn_implementation = "eager"
         m = cls(cfg).eval()
@@ -62,8 +83,14 @@ def main() -> None:
         (folder / "generation_config.json").unlink(missing_ok=True)
         with torch.no_grad():
             r = m(ids, output_hidden_states=True, output_attentions=True)
-            cont = m.generate(ids, max_new_tokens=N_NEW, do_sample=False, min_new_tokens=N_NEW,
-                              pad_token_id=0, eos_token_id=None)[:, ids.shape[1]:]
+            cont = m.generate(
+                ids,
+                max_new_tokens=N_NEW,
+                do_sample=False,
+                min_new_tokens=N_NEW,
+                pad_token_id=0,
+                eos_token_id=None,
+            )[:, ids.shape[1] :]
         np.savez_compressed(
             folder / "reference.npz",
             input_ids=ids.numpy().astype(np.int32),

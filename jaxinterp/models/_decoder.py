@@ -61,7 +61,6 @@ from jaxinterp._checks import check_array, check_int, poison, value_check
 from jaxinterp.models._safetensors import read_safetensors
 
 
-
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
     """Hyperparameters of a decoder LM (``family`` ``"gpt2"`` or ``"llama"``)."""
@@ -290,7 +289,9 @@ class _Unembed(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        w = self.param("kernel", nn.initializers.normal(0.02), (self.cfg.d_model, self.cfg.vocab_size))
+        w = self.param(
+            "kernel", nn.initializers.normal(0.02), (self.cfg.d_model, self.cfg.vocab_size)
+        )
         return x @ w.astype(x.dtype)
 
 
@@ -425,7 +426,10 @@ def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, d
 
     p: dict[str, Any] = {}
     if cfg.family == "gpt2":
-        p["embed"] = {"tok": {"embedding": get("wte.weight")}, "pos": {"embedding": get("wpe.weight")}}
+        p["embed"] = {
+            "tok": {"embedding": get("wte.weight")},
+            "pos": {"embedding": get("wpe.weight")},
+        }
         for i in range(cfg.n_layers):
             b = f"h.{i}"
             w, bias = get(f"{b}.attn.c_attn.weight"), get(f"{b}.attn.c_attn.bias")  # [d, 3d]
@@ -449,7 +453,10 @@ def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, d
                 "attn": attn,
                 "ln_2": ln(f"{b}.ln_2"),
                 "mlp": {
-                    "fc_in": {"kernel": get(f"{b}.mlp.c_fc.weight"), "bias": get(f"{b}.mlp.c_fc.bias")},
+                    "fc_in": {
+                        "kernel": get(f"{b}.mlp.c_fc.weight"),
+                        "bias": get(f"{b}.mlp.c_fc.bias"),
+                    },
                     "fc_out": {
                         "kernel": get(f"{b}.mlp.c_proj.weight"),
                         "bias": get(f"{b}.mlp.c_proj.bias"),
