@@ -89,6 +89,10 @@ class DecoderConfig:
 
         Raises:
           ValueError: an unsupported ``model_type`` or option; the message names it.
+
+        >>> DecoderConfig.from_hf({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 2,
+        ...     "vocab_size": 128, "n_positions": 32, "layer_norm_epsilon": 1e-5}).d_head
+        16
         """
         mt = config.get("model_type")
         if mt == "gpt2":
@@ -300,8 +304,13 @@ class Decoder(nn.Module):
 
     ``start`` (int, may be traced) is the position of the first token; ``decode=True`` reads and
     updates the ``"cache"`` collection (see :func:`init_cache`, :func:`generate`). Token ids outside
-    ``[0, vocab_size)`` raise ``ValueError`` when concrete; under jit the logits of the affected
-    rows become NaN (see ``jaxinterp.checked``).
+    ``[0, vocab_size)`` raise ``ValueError`` when concrete; Under jit, the logits of the affected
+    batch rows are NaN; see ``jaxinterp.checked``.
+
+    >>> m = Decoder(DecoderConfig(family="gpt2", n_kv_heads=4, max_positions=8))
+    >>> v = m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    >>> m.apply(v, jnp.array([[1, 2, 3]])).shape
+    (1, 3, 128)
     """
 
     cfg: DecoderConfig = DecoderConfig()
@@ -415,6 +424,12 @@ def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, d
 
     Raises:
       KeyError: ``tensors`` lacks a required weight (the message names it).
+
+    >>> cfg = DecoderConfig(n_layers=1)
+    >>> decoder_params_from_hf({}, cfg)
+    Traceback (most recent call last):
+    ...
+    KeyError: "tensors: missing 'embed_tokens.weight' (have e.g. [])"
     """
     t = {k.removeprefix("transformer.").removeprefix("model."): v for k, v in tensors.items()}
     h, kvh, dh, d = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
@@ -524,6 +539,12 @@ def load_decoder(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
     Raises:
       FileNotFoundError: ``path`` lacks ``config.json`` or the weights.
       ValueError: the config is not a supported family.
+
+    >>> import jaxinterp
+    >>> root = Path(jaxinterp.__file__).resolve().parents[1]
+    >>> d = load_decoder(root / "tests/fixtures/decoders/llama")
+    >>> d.model.apply(d.variables, jnp.array([[1, 2, 3]])).shape
+    (1, 3, 128)
     """
     folder = Path(path)
     if not (folder / "config.json").is_file():
