@@ -53,3 +53,23 @@ __all__ = [
     "offset_batch",
     "offset_transformer",
 ]
+
+from jaxinterp.models._decoder import (  # noqa: E402
+    Decoder,
+    DecoderConfig,
+    LoadedDecoder,
+    decoder_params_from_hf,
+    generate,
+    init_cache,
+    load_decoder,
+)
+
+__all__ += [
+    "Decoder",
+    "DecoderConfig",
+    "LoadedDecoder",
+    "decoder_params_from_hf",
+    "generate",
+    "init_cache",
+    "load_decoder",
+]
