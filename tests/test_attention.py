@@ -174,6 +174,18 @@ def test_hand_written_attention_via_weights_at(hand):
     assert stack_layers(maps).shape == (2, 3, 2, 5, 5)
 
 
+def test_attention_stats_with_weights_at_records_only_those_modules(hand):
+    """weights_at= alone records no other softmax (attn_1's is left out), as attention_weights."""
+    model, variables, x, pad = hand
+    stat = lambda w, *inputs: {"entropy": head_entropy(w)}  # w: [layer, batch, head, q, k]
+    got = attention_stats(model, variables, stat, [x, pad], chunk_size=3, weights_at="attn_0/probs")
+    _, maps = attention_weights(model, variables, weights_at="attn_0/probs")(x, pad)
+    assert list(maps) == ["attn_0/probs"]
+    ref = np.asarray(head_entropy(stack_layers(maps))).mean(1)  # [layer, head]
+    assert np.asarray(got["entropy"]).shape == ref.shape == (1, 2)
+    np.testing.assert_allclose(got["entropy"], ref, atol=1e-5)
+
+
 def test_hand_written_attention_via_attention_from_qk(hand):
     model, variables, x, pad = hand
     _, maps = attention_weights(model, variables, weights_at="attn_*/probs")(x, pad)

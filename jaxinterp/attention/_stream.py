@@ -132,7 +132,7 @@ def attention_stats(
     *,
     chunk_size: int = 64,
     mesh: Mesh | None = None,
-    select: Selector = "**",
+    select: Selector | None = None,
     weights_at: Selector | None = None,
     method: str | None = None,
 ) -> Any:
