@@ -60,8 +60,7 @@ from jaxinterp.actmax._objectives import INPUT, OUTPUT, SPECIAL_PATHS, Objective
 from jaxinterp.actmax._param import Param
 from jaxinterp.actmax._relu import redirected_relu
 from jaxinterp.actmax._transforms import Transform, compose
-from jaxinterp.capture import apply_with_hook, capture
-from jaxinterp.capture._hooks import is_nnx
+from jaxinterp.capture import apply_with_hook, capture, is_nnx
 from jaxinterp.sharding import chunked, shard_batched
 
 ObjectiveFactory = Callable[[Any], Objective]

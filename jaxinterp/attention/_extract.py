@@ -83,9 +83,7 @@ import numpy as np
 from flax import nnx
 
 from jaxinterp._checks import check_array, is_traced, poison, value_check
-from jaxinterp.capture import Selector, apply_with_hook, as_matcher
-from jaxinterp.capture._hooks import check_model
-from jaxinterp.capture._paths import record_key
+from jaxinterp.capture import Selector, apply_with_hook, as_matcher, check_model, record_key
 
 Maps = dict[str, jax.Array]
 
