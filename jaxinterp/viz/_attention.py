@@ -34,7 +34,7 @@ _SCRIPT = r"""
 const W = DATA.weights, TOK = DATA.tokens, L = W.length, H = W[0].length, T = TOK.length;
 const S = DATA.scores, NAMES = Object.keys(S);
 const st = {layer: DATA.selected[0], head: DATA.selected[1], query: DATA.query,
-            score: NAMES[0]};
+            score: DATA.score};
 
 const controls = el("div", "jx-controls");
 const pick = el("select"); pick.id = "jx-score";
@@ -43,6 +43,7 @@ pick.addEventListener("change", () => { st.score = pick.value; drawGrid(); });
 const lab = el("label", null, "colour the grid by ");
 lab.append(pick);
 controls.append(lab);
+pick.value = st.score;
 ROOT.append(controls);
 
 ROOT.append(el("h2", null, "Per-head scores (layer × head) — click a head"));
@@ -122,7 +123,7 @@ function draw() {
     tr.append(th);
     const r = W[st.layer][h][st.query], mh = rowMax(r);
     for (let k = 0; k < T; k++) {
-      const td = el("td", "jx-cell", TOK[k]);
+      const td = el("td", "jx-cell", short(TOK[k], 10));
       td.style.background = "rgba(37, 99, 235, " + alpha(r[k], mh).toFixed(4) + ")";
       td.style.color = alpha(r[k], mh) > 0.6 ? "#fff" : "#111";
       td.style.whiteSpace = "pre";
@@ -136,12 +137,20 @@ function draw() {
   }
   mat.replaceChildren();
   const hr = el("tr"); hr.append(el("th"));
-  for (let k = 0; k < T; k++) hr.append(el("th", null, TOK[k]));
+  for (let k = 0; k < T; k++) {
+    const th = el("th", null, short(TOK[k], 6));
+    th.title = TOK[k];
+    th.style.writingMode = "vertical-rl";
+    th.style.maxWidth = "22px";
+    hr.append(th);
+  }
   mat.append(hr);
   const A = W[st.layer][st.head];
   for (let q = 0; q < T; q++) {
     const tr = el("tr");
-    tr.append(el("th", "jx-rowlabel", TOK[q]));
+    const th = el("th", "jx-rowlabel", short(TOK[q], 14));
+    th.title = TOK[q];
+    tr.append(th);
     for (let k = 0; k < T; k++) {
       const td = el("td", "jx-cell");
       td.style.minWidth = "22px"; td.style.height = "18px";
@@ -259,6 +268,7 @@ def attention_view(
     offsets: Sequence[int] = (),
     query_mask: Any = None,
     layer_labels: Sequence[str] | None = None,
+    score: str | None = None,
     select: tuple[int, int] | None = None,
     query: int | None = None,
     title: str = "Attention explorer",
@@ -273,8 +283,9 @@ def attention_view(
       offsets: extra ``offset_{n}`` scores.
       query_mask: optional ``[q]`` mask of the queries that count in the scores.
       layer_labels: ``[layer]`` row labels (default ``L0, L1, ...``).
-      select: the head selected at first, ``(layer, head)`` (default: the best
-        previous-token head, or ``(0, 0)`` with one token).
+      score: the score colouring the grid at first (default ``"prev_token"``, the first one).
+      select: the head selected at first, ``(layer, head)`` (default: the head with the
+        highest ``score``; the lowest for ``entropy`` and ``distance``).
       query: the query token at first (default: the last).
       title: the page heading.
 
@@ -297,9 +308,12 @@ def attention_view(
     toks = as_labels(tokens, nq, "tokens", [])
     layers = as_labels(layer_labels, n_layer, "layer_labels", [f"L{i}" for i in range(n_layer)])
     scores = head_scores(w, token_ids=token_ids, offsets=offsets, query_mask=query_mask)
+    score = next(iter(scores)) if score is None else score
+    if score not in scores:
+        raise ValueError(f"score: expected one of {list(scores)}, got {score!r}")
     if select is None:
-        best = scores.get("prev_token", np.zeros((n_layer, n_head)))
-        select = tuple(int(i) for i in np.unravel_index(np.nanargmax(best), best.shape))
+        s = scores[score] * (-1 if score in ("entropy", "distance") else 1)
+        select = tuple(int(i) for i in np.unravel_index(np.nanargmax(s), s.shape))
     if (
         not isinstance(select, (tuple, list))
         or len(select) != 2
@@ -317,6 +331,7 @@ def attention_view(
         "layer_labels": layers,
         "weights": floats(w),
         "scores": {k: floats(v) for k, v in scores.items()},
+        "score": score,
         "selected": [int(select[0]), int(select[1])],
         "query": int(query),
     }

@@ -79,8 +79,8 @@ const ACC = DATA.accuracy, CTRL = DATA.control, LN = DATA.layer_names, TN = DATA
 const NL = LN.length, NT = TN.length;
 const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777"];
 const info = el("div", "jx-info", "hover a point"); info.id = "jx-info";
-const w = 120 + 90 * NL, h = 240, pl = 44, pr = 150, pt = 10, pb = 34;
-const x = i => pl + (w - pl - pr) * (NL > 1 ? i / (NL - 1) : 0.5);
+const w = 200 + 110 * NL, h = 260, pl = 56, pr = 170, pt = 10, pb = 34, pad = 16;
+const x = i => pl + pad + (w - pl - pr - 2 * pad) * (NL > 1 ? i / (NL - 1) : 0.5);
 const y = v => pt + (h - pt - pb) * (1 - v);
 const chart = svg("svg", {width: w, height: h, id: "jx-probe-chart"});
 for (const t of [0, 0.25, 0.5, 0.75, 1]) {
@@ -90,6 +90,11 @@ for (const t of [0, 0.25, 0.5, 0.75, 1]) {
   lab.textContent = t.toFixed(2);
   chart.append(lab);
 }
+const ytitle = svg("text", {x: 12, y: pt + (h - pt - pb) / 2, "font-size": 11, fill: "#6b7280",
+                           transform: "rotate(-90 12 " + (pt + (h - pt - pb) / 2) + ")",
+                           "text-anchor": "middle"});
+ytitle.textContent = "test accuracy";
+chart.append(ytitle);
 LN.forEach((n, i) => {
   const lab = svg("text", {x: x(i), y: h - pb + 16, "text-anchor": "middle", "font-size": 10});
   lab.textContent = n;
@@ -126,8 +131,13 @@ for (let t = 0; t < NT; t++) {
   chart.append(lg);
 }
 const note = svg("text", {x: w - pr + 10, y: pt + 20 + 16 * NT, "font-size": 10, fill: "#6b7280"});
-note.textContent = CTRL ? "dashed: control task" : "";
+note.textContent = CTRL ? "dashed, open: control task" : "";
 chart.append(note);
+if (DATA.chance) {
+  const n2 = svg("text", {x: w - pr + 10, y: pt + 34 + 16 * NT, "font-size": 10, fill: "#6b7280"});
+  n2.textContent = "dotted: chance";
+  chart.append(n2);
+}
 ROOT.append(chart, info);
 
 const tab = el("table", "jx-grid"); tab.id = "jx-probe-table";

@@ -87,6 +87,7 @@ function divColor(v, lim) {
   return t >= 0 ? mix(WHITE, RED, t) : mix(WHITE, NEG, -t);
 }
 function textOn(t) { return (t !== null && isFinite(t) && Math.abs(t) > 0.6) ? "#fff" : "#111"; }
+function short(t, n) { t = String(t); return t.length <= n ? t : t.slice(0, n - 1) + "\u2026"; }
 function range(n) { return Array.from({length: n}, (_, i) => i); }
 """
 
