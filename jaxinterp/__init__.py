@@ -51,13 +51,14 @@ __all__ = [
     "plotting",
     "probes",
     "sharding",
+    "viz",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # matplotlib is heavy (about 1 s to import): load the plotting package on first use.
-    if name == "plotting":
+    if name in ("plotting", "viz"):
         import importlib
 
-        return importlib.import_module("jaxinterp.plotting")
+        return importlib.import_module(f"jaxinterp.{name}")
     raise AttributeError(f"module 'jaxinterp' has no attribute {name!r}")

@@ -185,8 +185,8 @@ def png_data_uri(image: Any, vmin: float | None = None, vmax: float | None = Non
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 3)) or 0 in a.shape:
         raise ValueError(f"image: expected [h, w], [h, w, 1] or [h, w, 3], got shape {a.shape}")
     finite = a[np.isfinite(a)]
-    lo = float(finite.min(initial=0.0)) if vmin is None else float(vmin)
-    hi = float(finite.max(initial=1.0)) if vmax is None else float(vmax)
+    lo = (float(finite.min()) if finite.size else 0.0) if vmin is None else float(vmin)
+    hi = (float(finite.max()) if finite.size else 1.0) if vmax is None else float(vmax)
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
     b = np.clip(np.nan_to_num((a - lo) * scale), 0, 255).round().astype(np.uint8)
     h, w = b.shape[:2]
