@@ -100,7 +100,7 @@ def test_head_scores_under_jit_and_vmap_are_the_attention_functions():
     w = _weights(2).astype(np.float32)
     got = viz.head_scores(w)
     np.testing.assert_allclose(got["prev_token"], jax.jit(prev_token_score)(w), rtol=1e-6)
-    per_layer = jax.vmap(head_entropy)(w)  # [layer, head] by vmapping over layers
+    per_layer = jax.jit(jax.vmap(head_entropy))(w)  # [layer, head]: vmapped over layers
     np.testing.assert_allclose(got["entropy"], per_layer, rtol=1e-5)
 
 
@@ -315,7 +315,10 @@ def test_treescope_named_array(tmp_path):
     assert arr.figure(sliders=["layer"]) is not None
     assert len(arr._repr_html_()) > 1000
     page = arr.save(tmp_path / "t.html").read_text()
-    assert page.startswith("<") and "http://" not in page and "https://" not in page
+    assert page.startswith("<!DOCTYPE html>") and "<title>layer=2, head=2, q=4, k=4</title>" in page
+    assert "http://" not in page and "https://" not in page
+    titled = viz.named_array(w, arr.names, title="A <b>").to_html()
+    assert "<title>A &lt;b&gt;</title>" in titled
     for values, names, labels, exc, name in [
         (np.ones((2, 2)), ("a",), None, ValueError, "names"),
         (np.ones((2, 2)), ("a", "a"), None, ValueError, "names"),

@@ -52,5 +52,9 @@ def run_demo(
             continue
         importlib.import_module(f"jaxinterp._demo.{name}").run(ctx)
         ctx.write()
+    ctx.progress(
+        f"interactive views: {len(ctx.views)} pages linked from {ctx.out / 'index.html'} "
+        f"(HTML written in {ctx.view_seconds:.1f} s)"
+    )
     ctx.progress(f"done: {ctx.out / 'report.md'}")
     return ctx

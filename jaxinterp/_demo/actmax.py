@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp import actmax, models
+from jaxinterp import actmax, models, viz
 from jaxinterp._demo._context import DemoContext
 from jaxinterp.plotting import actmax_traces, image_grid
 
@@ -103,6 +103,21 @@ def run(ctx: DemoContext) -> None:
         "dataset example (dotted)",
     )
 
+    ctx.view(
+        "view_gallery_logits",
+        viz.gallery_from_actmax(
+            logits, top_logits, data, [f"logit {c}" for c in range(10)], title="Class logits"
+        ),
+        "per class logit: the optimized input, its top-8 digits, values and the ascent",
+    )
+    ctx.view(
+        "view_gallery_units",
+        viz.gallery_from_actmax(
+            hidden, top_hidden, data, [f"act_2 #{int(u)}" for u in units], title="Dense units"
+        ),
+        "dense units (act_2) active on some digit: optimized input next to its top-8 digits",
+    )
+
     # top-k dataset examples for a few units
     show = min(4, len(units))
     idx = np.asarray(top_hidden.indices[:show])
@@ -174,6 +189,17 @@ def run(ctx: DemoContext) -> None:
         steps=100,
     )
     ids = np.asarray(actmax.nearest_tokens(res.inputs[:, 0], table))
+    ctx.view(
+        "view_gallery_soft_prompts",
+        viz.feature_gallery(
+            [f"token {v}" for v in range(cfg.vocab)],
+            np.asarray(res.values),
+            optimized=[[str(t) for t in row] for row in ids],
+            traces=np.asarray(res.traces),
+            title="Soft prompts (nearest tokens)",
+        ),
+        "per output token: the soft prompt maximizing its logit, read out as nearest tokens",
+    )
     hit = float((ids[:, -1 - tf.metrics["offset"]] == np.arange(cfg.vocab)).mean())
     ctx.text(
         f"\nSoft prompts maximizing each output token's logit at the last position of the "

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp import models
+from jaxinterp import models, viz
 from jaxinterp._demo._context import DemoContext
 from jaxinterp.attention import (
     attention_stats,
@@ -65,6 +65,18 @@ def _toy(ctx: DemoContext) -> None:
         fig,
         f"Toy model attention (layer × head); head {layer}.{head} is the offset-{k} diagonal",
     )
+    ctx.view(
+        "view_attention_toy",
+        viz.attention_view(
+            w,
+            [str(t) for t in toks[0]],
+            token_ids=toks[0],
+            offsets=[k],
+            score=f"offset_{k}",
+            title=f"Toy offset-{k} transformer: attention explorer",
+        ),
+        f"hover a token to see where each head attends; head {layer}.{head} looks {k} back",
+    )
 
 
 def _minilm(ctx: DemoContext) -> None:
@@ -121,6 +133,28 @@ def _minilm(ctx: DemoContext) -> None:
     ctx.figure("attention_minilm_prev_token", fig, "MiniLM per-head previous-token score")
     fig = head_score_map(per_head["to_sep"], title="MiniLM attention to [SEP]")
     ctx.figure("attention_minilm_to_sep", fig, "MiniLM per-head attention mass on [SEP]")
+    ws = np.asarray(w[:, s, :, :n, :n])  # [layer, head, q, k]
+    words = list(words)[:n]
+    ctx.view(
+        "view_attention_minilm",
+        viz.attention_view(
+            ws,
+            words,
+            token_ids=np.asarray(ids[s, :n]),
+            title=f"all-MiniLM-L6-v2: {SENTENCES[s]!r}",
+        ),
+        "MiniLM attention explorer: 6 layers × 12 heads, per-head scores, hover a token",
+    )
+    ctx.view(
+        "treescope_attention_minilm",
+        viz.named_array(
+            ws,
+            ("layer", "head", "q", "k"),
+            labels={"q": words, "k": words},
+            title=f"all-MiniLM-L6-v2 attention in treescope: {SENTENCES[s]!r}",
+        ),
+        "the same weights as a treescope figure with named axes layer, head, q, k",
+    )
 
 
 def run(ctx: DemoContext) -> None:

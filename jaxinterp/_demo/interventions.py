@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp import interventions as iv
-from jaxinterp import models
+from jaxinterp import models, viz
 from jaxinterp._demo._context import DemoContext
 from jaxinterp.attention import attention_weights, offset_score, stack_layers
 from jaxinterp.plotting import effect_scatter, patching_heatmap
@@ -132,6 +132,33 @@ def run(ctx: DemoContext) -> None:
             title=f"(layer × head × position) sites, Spearman {rho_hp:.2f}",
         ),
         "Attribution patching (2 forwards + 1 backward) against real patching, per site",
+    )
+    ctx.view(
+        "view_patching_heads",
+        viz.patching_view(
+            {"activation patching": real_h, "attribution patching": est_h},
+            sites=heads,
+            title="Patching per head (clean → corrupted)",
+        ),
+        "normalized effect of patching each head's output; switch to attribution patching",
+    )
+    ctx.view(
+        "view_patching_head_position",
+        viz.patching_view(
+            {"activation patching": real_hp, "attribution patching": est_hp},
+            sites=hp,
+            title="Patching per (layer, head, position)",
+        ),
+        "per head and position: real patching vs its gradient estimate",
+    )
+    ctx.view(
+        "view_patching_residual",
+        viz.patching_view(
+            pres.normalized,
+            sites=pos_sites,
+            title=f"Residual stream patching, source {10 - offset}, read-out 10",
+        ),
+        "normalized effect of patching the residual stream after each block at one position",
     )
     ctx.text(
         f"Attribution patching vs activation patching: Spearman rank correlation "

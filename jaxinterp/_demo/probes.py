@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp import models, probes
+from jaxinterp import models, probes, viz
 from jaxinterp._demo._context import DemoContext
 from jaxinterp.plotting import probe_accuracy
 
@@ -57,6 +57,18 @@ def _cnn(ctx: DemoContext) -> None:
         title="Digits CNN: probe accuracy by layer",
     )
     ctx.figure("probes_cnn", fig, "Digit-class probes on the CNN's layers, with control task")
+    ctx.view(
+        "view_probes_cnn",
+        viz.probe_view(
+            acc[:, :1],
+            layer_names=paths,
+            task_names=["digit"],
+            control=acc[:, 1:],
+            chance=[0.1],
+            title="Digits CNN: probe accuracy by layer",
+        ),
+        "digit probes on each layer of the CNN, with the control task and selectivity",
+    )
     ctx.record(
         "probes",
         {
@@ -106,6 +118,18 @@ def _transformer(ctx: DemoContext) -> None:
         title="Offset transformer: probe accuracy by layer",
     )
     ctx.figure("probes_transformer", fig, "Token probes on the transformer's residual stream")
+    ctx.view(
+        "view_probes_transformer",
+        viz.probe_view(
+            acc[:, :2],
+            layer_names=paths,
+            task_names=names,
+            control=acc[:, 2:],
+            chance=[1 / cfg.vocab] * 2,
+            title="Offset transformer: probe accuracy by layer",
+        ),
+        "current-token and t-3-token probes on the residual stream, controls and selectivity",
+    )
     ctx.record(
         "probes",
         {

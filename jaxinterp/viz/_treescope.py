@@ -8,6 +8,7 @@ labels, in a notebook (``_repr_html_``) or saved as one self-contained HTML file
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,18 @@ class NamedArray:
       values: the numpy array.
       names: one name per axis.
       labels: ``{name: [labels]}`` for labelled axes.
+      title: the heading of the saved page.
     """
 
-    def __init__(self, values: np.ndarray, names: tuple[str, ...], labels: dict[str, list[str]]):
+    def __init__(
+        self,
+        values: np.ndarray,
+        names: tuple[str, ...],
+        labels: dict[str, list[str]],
+        title: str | None = None,
+    ):
         self.values, self.names, self.labels = values, names, labels
+        self.title = title or self._dims()
 
     def figure(self, **kwargs: Any) -> Any:
         """The treescope figure (``treescope.render_array`` with the axis names and labels).
@@ -73,13 +82,21 @@ class NamedArray:
     def _repr_html_(self) -> str:
         return self.figure()._repr_html_()
 
-    def to_html(self) -> str:
-        """A self-contained HTML document of the figure (treescope's own inline JS/CSS)."""
-        import treescope
+    def to_html(self, title: str | None = None) -> str:
+        """A self-contained HTML document of the figure (treescope's own inline JS/CSS).
 
-        return treescope.render_to_html(self.figure())
+        Args:
+          title: the page title (default: :attr:`title`).
+        """
+        title = title or self.title
+        return (
+            '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{html.escape(title)}</title>\n</head>\n<body>\n"
+            f'<h3 style="font-family: system-ui, sans-serif">{html.escape(title)}</h3>\n'
+            f"{self.figure()._repr_html_()}\n</body>\n</html>\n"
+        )
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, title: str | None = None) -> Path:
         """Writes :meth:`to_html` to ``path``; returns the path.
 
         Raises:
@@ -89,16 +106,22 @@ class NamedArray:
             raise TypeError(f"path: expected a file path (str or Path), got {type(path).__name__}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_html(), encoding="utf-8")
+        path.write_text(self.to_html(title), encoding="utf-8")
         return path
 
+    def _dims(self) -> str:
+        return ", ".join(f"{n}={s}" for n, s in zip(self.names, self.values.shape))
+
     def __repr__(self) -> str:
-        dims = ", ".join(f"{n}={s}" for n, s in zip(self.names, self.values.shape))
-        return f"NamedArray({dims})"
+        return f"NamedArray({self._dims()})"
 
 
 def named_array(
-    values: Any, names: Sequence[str], *, labels: Mapping[str, Sequence[str]] | None = None
+    values: Any,
+    names: Sequence[str],
+    *,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    title: str | None = None,
 ) -> NamedArray:
     """An array with named axes for treescope (e.g. attention ``layer, head, q, k``).
 
@@ -108,6 +131,7 @@ def named_array(
         ``k``/``head``/``position`` across (``figure(rows=..., columns=..., sliders=...)``
         to change it).
       labels: ``{axis name: labels}`` (tokens along ``q`` and ``k``, say).
+      title: the heading of the saved page (default: the axis names and sizes).
 
     Returns:
       A :class:`NamedArray` (``figure()``, ``_repr_html_``, ``save(path)``).
@@ -137,4 +161,4 @@ def named_array(
         if n not in names:
             raise ValueError(f"labels: unknown axis name {n!r}; axes are {names}")
         out[n] = as_labels(lab, v.shape[names.index(n)], f"labels[{n!r}]", [])
-    return NamedArray(v, names, out)
+    return NamedArray(v, names, out, None if title is None else str(title))
