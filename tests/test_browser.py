@@ -335,6 +335,9 @@ def test_patching_hover_and_maps(open_page):
     i = int(np.abs(real).argmax())
     c = _rgba(cells.nth(i).evaluate("e => getComputedStyle(e).backgroundColor"))[:3]
     assert c == ((190, 30, 45) if real[i] > 0 else (33, 102, 172))
+    assert page.text_content("#jx-paths") == (
+        f"sites: layer 0 = {sites.paths[0]}; layer 1 = {sites.paths[1]}"
+    )
     p.screenshot("patching")
     page.select_option("#jx-map", "attribution patching")
     got = [float(v) for v in cells.evaluate_all("es => es.map(e => e.dataset.value)")]

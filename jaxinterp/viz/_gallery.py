@@ -33,7 +33,8 @@ const style = el("style", null,
   ".jx-item { border: 1px solid var(--line); border-radius: 6px; padding: 8px; margin: 8px 0; }" +
   ".jx-item-head { display: flex; gap: 12px; align-items: baseline; }" +
   ".jx-row { display: flex; gap: 8px; align-items: flex-start; flex-wrap: wrap; }" +
-  ".jx-fig { text-align: center; font-size: 11px; }" +
+  ".jx-fig { text-align: center; font-size: 11px; flex: none; }" +
+  ".jx-row > * { flex: none; }" +
   ".jx-fig img { width: " + DATA.image_px + "px; height: " + DATA.image_px + "px;" +
   " image-rendering: pixelated; display: block; border: 1px solid var(--line); }" +
   ".jx-fig.jx-opt img { border: 2px solid var(--accent); }" +
@@ -107,7 +108,13 @@ function card(it) {
     row.append(tokenLine(it.optimized.tokens, it.optimized.acts, lim, "optimized"));
   }
   row.append(ex);
-  if (it.trace) row.append(sparkline(it.trace, it.examples.length ? it.examples[0].value : null));
+  if (it.trace) {
+    const f = el("div", "jx-fig");
+    f.append(sparkline(it.trace, it.examples.length ? it.examples[0].value : null));
+    f.append(el("div", "jx-muted", "objective during the ascent" +
+                (it.examples.length ? " (dashed: best example)" : "")));
+    row.append(f);
+  }
   c.append(row);
   return c;
 }

@@ -37,6 +37,13 @@ const info = el("div", "jx-info", "hover a cell"); info.id = "jx-info";
 ROOT.append(info);
 const grid = el("table", "jx-grid"); grid.id = "jx-map-grid";
 ROOT.append(grid);
+if (DATA.paths) {
+  const sites = el("div", "jx-sub"); sites.id = "jx-paths";
+  sites.style.marginTop = "8px";
+  sites.textContent = "sites: " + DATA.paths.map((p, i) =>
+    DATA.names[0] + " " + DATA.first_labels[i] + " = " + p).join("; ");
+  ROOT.append(sites);
+}
 
 function siteText(r, c) {
   return DATA.row_name + " " + R[r] + ", " + DATA.col_name + " " + C[c] +
@@ -54,7 +61,9 @@ function draw() {
   grid.append(head);
   M.forEach((row, r) => {
     const tr = el("tr");
-    tr.append(el("th", "jx-rowlabel", R[r]));
+    const th = el("th", "jx-rowlabel", R[r]);
+    if (DATA.row_paths) th.title = DATA.row_paths[r];
+    tr.append(th);
     row.forEach((v, c) => {
       const td = el("td", "jx-cell", C.length <= 24 ? fmt(v, 2) : "");
       td.dataset.row = r; td.dataset.col = c; td.dataset.value = v;
@@ -258,6 +267,8 @@ def patching_view(
         "row_name": row_name,
         "col_name": col_name,
         "row_paths": row_paths,
+        "paths": paths,
+        "first_labels": axis_labels[0],
         "names": names,
         "limit": None if limit is None else float(limit),
     }
