@@ -7,7 +7,9 @@ Every figure is computed here, at build time, from the library's reference model
 CNN and the offset-3 transformer, trained in seconds and cached in ``$JAXINTERP_CACHE``) with
 the library's own analysis and plotting functions: the pictures in the docs are what the code
 does today, not committed images. Sizes are small so the whole script takes well under a
-minute on 2 CPU cores once the models are cached. Nothing is downloaded.
+minute on 2 CPU cores once the models are cached. Nothing is downloaded. Compiled programs go
+to the persistent XLA cache that ``jaxinterp demo`` and the tests use
+(``$JAXINTERP_CACHE/xla``; ``JAXINTERP_DOCS_COMPILE_CACHE=0`` turns it off).
 
 Each group writes ``NAME.png`` files; the names are the ones the pages under ``docs/`` use.
 """
@@ -39,6 +41,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxinterp import plotting  # noqa: E402
+from jaxinterp._cli import use_compile_cache  # noqa: E402
 
 DPI = 100
 
@@ -171,7 +174,7 @@ def probe_figures(out: Path) -> None:
         task_names=["current token", f"token at t-{k}"],
         control=acc[:, 2:],
         chance=[1 / cfg.vocab] * 2,
-        title="probe accuracy by layer (dashed: control task)",
+        title="probe accuracy by layer, with control tasks",
     )
     _save(out, "probes_transformer", fig)
 
@@ -235,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"groups: unknown {unknown}; available: {list(GROUPS)}")
     args.out.mkdir(parents=True, exist_ok=True)
+    # The persistent XLA cache `jaxinterp demo` and the tests use: a rebuild loads the compiled
+    # programs instead of compiling them again. JAXINTERP_DOCS_COMPILE_CACHE=0 turns it off.
+    if os.environ.get("JAXINTERP_DOCS_COMPILE_CACHE", "1") != "0":
+        use_compile_cache(models.cache_dir() / "xla")
     t0 = time.perf_counter()
     for name in args.groups or GROUPS:
         t = time.perf_counter()
