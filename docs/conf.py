@@ -140,5 +140,13 @@ def _viz_placeholder(app, docname: str, source: list[str]) -> None:
         )
 
 
+def _drop_namedtuple_alias_text(app, what, name, obj, options, lines) -> None:
+    """NamedTuple fields: drop Python's "Alias for field number N" (the class's ``Attributes:``
+    section describes each field; the field entries stay as link targets)."""
+    if len(lines) == 1 and lines[0].startswith("Alias for field number"):
+        lines.clear()
+
+
 def setup(app) -> None:
     app.connect("source-read", _viz_placeholder)
+    app.connect("autodoc-process-docstring", _drop_namedtuple_alias_text)
