@@ -83,7 +83,15 @@ import numpy as np
 from flax import nnx
 
 from jaxinterp._checks import check_array, is_traced, poison, value_check
-from jaxinterp.capture import Selector, apply_with_hook, as_matcher, check_model, record_key
+from jaxinterp.capture import (
+    LOST_PATTERNS,
+    Selector,
+    as_matcher,
+    check_model,
+    current_call,
+    record,
+    run_with_hook,
+)
 
 Maps = dict[str, jax.Array]
 
@@ -200,6 +208,8 @@ class _Frame:
     args: tuple
     kwargs: dict
     weights_module: bool
+    key: str = ""  # the call key (``path``, ``path@1``, ...)
+    recorded: int = 0  # softmax calls recorded in this call so far
 
 
 _HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_query_heads", "heads")
@@ -251,55 +261,89 @@ def _resolve_layout(shape: tuple[int, ...], frames: tuple[_Frame, ...], layout: 
     )
 
 
+def _verify_layout(shape: tuple[int, ...], frames: tuple[_Frame, ...], layout: str) -> None:
+    """A ``weights_at`` output must fit ``layout`` where the model says how many heads it has.
+
+    A 4-D array is not ``[batch, head, q, k]`` just because it is 4-D: an explicit ``layout``
+    that puts another size on the head axis than the enclosing modules declare (or, with no
+    heads declared, another size on the query axis than the module's input sequence) is an
+    error rather than a silent transpose.
+    """
+    heads = next((h for f in reversed(frames) if (h := _declared_heads(f.module))), None)
+    q_len = next((n for f in reversed(frames) if (n := _input_seq_len(f))), None)
+    h_ax, q_ax = (1, 2) if layout == "bhqk" else (2, 1)
+    names = {"bhqk": "[batch, head, q, k]", "bqhk": "[batch, q, head, k]"}
+    if heads is not None and shape[h_ax] != heads:
+        why = f"axis {h_ax} has {shape[h_ax]} entries but the model declares {heads} heads"
+    elif heads is None and q_len is not None and shape[q_ax] != q_len:
+        why = f"axis {q_ax} has {shape[q_ax]} entries but the query length is {q_len}"
+    else:
+        return
+    raise ValueError(
+        f"layout: the weights of shape {shape} at {frames[-1].path!r} are not "
+        f"{names[layout]} ({why}); pass the layout they have (layout='bhqk' or 'bqhk')"
+    )
+
+
 def _to_bhqk(w: jax.Array, layout: str) -> jax.Array:
     return w if layout == "bhqk" else jnp.swapaxes(w, 1, 2)
 
 
 class _Recorder:
-    """The state of one traced forward pass: the module stack and what was recorded."""
+    """The state of one traced forward pass: the module stack and the softmax sites seen.
+
+    Weights are not kept here but handed to :func:`jaxinterp.capture.record`, which carries
+    them out of ``nn.scan`` / ``nnx.scan`` bodies (stacked ``[layer, ...]``), ``remat`` and
+    ``vmap`` like any captured activation.
+    """
 
     def __init__(self, match: Callable[[str], bool], layout: str):
         self.match = match
         self.layout = layout
         self.frames: tuple[_Frame, ...] = ()
-        self.maps: Maps = {}
         self.seen: dict[str, tuple[int, ...]] = {}  # softmax sites seen -> shape
         self.skipped: dict[str, tuple[int, ...]] = {}  # softmax of other ranks/axes
+
+    def _keep(self, frame: _Frame, w: jax.Array) -> None:
+        j = frame.recorded
+        frame.recorded += 1
+        record(frame.key if j == 0 else f"{frame.key}#{j}", w)
 
     def softmax(self, out: Any, axis: Any, code: Any) -> None:
         if not self.frames or self.frames[-1].weights_module:
             return
-        path = self.frames[-1].path
+        frame = self.frames[-1]
         shape = tuple(getattr(out, "shape", ()))
         nd = len(shape)
         last = isinstance(axis, (int, np.integer)) and nd and int(axis) % nd == nd - 1
         if nd != 4 or not last:
-            self.skipped.setdefault(path, shape)
+            self.skipped.setdefault(frame.path, shape)
             return
-        self.seen.setdefault(path, shape)
-        if not self.match(path):
+        self.seen.setdefault(frame.path, shape)
+        if not self.match(frame.path):
             return
         layout = "bhqk" if code in _BHQK_CODES else _resolve_layout(shape, self.frames, self.layout)
-        self.maps[record_key(self.maps, path)] = _to_bhqk(out, layout)
+        self._keep(frame, _to_bhqk(out, layout))
 
     def fused(self, arguments: Mapping[str, Any]) -> None:
         """A ``jax.nn.dot_product_attention`` call: its weights, known to be [b, h, q, k]."""
         if not self.frames or self.frames[-1].weights_module:
             return
-        path = self.frames[-1].path
+        frame = self.frames[-1]
         shape = tuple(getattr(arguments["query"], "shape", ()))
         if len(shape) != 4:
-            self.skipped.setdefault(path, shape)
+            self.skipped.setdefault(frame.path, shape)
             return
-        self.seen.setdefault(path, shape)
-        if self.match(path):
-            self.maps[record_key(self.maps, path)] = _fused_weights(arguments)
+        self.seen.setdefault(frame.path, shape)
+        if self.match(frame.path):
+            self._keep(frame, _fused_weights(arguments))
 
     def weights_output(self, out: Any) -> None:
         frame = self.frames[-1]
         w = _check_weights(frame.path, out)
         layout = _resolve_layout(tuple(w.shape), self.frames, self.layout)
-        self.maps[record_key(self.maps, frame.path)] = _check_rows(frame.path, _to_bhqk(w, layout))
+        _verify_layout(tuple(w.shape), self.frames, layout)
+        self._keep(frame, _check_rows(frame.path, _to_bhqk(w, layout)))
 
 
 def _check_weights(path: str, w: Any) -> jax.Array:
@@ -438,7 +482,8 @@ def attention_weights(
         def around(path, module, call_next, a, k):
             all_seen.append(path)
             is_w = match_w is not None and match_w(path)
-            rec.frames = (*rec.frames, _Frame(path, module, a, k, is_w))
+            frame = _Frame(path, module, a, k, is_w, current_call().key)
+            rec.frames = (*rec.frames, frame)
             try:
                 out = _call(module, call_next, a, k)
                 if is_w:
@@ -450,7 +495,7 @@ def attention_weights(
         token = _RECORDER.set(rec)
         try:
             with _softmax_patched():
-                out = apply_with_hook(model, variables, around, *args, method=method, **kwargs)
+                out, recs = run_with_hook(model, variables, around, *args, method=method, **kwargs)
         finally:
             _RECORDER.reset(token)
         paths = list(dict.fromkeys(all_seen))
@@ -461,7 +506,18 @@ def attention_weights(
                     raise KeyError(
                         f"weights_at: {pattern!r} matches no module. Module paths: {listing}"
                     )
-        if not rec.maps:
+        if match_w is not None:
+            for key, w in recs.items():  # eager inside a scan: rows were checked traced
+                if match_w(key.split("@")[0].split("#")[0]) and not is_traced(w):
+                    _check_rows(key, w)
+        if recs.lost:
+            raise ValueError(
+                f"select: attention weights at {', '.join(map(repr, recs.lost))} are computed "
+                f"inside a JAX transform whose values jaxinterp cannot carry out: "
+                f"{LOST_PATTERNS}. Use attention_from_qk on captured query/key projections "
+                "of the enclosing module instead"
+            )
+        if not recs:
             sites = ", ".join(f"{p!r} {s}" for p, s in rec.seen.items()) or "(none)"
             other = ", ".join(f"{p!r} {s}" for p, s in rec.skipped.items()) or "(none)"
             raise KeyError(
@@ -469,7 +525,7 @@ def attention_weights(
                 f"weights_at={weights_at!r}). Softmax over keys [batch, ., ., k] seen in: "
                 f"{sites}; other softmax calls: {other}; module paths: {listing}"
             )
-        return out, rec.maps
+        return out, dict(recs)
 
     return f
 
@@ -504,30 +560,41 @@ def layer_order(maps: Mapping[str, Any]) -> list[str]:
 def stack_layers(maps: Mapping[str, jax.Array]) -> jax.Array:
     """Stacks ``{path: [batch, head, q, k]}`` into ``[layer, batch, head, q, k]``.
 
-    Layers are ordered by :func:`layer_order`.
+    Layers are ordered by :func:`layer_order`. A map recorded inside a scanned stack
+    (``nn.scan`` / ``nnx.scan``) is already ``[layer, batch, head, q, k]``: its layers are
+    taken in scan order at its place.
 
     Args:
-      maps: the second output of :func:`attention_weights`, all of one shape.
+      maps: the second output of :func:`attention_weights`: ``[batch, head, q, k]`` maps (one
+        layer each) and/or ``[layer, batch, head, q, k]`` maps (a scanned stack), all of one
+        ``[batch, head, q, k]`` shape.
 
     Returns:
       ``[layer, batch, head, q, k]``.
 
     Raises:
       TypeError: ``maps`` is not a dict of arrays.
-      ValueError: ``maps`` is empty, a map is not 4-D, or the shapes differ (listed).
+      ValueError: ``maps`` is empty, a map is not 4-D or 5-D, or the shapes differ (listed).
 
     >>> stack_layers({"b_1": jnp.ones((1, 2, 3, 3)), "b_0": jnp.zeros((1, 2, 3, 3))})[:, 0, 0, 0, 0]
     Array([0., 1.], dtype=float32)
+    >>> stack_layers({"layers": jnp.zeros((4, 1, 2, 3, 3))}).shape
+    (4, 1, 2, 3, 3)
     """
     paths = layer_order(maps)
     if not paths:
         raise ValueError("maps: expected at least one attention map, got an empty dict")
     for p in paths:
-        check_array(maps[p], f"maps[{p!r}]", ndim=4, kind="floating")
-    shapes = {p: tuple(maps[p].shape) for p in paths}
+        a = check_array(maps[p], f"maps[{p!r}]", kind="floating")
+        if a.ndim not in (4, 5):
+            raise ValueError(
+                f"maps[{p!r}]: expected [batch, head, q, k] or [layer, batch, head, q, k], got "
+                f"shape {tuple(a.shape)}"
+            )
+    shapes = {p: tuple(maps[p].shape[-4:]) for p in paths}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"maps: attention maps have different shapes, cannot stack: {shapes}")
-    return jnp.stack([maps[p] for p in paths])
+    return jnp.concatenate([maps[p] if maps[p].ndim == 5 else maps[p][None] for p in paths])
 
 
 def attention_from_qk(query: jax.Array, key: jax.Array, mask: jax.Array | None = None) -> jax.Array:

@@ -10,6 +10,7 @@ pattern, is documented in :mod:`jaxinterp.capture._paths`.
 
 from jaxinterp.capture._capture import Activations, capture, list_paths
 from jaxinterp.capture._hooks import (
+    LOST_PATTERNS,
     Call,
     Records,
     apply_with_hook,
@@ -32,6 +33,7 @@ from jaxinterp.capture._paths import (
 from jaxinterp.capture._sites import check_sites, run_sites
 
 __all__ = [
+    "LOST_PATTERNS",
     "Activations",
     "Call",
     "Records",

@@ -185,6 +185,7 @@ class _State:
     def __init__(self) -> None:
         self.stack: list[_Frame] = []
         self.call: Call | None = None
+        self.module: Any = None  # the module of ``call``
 
 
 _STATE: contextvars.ContextVar[_State | None] = contextvars.ContextVar(
@@ -392,11 +393,18 @@ def _routed_transforms():
 
 
 def _run_around(around: Around, path: str, module: Any, call_next, args, kwargs):
+    state = _STATE.get()
+    assert state is not None
+    if state.module is module and state.call is not None and state.call.path == path:
+        # the method calling itself on a parent class (``super().__call__(x)`` in a subclass):
+        # one call of the module, not two
+        return call_next(*args, **kwargs)
     state, prev = _enter_call(path)
+    prev_module, state.module = state.module, module
     try:
         return around(path, module, call_next, tuple(args), dict(kwargs))
     finally:
-        state.call = prev
+        state.call, state.module = prev, prev_module
 
 
 def _is_lift_wrapper(mod: Any, name: str) -> bool:
