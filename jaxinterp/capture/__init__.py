@@ -30,12 +30,13 @@ from jaxinterp.capture._paths import (
     parse_site,
     record_key,
 )
-from jaxinterp.capture._sites import check_sites, run_sites
+from jaxinterp.capture._sites import Layout, check_sites, run_sites, split_layout
 
 __all__ = [
     "LOST_PATTERNS",
     "Activations",
     "Call",
+    "Layout",
     "Records",
     "Selector",
     "Site",
@@ -55,4 +56,5 @@ __all__ = [
     "record_key",
     "run_sites",
     "run_with_hook",
+    "split_layout",
 ]

@@ -2,15 +2,39 @@
 
 Shared by :func:`jaxinterp.capture.capture` and :mod:`jaxinterp.interventions`: the argument
 of ``:input`` sites (first array argument, by name, by position), elements of output pytrees
-(``[1]``, ``['key']``, ``.name``), and the step selection of sites inside scans.
+(``[1]``, ``['key']``, ``.name``), the step selection of sites inside scans, and the *head
+layout* of a site.
+
+**Head layouts.** Attention implementations keep the per-head results in one of two layouts:
+``[batch, seq, head, d_head]`` (Flax's ``MultiHeadDotProductAttention``/``MultiHeadAttention``,
+the input of their ``out`` projection) or merged ``[batch, seq, head·d_head]`` (Hugging Face
+Flax GPT-2/BERT/ViT merge the heads before their output projection ``c_proj`` / ``output/dense``).
+An index on axis ``-2`` means *head* in the first and *position* in the second, so a per-head
+site says which layout it expects, after a ``|``:
+
+* ``"block_0/attn/out:input|per_head"``: the activation must be ``[batch, seq, head, d_head]``
+  (at least 4 axes); a 3-axis activation raises ``ValueError`` instead of silently selecting
+  positions (under an outer ``jax.vmap`` over examples the batch axis is invisible: write the
+  site without ``|per_head`` there).
+* ``"transformer/h/0/attn/c_proj:input|heads=12"``: the last axis merges 12 heads; the site
+  is *viewed* as ``[batch, seq, 12, d_head]``: recorded in that shape, and an edit receives and
+  returns that view, which is merged back before the module runs. It must have at most 3 axes
+  (a 4-axis activation already has a head axis and raises).
+
+**Ambiguous edits.** A module called several times in one forward pass (a shared module, one
+reached under several names, a loop) has one site per call (``mlp``, ``mlp@1``, ...). An edit
+whose site has no ``@K`` would change the first call only, so it raises ``ValueError`` asking
+for ``@K`` (one call) or ``@*`` (every call). (Inside a scan calls are counted per step, so a
+module called once per layer is not ambiguous.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -111,7 +135,7 @@ def get_element(tree: Any, element: tuple, site: Site) -> Any:
             else:
                 if isinstance(x, Mapping) and not hasattr(x, "to_tuple"):
                     raise TypeError("a mapping")
-                x = x.to_tuple()[key] if hasattr(x, "to_tuple") else x[key]
+                x = x[_output_key(x, key)] if hasattr(x, "to_tuple") else x[key]
         except (KeyError, IndexError, AttributeError, TypeError) as err:
             done = "".join(_describe_key(k) for k in element[:i])
             raise ValueError(
@@ -121,7 +145,28 @@ def get_element(tree: Any, element: tuple, site: Site) -> Any:
     return x
 
 
+def _output_key(x: Any, index: int) -> str:
+    """The field name of element ``index`` of a Hugging Face ``ModelOutput``.
+
+    Its ``to_tuple()`` and integer indexing skip the fields that are ``None``, so ``[1]`` is the
+    second field that is set, not the second declared field.
+    """
+    names = list(x.keys())
+    try:
+        return names[index]
+    except IndexError:
+        raise IndexError(f"{type(x).__name__} has {len(names)} set fields {names}") from None
+
+
 def _replace_one(x: Any, key: object, value: Any) -> Any:
+    if hasattr(x, "to_tuple") and dataclasses.is_dataclass(x) and isinstance(key, int):
+        key = _output_key(x, key)
+    if (
+        isinstance(key, str)
+        and dataclasses.is_dataclass(x)
+        and key in {f.name for f in dataclasses.fields(x)}
+    ):
+        return dataclasses.replace(x, **{key: value})  # HF ModelOutput: a dataclass and a dict
     if isinstance(key, tuple):
         name = key[1]
         if hasattr(x, "replace") and callable(x.replace) and not isinstance(x, str):
@@ -161,8 +206,11 @@ def set_element(tree: Any, element: tuple, value: Any, site: Site) -> Any:
     new_inner = set_element(inner, element[1:], value, site)
     try:
         return _replace_one(tree, element[0], new_inner)
-    except TypeError as err:
-        raise ValueError(f"site: {site.text!r}: {err}") from None
+    except (TypeError, AttributeError, ValueError) as err:  # frozen dataclasses: AttributeError
+        raise ValueError(
+            f"site: {site.text!r}: cannot put the edited element back into the "
+            f"{type(tree).__name__} ({type(err).__name__}: {err})"
+        ) from None
 
 
 def check_same(site: str, old: Any, new: Any, what: str = "edits") -> None:
@@ -228,27 +276,156 @@ def select_steps(site: Site, value: Any, depth: int) -> Any:
     return jax.tree.map(take, value)
 
 
-def _check_edits(edits: Mapping[str, Any]) -> list[tuple[str, Site, Callable[[str], bool], Any]]:
+class Layout(NamedTuple):
+    """The head layout a site declares after ``|`` (module docstring).
+
+    Attributes:
+      heads: ``0`` for ``|per_head`` (the activation must already be ``[..., head, d_head]``
+        with at least 4 axes); ``N >= 1`` for ``|heads=N`` (the last axis merges ``N`` heads and
+        is viewed as ``[..., N, d_head]``).
+    """
+
+    heads: int
+
+    def suffix(self) -> str:
+        return "|per_head" if self.heads == 0 else f"|heads={self.heads}"
+
+
+_LAYOUT_RE = re.compile(r"\|(?:(?P<per>per_head)|heads=(?P<n>\d+))\Z")
+
+
+def split_layout(text: Any) -> tuple[Any, Layout | None]:
+    """Splits ``"SITE|per_head"`` / ``"SITE|heads=N"`` into the site and its :class:`Layout`.
+
+    Raises:
+      ValueError: a ``|`` suffix that is neither; the message starts with ``site:``.
+
+    >>> split_layout("h/0/attn/c_proj:input|heads=12")
+    ('h/0/attn/c_proj:input', Layout(heads=12))
+    >>> split_layout("block_0/attn/out:input")
+    ('block_0/attn/out:input', None)
+    """
+    if not isinstance(text, str) or "|" not in text:
+        return text, None
+    base, _, _ = text.partition("|")
+    m = _LAYOUT_RE.match(text, len(base))
+    if m is None or (m["n"] is not None and int(m["n"]) < 1):
+        raise ValueError(
+            f"site: {text!r}: after '|' expected the head layout 'per_head' or 'heads=N' "
+            f"(N >= 1 heads merged into the last axis), got {text[len(base) :]!r}"
+        )
+    return base, Layout(0 if m["per"] else int(m["n"]))
+
+
+def parse_layout_site(text: Any) -> tuple[Site, Layout | None]:
+    """:func:`jaxinterp.capture.parse_site` for a site that may carry a head layout."""
+    base, layout = split_layout(text)
+    return parse_site(base), layout
+
+
+def _shape_str(x: Any) -> str:
+    return f"{jnp.result_type(x)}{list(jnp.shape(x))}"
+
+
+def describe(value: Any) -> str:
+    """A short description of a pytree: ``"tuple (None, float32[2, 4])"``."""
+    if _is_array(value):
+        return _shape_str(value)
+    if isinstance(value, (tuple, list)):
+        items = ", ".join("None" if v is None else describe(v) for v in value)
+        return f"{type(value).__name__} ({items})"
+    if isinstance(value, Mapping):
+        return f"{type(value).__name__} with keys {list(value)}"
+    if dataclasses.is_dataclass(value):
+        return f"{type(value).__name__} with fields {[f.name for f in dataclasses.fields(value)]}"
+    return type(value).__name__
+
+
+_PER_HEAD_HINT = (
+    "if the heads are merged into the last axis ([batch, seq, head·d_head], as Hugging Face "
+    "Flax GPT-2/BERT/ViT keep them before the attention output projection), write the site "
+    "with '|heads=N' (head_sites(..., merged=True)), or the edit with heads=N"
+)
+
+
+def to_view(value: Any, layout: Layout | None, text: str, what: str) -> Any:
+    """The activation as the site's layout shows it (checked; merged heads split).
+
+    Raises:
+      ValueError: the activation does not have the declared layout; the message starts
+        with ``what`` (the caller's argument: ``edits`` or ``sites``).
+    """
+    if layout is None:
+        return value
+    if not _is_array(value):
+        raise ValueError(
+            f"{what}: {text!r}: a head layout needs one array, but the site is a "
+            f"{describe(value)}; name one element of it (':output[0]')"
+        )
+    shape = tuple(value.shape)
+    if layout.heads == 0:
+        if len(shape) < 4:
+            raise ValueError(
+                f"{what}: {text!r} expects per-head activations [batch, seq, head, d_head] "
+                f"(4 axes), got shape {shape}; {_PER_HEAD_HINT}"
+            )
+        return value
+    n = layout.heads
+    if len(shape) > 3:
+        raise ValueError(
+            f"{what}: {text!r} expects heads merged into the last axis [batch, seq, "
+            f"head·d_head] (at most 3 axes), got shape {shape}, which already has a head axis; "
+            "write the site with '|per_head' instead of '|heads=N'"
+        )
+    if len(shape) < 1 or shape[-1] % n:
+        raise ValueError(
+            f"{what}: {text!r}: the last axis of shape {shape} does not split into {n} heads "
+            f"(expected [batch, seq, head·d_head] with a multiple of {n} last)"
+        )
+    return value.reshape(shape[:-1] + (n, shape[-1] // n))
+
+
+def from_view(view: Any, old: Any, layout: Layout | None) -> Any:
+    """Merges a view made by :func:`to_view` back into ``old``'s shape."""
+    if layout is None or layout.heads == 0:
+        return view
+    return view.reshape(old.shape)
+
+
+def _explicit_call(site: Site) -> bool:
+    """Whether the site names its call (``@K`` or ``@*``) rather than defaulting to ``@0``."""
+    return site.text[len(site.path) :].startswith("@")
+
+
+class _Edit(NamedTuple):
+    text: str
+    site: Site
+    layout: Layout | None
+    match: Callable[[str], bool]
+    fn: Any
+
+
+class _Rec(NamedTuple):
+    text: str
+    site: Site
+    layout: Layout | None
+
+
+def _check_edits(edits: Mapping[str, Any]) -> list[_Edit]:
     if not isinstance(edits, Mapping):
         raise TypeError(f"edits: expected a mapping {{site: edit}}, got {type(edits).__name__}")
     parsed = []
     for text, fn in edits.items():
-        site = parse_site(text)
+        site, layout = parse_layout_site(text)
         if not callable(fn):
             raise TypeError(
                 f"edits: the edit for {text!r} must be callable, got {type(fn).__name__}"
             )
-        parsed.append((text, site, as_matcher(site.path), fn))
+        parsed.append(_Edit(text, site, layout, as_matcher(site.path), fn))
     return parsed
 
 
-def check_sites(sites: Any) -> list[Site]:
-    """Parses the sites to record (exact paths, one call each).
-
-    Raises:
-      TypeError: not a sequence of strings.
-      ValueError: a site that cannot be read, or ``@*``.
-    """
+def _check_rec(sites: Any) -> list[_Rec]:
     if isinstance(sites, str):
         sites = [sites]
     try:
@@ -257,16 +434,44 @@ def check_sites(sites: Any) -> list[Site]:
         raise TypeError(
             f"sites: expected a sequence of site strings, got {type(sites).__name__}"
         ) from None
-    parsed = [parse_site(s) for s in sites]
-    for s in parsed:
-        if s.call is None:
-            raise ValueError(f"sites: {s.text!r}: name one call ('@0', '@1', ...), not '@*'")
+    parsed = [_Rec(t, *parse_layout_site(t)) for t in sites]
+    for r in parsed:
+        if r.site.call is None:
+            raise ValueError(f"sites: {r.text!r}: name one call ('@0', '@1', ...), not '@*'")
     return parsed
 
 
-def _base_key(site: Site) -> str:
+def check_sites(sites: Any) -> list[Site]:
+    """Parses the sites to record (exact paths, one call each; a head layout is allowed).
+
+    Returns:
+      The parsed sites, without their head layouts.
+
+    Raises:
+      TypeError: not a sequence of strings.
+      ValueError: a site that cannot be read, or ``@*``.
+    """
+    return [r.site for r in _check_rec(sites)]
+
+
+def _base_key(site: Site, layout: Layout | None = None) -> str:
     arg = "" if site.arg is None else f".{site.arg}"
-    return f"{site.key}:{site.part}{arg}{site.element!r}"
+    view = "" if layout is None else layout.suffix()
+    return f"{site.key}:{site.part}{arg}{site.element!r}{view}"
+
+
+def _array_edit_error(text: str, site: Site, value: Any) -> ValueError:
+    hint = ""
+    if isinstance(value, (tuple, list)):
+        first = next((i for i, v in enumerate(value) if _is_array(v)), None)
+        if first is not None:
+            base = text.partition("|")[0]
+            example = f"{base}[{first}]" if ":" in base else f"{base}:{site.part}[{first}]"
+            hint = f", e.g. {example!r}"
+    return ValueError(
+        f"edits: the edit for {text!r} (zero/mean/resample/replace) takes one array, but the "
+        f"site is a {describe(value)}; name one element of it in the site{hint}"
+    )
 
 
 def run_sites(
@@ -286,9 +491,12 @@ def run_sites(
       variables: linen variables, or ``None``.
       *args: the model's positional inputs.
       edits: ``{site: act -> new act}``; a site's path may be a glob; the edit receives the
-        activation the site names (for a site inside a scan: one step's activation) and must
-        return the same pytree structure, shapes and dtypes.
-      sites: exact sites to record (see :mod:`jaxinterp.capture._paths` for the syntax).
+        activation the site names (for a site inside a scan: one step's activation; for a
+        ``|heads=N`` site the ``[..., N, d_head]`` view) and must return the same pytree
+        structure, shapes and dtypes. A site without ``@K`` on a module called several times
+        raises (name ``@K`` or ``@*``).
+      sites: exact sites to record (see :mod:`jaxinterp.capture._paths` for the syntax; a
+        head layout ``|per_head`` / ``|heads=N`` may follow, see the module docstring).
       method: the model method to run.
       methods: submodule methods hooked besides ``__call__``.
       **kwargs: the model's keyword inputs.
@@ -300,7 +508,9 @@ def run_sites(
     Raises:
       KeyError: a site matches no module call; the message lists the available call keys.
       ValueError: a bad site suffix, an edit that changes structure/shape/dtype, a step out of
-        range, or a recorded site inside a transform values cannot leave (``lax.cond``).
+        range, a recorded site inside a transform values cannot leave (``lax.cond``), an
+        activation without the head layout its site declares, an edit without ``@K`` on a
+        module called several times, or an array edit (:func:`zero`, ...) on a tuple output.
 
     >>> import jax, jax.numpy as jnp, flax.linen as nn
     >>> model = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
@@ -311,70 +521,80 @@ def run_sites(
     0.0
     """
     parsed_edits = _check_edits(edits or {})
-    parsed_rec = check_sites(sites)
+    parsed_rec = _check_rec(sites)
     hits: set[str] = set()
     unstepped: set[str] = set()
     seen: list[str] = []
     depth: dict[str, int] = {}
+    ambiguous: dict[str, list[str]] = {}
 
-    def wanted(site: Site, match, call) -> bool:
-        if site.call is not None and site.call != call.index:
+    def wanted(e: _Edit, call) -> bool:
+        if e.site.call is not None and e.site.call != call.index:
+            if (
+                e.site.call == 0
+                and call.index > 0
+                and not _explicit_call(e.site)
+                and e.match(call.path)
+            ):
+                ambiguous.setdefault(e.text, []).append(call.key)
             return False
-        return match(call.path)
+        return e.match(call.path)
 
-    def edit(text, site, fn, value, call):
-        if len(site.steps) > len(call.steps) and not call.carried:
+    def edit(e: _Edit, value, call):
+        if len(e.site.steps) > len(call.steps) and not call.carried:
             # a trace jaxinterp does not route (Flax's constancy check of nn.scan traces the
             # body once outside lax.scan; a fori_loop): no step index to select with here.
-            unstepped.add(text)
+            unstepped.add(e.text)
             return value
-        mask = step_mask(site, call)
-        new = fn(value)
-        check_same(text, value, new)
-        hits.add(text)
+        mask = step_mask(e.site, call)
+        view = to_view(value, e.layout, e.text, "edits")
+        if getattr(e.fn, "array_edit", False) and not _is_array(view):
+            raise _array_edit_error(e.text, e.site, view)
+        new = e.fn(view)
+        check_same(e.text, view, new)
+        new = from_view(new, value, e.layout)
+        hits.add(e.text)
         if mask is not None:
             new = jax.tree.map(lambda n, o: jnp.where(mask, n, o), new, value)
         return new
 
+    def rec(r: _Rec, value, call):
+        key = _base_key(r.site, r.layout)
+        depth[key] = len(call.steps)
+        record(key, to_view(get_element(value, r.site.element, r.site), r.layout, r.text, "sites"))
+
     def around(path, module, call_next, a, k):
         call = current_call()
         seen.append(call.key)
-        e_in = [
-            (t, s, fn) for t, s, m, fn in parsed_edits if s.part == "input" and wanted(s, m, call)
-        ]
-        r_in = [
-            s for s in parsed_rec if s.part == "input" and s.path == path and s.call == call.index
-        ]
-        for text, site, fn in e_in:
-            where = find_input(site, module, path, a, k)
+        mine = [e for e in parsed_edits if wanted(e, call)]
+        for e in mine:
+            if e.site.part != "input":
+                continue
+            where = find_input(e.site, module, path, a, k)
             old = get_input(where, a, k)
-            new = set_element(
-                old,
-                site.element,
-                edit(text, site, fn, get_element(old, site.element, site), call),
-                site,
+            el = get_element(old, e.site.element, e.site)
+            a, k = set_input(
+                where, a, k, set_element(old, e.site.element, edit(e, el, call), e.site)
             )
-            a, k = set_input(where, a, k, new)
-        for site in r_in:
-            where = find_input(site, module, path, a, k)
-            depth[_base_key(site)] = len(call.steps)
-            record(_base_key(site), get_element(get_input(where, a, k), site.element, site))
+        for r in parsed_rec:
+            if r.site.part == "input" and r.site.path == path and r.site.call == call.index:
+                rec(r, get_input(find_input(r.site, module, path, a, k), a, k), call)
         out = call_next(*a, **k)
-        for text, site, match, fn in parsed_edits:
-            if site.part == "output" and wanted(site, match, call):
-                old = get_element(out, site.element, site)
-                out = set_element(out, site.element, edit(text, site, fn, old, call), site)
-        for site in parsed_rec:
-            if site.part == "output" and site.path == path and site.call == call.index:
-                depth[_base_key(site)] = len(call.steps)
-                record(_base_key(site), get_element(out, site.element, site))
+        for e in mine:
+            if e.site.part == "output":
+                old = get_element(out, e.site.element, e.site)
+                out = set_element(out, e.site.element, edit(e, old, call), e.site)
+        for r in parsed_rec:
+            if r.site.part == "output" and r.site.path == path and r.site.call == call.index:
+                rec(r, out, call)
         return out
 
     out, recs = run_with_hook(
         model, variables, around, *args, method=method, methods=methods, **kwargs
     )
     listing = ", ".join(repr(p) for p in dict.fromkeys(seen)) or "(none: no submodule calls)"
-    for text, _, _, _ in parsed_edits:
+    for e in parsed_edits:
+        text = e.text
         if text not in hits and text in unstepped:
             raise ValueError(
                 f"site: {text!r} names a scan step, but the module runs inside a loop jaxinterp "
@@ -385,18 +605,27 @@ def run_sites(
             raise KeyError(
                 f"edits: site {text!r} matches no submodule call. Available paths: {listing}"
             )
+        if text in ambiguous:
+            later = list(dict.fromkeys(ambiguous[text]))
+            first = [k.rsplit("@", 1)[0] for k in later]
+            keys = ", ".join(repr(k) for k in dict.fromkeys([*first, *later]))
+            base = e.site.path
+            raise ValueError(
+                f"edits: site {text!r} names a module that runs several times in one forward "
+                f"pass ({keys}: a shared module, one reached under several names, or a loop); "
+                f"without '@K' the edit would change the first call only. Name the call "
+                f"({base + '@0'!r}, {base + '@1'!r}, ...) or every call ({base + '@*'!r})"
+            )
     result = {}
-    for site in parsed_rec:
-        key = _base_key(site)
+    for r in parsed_rec:
+        key = _base_key(r.site, r.layout)
         if key in recs.lost:
             raise ValueError(
-                f"sites: {site.text!r} is called inside a JAX transform whose values jaxinterp "
+                f"sites: {r.text!r} is called inside a JAX transform whose values jaxinterp "
                 f"cannot carry out: {LOST_PATTERNS}. Record the enclosing module instead "
                 "(edits at this site still apply)"
             )
         if key not in recs:
-            raise KeyError(
-                f"sites: {site.text!r} is not a submodule path. Available paths: {listing}"
-            )
-        result[site.text] = select_steps(site, recs[key], depth[key])
+            raise KeyError(f"sites: {r.text!r} is not a submodule path. Available paths: {listing}")
+        result[r.text] = select_steps(r.site, recs[key], depth[key])
     return out, result

@@ -13,6 +13,15 @@ per-position and per-neuron interventions:
   head ``h`` at position ``t``; on the residual stream ``[batch, seq, d_model]`` ``at={-2: t}``
   is position ``t``; on MLP hidden units ``[batch, seq, d_mlp]`` ``at={-1: n}`` is neuron ``n``.
 * ``where=mask`` is any boolean array that broadcasts against the activation.
+* ``head=h`` selects head ``h`` and says so: it is axis -2 of the per-head layout
+  ``[batch, seq, head, d_head]`` (Flax's attention modules, the input of their ``out``
+  projection), and an activation with fewer than 4 axes raises ``ValueError`` rather than
+  selecting a position. Models that merge the heads into one axis before the output
+  projection (``[batch, seq, head·d_head]``: Hugging Face Flax GPT-2's ``c_proj``, BERT's and
+  ViT's ``attention/output/dense``) take ``heads=n_heads`` too: the activation is viewed as
+  ``[batch, seq, n_heads, d_head]``, ``head``, ``at`` and ``where`` apply to that view, and the
+  result is merged back (``heads=`` on an activation that already has a head axis raises).
+  ``at={-2: h}`` stays a plain axis selection (position ``h`` on a 3-axis activation).
 
 Both may be given (the selection is their intersection); with neither the whole activation
 is replaced. Entries outside the selection pass through unchanged, bit for bit.
@@ -35,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp._checks import check_array, check_key, is_traced, poison, value_check
+from jaxinterp._checks import check_array, check_int, check_key, is_traced, poison, value_check
 
 Edit = Callable[[jax.Array], jax.Array]
 Index = Any  # int | integer scalar/array | bool [size] array
@@ -180,47 +189,128 @@ def _check_broadcast(name: str, values: jax.Array, shape: tuple[int, ...]) -> No
         )
 
 
-def _masked(new: Callable[[jax.Array], jax.Array], at: At | None, where: Any) -> Edit:
+_PER_HEAD = "per-head activations [batch, seq, head, d_head] (4 axes)"
+_MERGED_HINT = (
+    "if the heads are merged into the last axis ([batch, seq, head·d_head], as Hugging Face "
+    "Flax GPT-2/BERT/ViT keep them before the attention output projection), pass "
+    "heads=n_heads"
+)
+
+
+def _check_heads(at: At | None, head: Index | None, heads: int | None) -> int | None:
+    if heads is not None:
+        heads = check_int(heads, "heads", lo=1)
+    if head is not None and at is not None and isinstance(at, Mapping) and -2 in at:
+        raise ValueError("head: the head is also selected by at={-2: ...}; give one of them")
+    return heads
+
+
+def _head_view(act: jax.Array, head: Index | None, heads: int | None) -> tuple[int, ...]:
+    """The shape the selection is made on: ``act``'s, or ``[..., heads, d_head]``; checked."""
+    shape = tuple(act.shape)
+    if heads is not None:
+        if len(shape) > 3:
+            raise ValueError(
+                f"heads: expected heads merged into the last axis [batch, seq, head·d_head] "
+                f"(at most 3 axes), got an activation of shape {shape}, which already has a "
+                "head axis; drop heads= (head= selects axis -2 of [batch, seq, head, d_head])"
+            )
+        if len(shape) < 1 or shape[-1] % heads:
+            raise ValueError(
+                f"heads: the last axis of the activation {shape} does not split into {heads} "
+                f"heads (expected [batch, seq, head·d_head] with a multiple of {heads} last)"
+            )
+        return shape[:-1] + (heads, shape[-1] // heads)
+    if head is not None and len(shape) < 4:
+        raise ValueError(
+            f"head: expected {_PER_HEAD}, got an activation of shape {shape}; {_MERGED_HINT}"
+        )
+    return shape
+
+
+def _masked(
+    new: Callable[[jax.Array], jax.Array],
+    at: At | None,
+    where: Any,
+    head: Index | None = None,
+    heads: int | None = None,
+) -> Edit:
     if at is not None and not isinstance(at, Mapping):
         raise TypeError(f"at: expected a mapping {{axis: index}}, got {type(at).__name__}")
     if where is not None and jnp.asarray(where).dtype != jnp.bool_:
         raise TypeError(f"where: expected a boolean array, got dtype {jnp.asarray(where).dtype}")
+    heads = _check_heads(at, head, heads)
 
     def edit(act: jax.Array) -> jax.Array:
+        if isinstance(act, (tuple, list, Mapping)) or act is None:
+            raise TypeError(
+                f"act: this edit takes one array, got a {type(act).__name__}; for a module "
+                "returning a tuple, name one element in the site (':output[1]')"
+            )
         act = jnp.asarray(act)
         value = new(act)
-        if at is None and where is None:
+        view = _head_view(act, head, heads)
+        sel = dict(at or {})
+        if head is not None:
+            if any(int(a) % len(view) == len(view) - 2 for a in sel if isinstance(a, int)):
+                raise ValueError(
+                    "head: the head is also selected by at= on the same axis; give one of them"
+                )
+            sel[-2] = head
+        if not sel and where is None:
             return jnp.broadcast_to(value, act.shape).astype(act.dtype)
-        mask, ok = _selection(act.shape, at, where)
-        out = jnp.where(mask, value, act).astype(act.dtype)
+        if view != act.shape:
+            value = jnp.broadcast_to(value, act.shape).reshape(view)
+        mask, ok = _selection(view, sel, where)
+        out = jnp.where(mask, value, act.reshape(view)).astype(act.dtype).reshape(act.shape)
         return out if ok is True else poison(out, ok)
 
+    edit.array_edit = True  # run_sites names the site when it is not one array
     return edit
 
 
-def zero(*, at: At | None = None, where: Any = None) -> Edit:
+def zero(
+    *, at: At | None = None, where: Any = None, head: Index | None = None, heads: int | None = None
+) -> Edit:
     """Zero ablation: the selected entries become 0.
 
     Args:
       at: ``{axis: index}`` selection (module docstring); default everything.
       where: boolean mask broadcastable to the activation; default everything.
+      head: head index (int, traced int, int array or bool mask), selecting axis -2 of the
+        per-head layout ``[batch, seq, head, d_head]``; an activation with fewer than 4 axes
+        raises ``ValueError`` (pass ``heads=`` for merged heads).
+      heads: the number of heads merged into the last axis (``[batch, seq, head·d_head]``):
+        the activation is viewed as ``[batch, seq, heads, d_head]``, ``at``, ``where`` and
+        ``head`` apply to that view, and the result is merged back.
 
     Returns:
       ``edit(act) -> act'`` with the same shape and dtype.
 
     Raises:
-      TypeError, ValueError: a bad ``at`` or ``where`` (when the edit is first applied).
+      TypeError, ValueError: a bad ``at``, ``where``, ``head`` or ``heads`` (when the edit is
+        first applied): ``head`` on fewer than 4 axes without ``heads``, ``heads`` on more than
+        3 axes or a last axis it does not divide.
 
     Under jit, a traced ``at`` index outside its axis makes the edited activation all NaN
     instead of clamping or wrapping; see ``jaxinterp.checked``.
 
     >>> zero(at={-1: 0})(jnp.ones((1, 3))).tolist()
     [[0.0, 1.0, 1.0]]
+    >>> zero(head=1, heads=2)(jnp.ones((1, 1, 4))).tolist()  # 2 heads of 2 merged: [b, s, 4]
+    [[[1.0, 1.0, 0.0, 0.0]]]
     """
-    return _masked(lambda a: jnp.zeros((), a.dtype), at, where)
+    return _masked(lambda a: jnp.zeros((), a.dtype), at, where, head, heads)
 
 
-def mean(values: jax.Array, *, at: At | None = None, where: Any = None) -> Edit:
+def mean(
+    values: jax.Array,
+    *,
+    at: At | None = None,
+    where: Any = None,
+    head: Index | None = None,
+    heads: int | None = None,
+) -> Edit:
     """Mean ablation: the selected entries become their mean over a reference set.
 
     Args:
@@ -229,6 +319,12 @@ def mean(values: jax.Array, *, at: At | None = None, where: Any = None) -> Edit:
         ``[batch, seq, d_model]``).
       at: ``{axis: index}`` selection; default everything.
       where: boolean mask broadcastable to the activation; default everything.
+      head: head index (int, traced int, int array or bool mask), selecting axis -2 of the
+        per-head layout ``[batch, seq, head, d_head]``; an activation with fewer than 4 axes
+        raises ``ValueError`` (pass ``heads=`` for merged heads).
+      heads: the number of heads merged into the last axis (``[batch, seq, head·d_head]``):
+        the activation is viewed as ``[batch, seq, heads, d_head]``, ``at``, ``where`` and
+        ``head`` apply to that view, and the result is merged back.
 
     Returns:
       ``edit(act) -> act'``.
@@ -252,10 +348,18 @@ def mean(values: jax.Array, *, at: At | None = None, where: Any = None) -> Edit:
         _check_broadcast("values", m, act.shape)
         return m
 
-    return _masked(new, at, where)
+    return _masked(new, at, where, head, heads)
 
 
-def resample(key: jax.Array, pool: jax.Array, *, at: At | None = None, where: Any = None) -> Edit:
+def resample(
+    key: jax.Array,
+    pool: jax.Array,
+    *,
+    at: At | None = None,
+    where: Any = None,
+    head: Index | None = None,
+    heads: int | None = None,
+) -> Edit:
     """Resample ablation: each batch item's selected entries come from a random pool member.
 
     Args:
@@ -264,6 +368,12 @@ def resample(key: jax.Array, pool: jax.Array, *, at: At | None = None, where: An
         activation's shape without its batch axis.
       at: ``{axis: index}`` selection; default everything.
       where: boolean mask broadcastable to the activation; default everything.
+      head: head index (int, traced int, int array or bool mask), selecting axis -2 of the
+        per-head layout ``[batch, seq, head, d_head]``; an activation with fewer than 4 axes
+        raises ``ValueError`` (pass ``heads=`` for merged heads).
+      heads: the number of heads merged into the last axis (``[batch, seq, head·d_head]``):
+        the activation is viewed as ``[batch, seq, heads, d_head]``, ``at``, ``where`` and
+        ``head`` apply to that view, and the result is merged back.
 
     Returns:
       ``edit(act: [batch, ...]) -> act'``: item ``b`` takes ``pool[i_b]`` with
@@ -295,10 +405,17 @@ def resample(key: jax.Array, pool: jax.Array, *, at: At | None = None, where: An
         idx = jax.random.randint(key, (act.shape[0],), 0, pool.shape[0])
         return pool[idx]
 
-    return _masked(new, at, where)
+    return _masked(new, at, where, head, heads)
 
 
-def replace(values: jax.Array, *, at: At | None = None, where: Any = None) -> Edit:
+def replace(
+    values: jax.Array,
+    *,
+    at: At | None = None,
+    where: Any = None,
+    head: Index | None = None,
+    heads: int | None = None,
+) -> Edit:
     """Activation patching: the selected entries are taken from ``values``.
 
     Args:
@@ -306,6 +423,12 @@ def replace(values: jax.Array, *, at: At | None = None, where: Any = None) -> Ed
         activation, normally of the same shape ``[batch, ...]``.
       at: ``{axis: index}`` selection; default everything.
       where: boolean mask broadcastable to the activation; default everything.
+      head: head index (int, traced int, int array or bool mask), selecting axis -2 of the
+        per-head layout ``[batch, seq, head, d_head]``; an activation with fewer than 4 axes
+        raises ``ValueError`` (pass ``heads=`` for merged heads).
+      heads: the number of heads merged into the last axis (``[batch, seq, head·d_head]``):
+        the activation is viewed as ``[batch, seq, heads, d_head]``, ``at``, ``where`` and
+        ``head`` apply to that view, and the result is merged back.
 
     Returns:
       ``edit(act) -> act'``.
@@ -326,4 +449,4 @@ def replace(values: jax.Array, *, at: At | None = None, where: Any = None) -> Ed
         _check_broadcast("values", values, act.shape)
         return values
 
-    return _masked(new, at, where)
+    return _masked(new, at, where, head, heads)

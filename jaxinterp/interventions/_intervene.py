@@ -19,7 +19,17 @@ A *site* names one activation (full syntax in :mod:`jaxinterp.capture._paths`):
 * ``"mlp@2"`` is the third call of a module called several times (``"mlp"`` is the first,
   ``"mlp@*"`` every call) -- the same keys :func:`jaxinterp.capture.capture` records;
 * inside ``nn.scan`` / ``nnx.scan`` stacks, ``"layers/attn"`` edits every layer (the edit sees
-  one layer's activation) and ``"layers/attn[3]"`` layer 3 only.
+  one layer's activation) and ``"layers/attn[3]"`` layer 3 only;
+* a head layout may follow after ``|``: ``"block_0/attn/out:input|per_head"`` checks the
+  per-head layout ``[batch, seq, head, d_head]``, and
+  ``"transformer/h/0/attn/c_proj:input|heads=12"`` views heads merged into the last axis
+  (Hugging Face Flax GPT-2/BERT/ViT) as ``[batch, seq, 12, d_head]`` for the edit (see
+  :mod:`jaxinterp.capture._sites`). Per-head edits on merged layouts can also be written
+  ``zero(head=h, heads=12)``.
+
+A site without ``@K`` on a module that runs several times in one forward pass (a shared
+module, one reached under several names) is ambiguous for an edit: it raises ``ValueError``
+asking for ``@K`` or ``@*`` instead of editing the first call only.
 
 The path part may be a glob (``"block_*/attn"``). A site that matches no submodule raises
 ``KeyError`` listing the available calls, and an edit that changes the structure, shape or
@@ -37,7 +47,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp  # noqa: F401  (doctests)
 
-from jaxinterp.capture import check_model, check_sites, parse_site, run_sites
+from jaxinterp.capture import check_model, check_sites, parse_site, run_sites, split_layout
 from jaxinterp.interventions._edits import Edit
 
 INPUT_SUFFIX = ":input"
@@ -51,9 +61,12 @@ def split_site(site: str) -> tuple[str, bool]:
 
     >>> split_site("block_0/attn/out:input")
     ('block_0/attn/out', True)
+    >>> split_site("transformer/h/0/attn/c_proj:input|heads=12")
+    ('transformer/h/0/attn/c_proj', True)
     """
-    parsed = parse_site(site)
-    head = site.split(":", 1)[0]
+    base, _ = split_layout(site)
+    parsed = parse_site(base)
+    head = base.split(":", 1)[0]
     return head, parsed.part == "input"
 
 
@@ -117,7 +130,7 @@ def intervene(
         raise TypeError(f"edits: expected a mapping {{site: edit}}, got {type(edits).__name__}")
     edits = dict(edits)
     for site, fn in edits.items():
-        parse_site(site)
+        parse_site(split_layout(site)[0])
         if not callable(fn):
             raise TypeError(
                 f"edits: the edit for {site!r} must be callable, got {type(fn).__name__}"
@@ -171,7 +184,9 @@ def capture_sites(
     (5, 3)
     """
     check_model(model, variables)
-    sites = [s.text for s in check_sites(sites)]
+    sites = [sites] if isinstance(sites, str) else sites
+    check_sites(sites)
+    sites = list(sites)
     edits = dict(edits or {})
 
     def f(*args: Any, **kwargs: Any) -> tuple[Any, dict[str, jax.Array]]:

@@ -176,28 +176,61 @@ def _layer_paths(template: str, n_layers: int) -> list[str]:
         ) from None
 
 
-def head_sites(
-    n_layers: int, n_heads: int, *, template: str = "block_{layer}/attn/out:input"
-) -> Sites:
-    """(layer × head) sites on the per-head attention results ``[batch, seq, head, d_head]``.
+def _head_paths(template: str, n_layers: int, n_heads: int, merged: Any) -> list[str]:
+    """Layer paths with the head layout appended (``|per_head`` or ``|heads=N``)."""
+    if not isinstance(merged, (bool, np.bool_)):
+        raise TypeError(f"merged: expected a bool, got {type(merged).__name__}")
+    paths = _layer_paths(template, n_layers)
+    if "|" in template:  # the template names its layout itself
+        if merged:
+            raise ValueError(
+                f"merged: the template {template!r} already names a head layout after '|'; "
+                "drop merged=True or the '|...' suffix"
+            )
+        return paths
+    layout = f"|heads={n_heads}" if merged else "|per_head"
+    return [p + layout for p in paths]
 
-    Each site is one head at every position.
+
+def head_sites(
+    n_layers: int,
+    n_heads: int,
+    *,
+    template: str = "block_{layer}/attn/out:input",
+    merged: bool = False,
+) -> Sites:
+    """(layer × head) sites on the per-head attention results; each site is one head at every
+    position.
+
+    The sites declare their head layout (see :mod:`jaxinterp.capture._sites`): by default
+    ``[batch, seq, head, d_head]`` (``|per_head``: the input of the ``out`` projection of
+    Flax's attention modules), and an activation with fewer than 4 axes raises
+    ``ValueError`` instead of patching positions. With ``merged=True`` the heads are merged
+    into the last axis, ``[batch, seq, head·d_head]`` (``|heads=n_heads``: e.g. the input of
+    Hugging Face Flax GPT-2's ``attn/c_proj``), which is viewed as
+    ``[batch, seq, n_heads, d_head]`` for recording and patching.
 
     Args:
       n_layers, n_heads: grid sizes.
-      template: site path with a ``{layer}`` field (default: input of ``block_i/attn/out``).
+      template: site path with a ``{layer}`` field (default: input of ``block_i/attn/out``);
+        one ending in a layout (``"...:input|heads=12"``) is used as it is.
+      merged: whether the heads are merged into the last axis of the activation.
 
     Returns:
       :class:`Sites`; results unflatten to ``[layer, head]``.
 
     Raises:
-      TypeError, ValueError: counts that are not ints >= 1, a template without ``{layer}``.
+      TypeError, ValueError: counts that are not ints >= 1, a template without ``{layer}``,
+        ``merged`` not a bool (or True with a template that names a layout).
 
     >>> head_sites(2, 4).grid
     (2, 4)
+    >>> head_sites(1, 12, template="transformer/h/{layer}/attn/c_proj:input", merged=True).paths
+    ('transformer/h/0/attn/c_proj:input|heads=12',)
     """
-    paths = _layer_paths(template, n_layers)
-    return site_grid(paths, [(-2, check_int(n_heads, "n_heads", lo=1))], ("layer", "head"))
+    n_heads = check_int(n_heads, "n_heads", lo=1)
+    paths = _head_paths(template, n_layers, n_heads, merged)
+    return site_grid(paths, [(-2, n_heads)], ("layer", "head"))
 
 
 def position_sites(n_layers: int, seq_len: int, *, template: str = "block_{layer}") -> Sites:
@@ -221,27 +254,36 @@ def position_sites(n_layers: int, seq_len: int, *, template: str = "block_{layer
 
 
 def head_position_sites(
-    n_layers: int, n_heads: int, seq_len: int, *, template: str = "block_{layer}/attn/out:input"
+    n_layers: int,
+    n_heads: int,
+    seq_len: int,
+    *,
+    template: str = "block_{layer}/attn/out:input",
+    merged: bool = False,
 ) -> Sites:
     """(layer × head × position) sites on per-head results ``[batch, seq, head, d_head]``.
+
+    Head layouts as in :func:`head_sites` (``merged=True``: ``[batch, seq, head·d_head]``).
 
     Args:
       n_layers, n_heads, seq_len: grid sizes.
       template: site path with a ``{layer}`` field.
+      merged: whether the heads are merged into the last axis of the activation.
 
     Returns:
       :class:`Sites`; results unflatten to ``[layer, head, position]`` (TransformerLens
       orders ``[layer, pos, head]``: ``jnp.moveaxis(x, 2, 1)`` converts).
 
     Raises:
-      TypeError, ValueError: counts that are not ints >= 1, a template without ``{layer}``.
+      TypeError, ValueError: counts that are not ints >= 1, a template without ``{layer}``,
+        ``merged`` not a bool.
 
     >>> head_position_sites(2, 4, 16).grid
     (2, 4, 16)
     """
-    paths = _layer_paths(template, n_layers)
     n_heads = check_int(n_heads, "n_heads", lo=1)
     seq_len = check_int(seq_len, "seq_len", lo=1)
+    paths = _head_paths(template, n_layers, n_heads, merged)
     return site_grid(paths, [(-2, n_heads), (-3, seq_len)], ("layer", "head", "position"))
 
 
