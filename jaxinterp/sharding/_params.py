@@ -20,7 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxinterp._checks import check_int, is_traced
@@ -207,7 +207,8 @@ def param_specs(
 
     Args:
       params: a pytree of arrays (or ``ShapeDtypeStruct``): linen variables, an nnx state.
-      mesh: the device mesh (e.g. :func:`model_mesh`).
+      mesh: the device mesh (e.g. :func:`model_mesh`), or a ``jax.sharding.AbstractMesh`` to
+        plan the placement for devices you do not have.
       rules: ``(regex, PartitionSpec)`` pairs, first match wins (``re.search`` on the path).
         ``None``: :func:`decoder_rules`, with mesh axes the mesh lacks dropped from them.
       fallback: for leaves no rule matches: ``"fsdp"``, ``"replicate"`` or ``"error"``.
@@ -224,12 +225,17 @@ def param_specs(
         unknown ``fallback``.
 
     >>> import jax.numpy as jnp
+    >>> from jax.sharding import AbstractMesh
+    >>> param_specs({"w": jnp.zeros((6, 4096))}, AbstractMesh((4, 2), ("data", "model")))["w"]
+    P(None, ('data', 'model'))
     >>> specs = param_specs({"mlp": {"gate": {"kernel": jnp.zeros((64, 96))}}}, model_mesh())
     >>> specs["mlp"]["gate"]["kernel"]
     P('data', 'model')
     """
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if not isinstance(mesh, (Mesh, AbstractMesh)):
+        raise TypeError(
+            f"mesh: expected a jax.sharding.Mesh or AbstractMesh, got {type(mesh).__name__}"
+        )
     if fallback not in ("fsdp", "replicate", "error"):
         raise ValueError(f"fallback: expected 'fsdp', 'replicate' or 'error', got {fallback!r}")
     min_size = check_int(min_size, "min_size", lo=0)
@@ -286,6 +292,8 @@ def shard_params(
     >>> p["w"].sharding.spec  # fallback: the largest axis over all devices
     P(('data', 'model'),)
     """
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
     specs = param_specs(params, mesh, rules, fallback=fallback, min_size=min_size)
     spec_leaves = jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P))
     leaves, tree = jax.tree.flatten(params)
