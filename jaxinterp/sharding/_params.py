@@ -158,9 +158,8 @@ def _validate(spec: P, shape: tuple[int, ...], mesh: Mesh, path: str, why: str) 
             f"rules: {why} gives {spec} ({len(spec)} axes) for {path!r} of shape {shape}"
         )
     used: list[str] = []
-    for dim, entry in enumerate(spec):
-        names = _axis_names(entry)
-        for a in names:
+    for entry in spec:
+        for a in _axis_names(entry):
             if a not in mesh.shape:
                 raise ValueError(
                     f"rules: {why} names mesh axis {a!r} for {path!r}; the mesh has "
@@ -169,6 +168,8 @@ def _validate(spec: P, shape: tuple[int, ...], mesh: Mesh, path: str, why: str) 
             if a in used:
                 raise ValueError(f"rules: {why} uses mesh axis {a!r} twice for {path!r}: {spec}")
             used.append(a)
+    for dim, entry in enumerate(spec):
+        names = _axis_names(entry)
         size = math.prod(mesh.shape[a] for a in names)
         if names and shape[dim] % size:
             raise ValueError(
