@@ -12,9 +12,10 @@ affects both alike; compile excluded and reported separately; median and best of
 * ``forward``: ``jax.jit(lambda v, ids: model.apply(v, ids))`` — the logits;
 * ``capture``: ``jax.jit(lambda v, ids: capture(model, v, select=[embed, blocks_0..])(ids))``
   — the logits plus the residual stream entering block 0 and after every block;
-* peak memory: the process's resident high-water mark (``VmHWM``; reset between phases
-  through ``/proc/self/clear_refs`` where the kernel allows it), and on an accelerator the
-  device's ``peak_bytes_in_use``, against the parameter bytes;
+* memory: XLA's temporary and output buffers of each compiled call (``memory_analysis``,
+  exact and independent of machine load), the process's resident high-water mark
+  (``VmHWM``; reset between phases through ``/proc/self/clear_refs`` where the kernel allows
+  it), and on an accelerator the device's ``peak_bytes_in_use``, against the parameter bytes;
 * achieved FLOP/s of the forward (matmul FLOPs counted analytically) against a jitted bf16
   ``jnp.dot`` of two 2048×2048 matrices measured in the same process.
 
@@ -156,6 +157,9 @@ def measure(size: str = "1b", batch: int = 1, seq: int = 128, repeats: int = 3) 
         t0 = time.perf_counter()
         compiled = f.lower(variables, ids).compile()
         res[f"{name}_compile_s"] = time.perf_counter() - t0
+        mem = compiled.memory_analysis()  # XLA's buffer assignment: exact, load-independent
+        res[f"{name}_xla_temp_bytes"] = getattr(mem, "temp_size_in_bytes", None)
+        res[f"{name}_xla_output_bytes"] = getattr(mem, "output_size_in_bytes", None)
         out = jax.block_until_ready(compiled(variables, ids))
         hwm = _status_kb("VmHWM")
         if can_reset and hwm and base_rss:
@@ -213,6 +217,8 @@ def table(res: dict) -> str:
         ("**capture / forward**, median / best", pair("capture_over_forward_median", "capture_over_forward_best", unit="")),  # noqa: E501
         ("compile forward / capture", pair("forward_compile_s", "capture_compile_s", ".1f")),
         ("captured activation bytes", gb("captured_bytes")),
+        ("XLA temp buffers forward / capture", f"{gb('forward_xla_temp_bytes')} / {gb('capture_xla_temp_bytes')}"),  # noqa: E501
+        ("XLA output buffers forward / capture", f"{gb('forward_xla_output_bytes')} / {gb('capture_xla_output_bytes')}"),  # noqa: E501
         ("peak RSS forward / capture", f"{gb('forward_peak_rss_bytes')} / {gb('capture_peak_rss_bytes')}"),  # noqa: E501
         ("peak RSS above the parameters, forward / capture", f"{gb('forward_peak_above_params_bytes')} / {gb('capture_peak_above_params_bytes')}"),  # noqa: E501
         ("peak RSS (capture) / parameter bytes", "n/a" if not peak else f"{peak / r['param_bytes']:.2f}"),  # noqa: E501

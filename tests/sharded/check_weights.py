@@ -156,13 +156,16 @@ def main() -> int:
     # patch sweep over (layer, head) and attribution patching over (layer, head, position)
     metric = lambda logits: iv.logit_diff(logits, answer, wrong)  # noqa: E731
     heads = iv.head_sites(cfg.n_layers, cfg.n_heads, template="blocks_{layer}/attn/z")
-    both(
+    _, ref_sweep = both(
         "patch_sweep",
         lambda v, c, x: iv.patch_sweep(model, v, c, x, heads, metric),
         clean,
         corrupted,
         sharded_args=(x8, c8),
     )
+    # the same sweep with its sites also split over the mesh (mesh=; weights gathered inside)
+    sweep8 = lambda v, c, x: iv.patch_sweep(model, v, c, x, heads, metric, mesh=mesh)  # noqa: E731
+    close("patch_sweep mesh=", jax.jit(sweep8)(sharded, x8, c8), ref_sweep)
     per_pos = iv.head_position_sites(
         cfg.n_layers, cfg.n_heads, seq, template="blocks_{layer}/attn/z"
     )
@@ -188,6 +191,9 @@ def main() -> int:
     got = jax.jit(run)(block_sharded, shard_leading(units, mesh, "data"))
     close("actmax.maximize values", got.values, ref.values, rtol=1e-4)
     close("actmax.maximize inputs", got.inputs, ref.inputs, rtol=1e-4)
+    run8 = lambda v, u: actmax.maximize(jax.random.key(1), soft, v, fac, u, mesh=mesh, **kw)  # noqa: E731
+    got = jax.jit(run8)(block_sharded, units)  # targets over 'data', weights still over 'model'
+    close("actmax.maximize mesh= inputs", got.inputs, ref.inputs, rtol=1e-4)
 
     # probes: features of every layer (sharded batch), then a logistic fit on them
     paths = ["blocks_0", "blocks_1"]
