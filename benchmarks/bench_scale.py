@@ -7,7 +7,8 @@ in bf16. A smaller shape (``--size small``: d_model 1024, 8 layers, 155 M parame
 for quick runs.
 
 Measured side by side in one process (forward and capture calls interleaved, so machine load
-affects both alike; compile excluded and reported separately; median and best of ``repeats``):
+affects both alike; compile excluded and reported separately; median and best of ``repeats``
+wall-clock seconds, and the median process CPU seconds, which a loaded machine disturbs less):
 
 * ``forward``: ``jax.jit(lambda v, ids: model.apply(v, ids))`` — the logits;
 * ``capture``: ``jax.jit(lambda v, ids: capture(model, v, select=[embed, blocks_0..])(ids))``
@@ -178,14 +179,19 @@ def measure(size: str = "1b", batch: int = 1, seq: int = 128, repeats: int = 3) 
         calls[name] = compiled
         del out
     times: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(repeats):  # interleaved: load on the machine hits both alike
         for name, f in calls.items():
+            c0 = time.process_time()
             times[name].append(_timed(lambda f=f: f(variables, ids)))
+            cpu[name].append(time.process_time() - c0)
     for name, ts in times.items():
         res[f"{name}_median_s"] = statistics.median(ts)
         res[f"{name}_best_s"] = min(ts)
+        res[f"{name}_cpu_median_s"] = statistics.median(cpu[name])
     res["capture_over_forward_median"] = res["capture_median_s"] / res["forward_median_s"]
     res["capture_over_forward_best"] = res["capture_best_s"] / res["forward_best_s"]
+    res["capture_over_forward_cpu"] = res["capture_cpu_median_s"] / res["forward_cpu_median_s"]
     flops = _forward_flops(cfg, batch, seq)
     res["forward_gflops"] = flops / 1e9
     res["forward_gflop_per_s"] = flops / res["forward_best_s"] / 1e9
@@ -215,6 +221,8 @@ def table(res: dict) -> str:
         ("forward, median / best", pair("forward_median_s", "forward_best_s")),
         ("capture of every residual stream, median / best", pair("capture_median_s", "capture_best_s")),  # noqa: E501
         ("**capture / forward**, median / best", pair("capture_over_forward_median", "capture_over_forward_best", unit="")),  # noqa: E501
+        ("CPU time forward / capture, median", pair("forward_cpu_median_s", "capture_cpu_median_s")),  # noqa: E501
+        ("**capture / forward**, CPU time", f"{r['capture_over_forward_cpu']:.3f}"),
         ("compile forward / capture", pair("forward_compile_s", "capture_compile_s", ".1f")),
         ("captured activation bytes", gb("captured_bytes")),
         ("XLA temp buffers forward / capture", f"{gb('forward_xla_temp_bytes')} / {gb('capture_xla_temp_bytes')}"),  # noqa: E501

@@ -24,6 +24,7 @@ Run standalone: ``python tests/sharded/check_weights.py`` prints ``ok``.
 
 import os
 import sys
+import time
 from pathlib import Path
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -51,6 +52,7 @@ from jaxinterp.sharding import (  # noqa: E402
     shard_params,
 )
 
+_LAST = time.perf_counter()
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "decoders" / "llama"
 
 
@@ -65,7 +67,9 @@ def close(name: str, got, ref, rtol: float = 3e-5) -> None:
         err = float(np.max(np.abs(g - r))) / scale
         assert err <= rtol, f"{name}{jax.tree_util.keystr(path)}: {err:.2e} > {rtol:.0e} of {scale}"
         worst = max(worst, err)
-    print(f"{name}: max |sharded - single| / max |single| = {worst:.2e}")
+    global _LAST
+    now, _LAST = _LAST, time.perf_counter()
+    print(f"{name}: max |sharded - single| / max |single| = {worst:.2e} ({_LAST - now:.1f} s)")
 
 
 def expected_bytes(params, specs, mesh) -> int:
