@@ -99,3 +99,168 @@ def test_stream_errors():
         list(iter_chunks((np.zeros(3), np.zeros(4)), 2))
     with pytest.raises(ValueError, match="more than chunk_size=2"):
         stream_reduce(lambda s, c, v: s, 0.0, [np.zeros(3)], chunk_size=2)
+
+
+# --- weight placement by path rules (an AbstractMesh plans 4 × 2 devices in this process) ---
+
+
+def _mesh42():
+    from jax.sharding import AbstractMesh
+
+    return AbstractMesh((4, 2), ("data", "model"))
+
+
+def test_decoder_rules_on_llama_paths():
+    from jax.sharding import PartitionSpec as P
+
+    from jaxinterp.models import Decoder, DecoderConfig
+    from jaxinterp.sharding import param_specs
+
+    cfg = DecoderConfig(n_layers=1, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=96, qkv_bias=True)
+    shapes = jax_eval_init(Decoder(cfg))
+    specs = param_specs(shapes, _mesh42())["params"]
+    attn, mlp = specs["blocks_0"]["attn"], specs["blocks_0"]["mlp"]
+    assert attn["q"]["kernel"] == P("data", "model", None)
+    assert attn["k"]["bias"] == P("model", None)
+    assert attn["o"]["kernel"] == P("model", None, "data")
+    assert mlp["gate"]["kernel"] == P("data", "model") and mlp["up"]["kernel"] == P("data", "model")
+    assert mlp["fc_out"]["kernel"] == P("model", "data")
+    assert specs["embed"]["tok"]["embedding"] == P(None, ("data", "model"))
+    assert specs["unembed"]["kernel"] == P(("data", "model"), None)
+    assert specs["blocks_0"]["ln_1"]["scale"] == P()  # 64 elements: replicated by the fallback
+    # a mesh without 'model': the default rules keep only their 'data' part (pure FSDP)
+    from jax.sharding import AbstractMesh
+
+    only_data = param_specs(shapes, AbstractMesh((8,), ("data",)))["params"]
+    assert only_data["blocks_0"]["attn"]["q"]["kernel"] == P("data", None, None)
+    assert only_data["embed"]["tok"]["embedding"] == P(None, "data")
+
+
+def jax_eval_init(model):
+    import jax
+    import jax.numpy as jnp
+
+    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+
+
+def test_fallback_fsdp_replicate_and_user_rules():
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    from jaxinterp.sharding import param_specs
+
+    s = lambda *shape: jax.ShapeDtypeStruct(shape, "float32")  # noqa: E731
+    params = {"big": s(6, 4096), "odd": s(3, 1002), "small": s(8, 8), "vec": s(2048)}
+    got = param_specs(params, _mesh42())
+    assert got["big"] == P(None, ("data", "model"))  # largest axis divisible by all 8
+    assert got["odd"] == P(None, "model")  # 1002 = 2 · 501: only the 2-way axis divides it
+    assert got["small"] == P()  # fewer than min_size elements
+    assert got["vec"] == P(("data", "model"))
+    assert param_specs(params, _mesh42(), fallback="replicate")["big"] == P()
+    rules = [(r"^big$", P("model", "data")), (r"small", P(None, "data"))]
+    got = param_specs(params, _mesh42(), rules, min_size=0)
+    assert got["big"] == P("model", "data") and got["small"] == P(None, "data")
+    assert got["odd"] == P(None, "model")  # unmatched: fallback
+
+
+def test_shard_params_linen_nnx_and_under_jit():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxinterp.capture import capture
+    from jaxinterp.models import Decoder, DecoderConfig
+    from jaxinterp.sharding import device_bytes, model_mesh, param_specs, shard_params
+
+    mesh = model_mesh()
+    model = Decoder(DecoderConfig(n_layers=1))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    placed = shard_params(variables, mesh)
+    specs = param_specs(variables, mesh)
+    for x, spec in zip(jax.tree.leaves(placed), jax.tree.leaves(specs, is_leaf=_is_spec)):
+        assert x.sharding.spec == spec and x.sharding.mesh == mesh
+    total = sum(x.nbytes for x in jax.tree.leaves(variables))
+    n = mesh.devices.size
+    want = 0  # each leaf: its bytes / (devices it is split over) on each of the n devices
+    for x, spec in zip(jax.tree.leaves(variables), jax.tree.leaves(specs, is_leaf=_is_spec)):
+        axes = [a for e in spec if e is not None for a in ((e,) if isinstance(e, str) else e)]
+        want += n * x.nbytes // int(np.prod([mesh.shape[a] for a in axes]))
+    assert sum(device_bytes(placed).values()) == want
+    if n == 1:
+        assert want == total
+    ids = jnp.array([[1, 2, 3, 4]])
+    f = jax.jit(lambda v, x: capture(model, v, select="blocks_0")(x))
+    if n == 1:  # the same program
+        np.testing.assert_array_equal(f(placed, ids)[0], f(variables, ids)[0])
+    np.testing.assert_allclose(f(placed, ids)[0], model.apply(variables, ids), rtol=1e-5, atol=1e-6)
+    # under jit the leaves are traced: a sharding constraint, same values
+    g = jax.jit(lambda v: shard_params(v, mesh))
+    chex_equal = jax.tree.map(lambda a, b: np.array_equal(a, b), g(variables), variables)
+    assert all(jax.tree.leaves(chex_equal))
+    # nnx: the state of a module
+    lin = nnx.Linear(4, 8, rngs=nnx.Rngs(0))
+    state = shard_params(nnx.state(lin), mesh)
+    assert {p for p, _ in nnx.to_flat_state(state)} == {("bias",), ("kernel",)}
+    nnx.update(lin, state)
+    np.testing.assert_allclose(
+        lin(jnp.ones((2, 4))), jnp.ones((2, 4)) @ lin.kernel.value + lin.bias.value
+    )
+
+
+def _is_spec(x):
+    from jax.sharding import PartitionSpec
+
+    return isinstance(x, PartitionSpec)
+
+
+def _bad_rows():
+    from jax.sharding import PartitionSpec as P
+
+    return [
+        ("mesh", dict(mesh="not a mesh"), TypeError),
+        ("rules", dict(rules="w"), TypeError),
+        ("rules", dict(rules=[("w",)]), TypeError),
+        ("rules", dict(rules=[("w", ("data",))]), TypeError),
+        ("rules", dict(rules=[("(", P())]), ValueError),
+        ("rules", dict(rules=[("w", P(None, None, "data"))]), ValueError),  # 3 axes for 2-D
+        ("rules", dict(rules=[("w", P("nope"))]), ValueError),
+        ("rules", dict(rules=[("w", P("data", "data"))]), ValueError),
+        ("rules", dict(rules=[], fallback="error"), ValueError),
+        ("params", dict(rules=[("w", P("model", "data"))]), ValueError),  # 6 % 2 ok, 1002 % 4
+        ("fallback", dict(fallback="shard"), ValueError),
+        ("min_size", dict(min_size=-1), ValueError),
+    ]
+
+
+@pytest.mark.parametrize("name,kwargs,exc", _bad_rows())
+def test_param_specs_bad_inputs(name, kwargs, exc):
+    import jax
+
+    from jaxinterp.sharding import param_specs
+
+    params = {"w": jax.ShapeDtypeStruct((6, 1002), "float32")}
+    kwargs = {"mesh": _mesh42(), **kwargs}
+    with pytest.raises(exc, match=f"^{name}"):
+        param_specs(params, **kwargs)
+
+
+def test_indivisible_rule_names_path_shape_and_axis():
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    from jaxinterp.sharding import param_specs
+
+    params = {"params": {"attn": {"k": {"kernel": jax.ShapeDtypeStruct((64, 2, 16), "f4")}}}}
+    rules = [(r"attn/k/kernel$", P(None, ("data", "model")))]
+    msg = r"^params: 'params/attn/k/kernel' of shape \(64, 2, 16\): axis 1 \(size 2\) is not "
+    msg += r"divisible by mesh axis \('data', 'model'\) of size 8"
+    with pytest.raises(ValueError, match=msg):
+        param_specs(params, _mesh42(), rules)
+    with pytest.raises(TypeError, match="^mesh: expected a jax.sharding.Mesh"):
+        from jaxinterp.sharding import shard_params
+
+        shard_params({"w": np.zeros(3)}, _mesh42())
+    with pytest.raises(ValueError, match="^model: expected a divisor"):
+        from jaxinterp.sharding import model_mesh
+
+        model_mesh(model=3, devices=[object()] * 8)

@@ -1,13 +1,9 @@
 """Streams and sharding: what counts as data, linear chunking, empty and used-up streams,
-outputs without the batch axis (in-process on one device, and on 8 host devices in a child
-process running ``tests/sharded/check_streams.py``)."""
+outputs without the batch axis, in-process on one device. The same on 8 host devices is
+``tests/sharded/check_streams.py``, run once with the other sharded checks by
+``tests/test_sharding.py`` (one subprocess for all of them)."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import chex
 import jax
@@ -19,21 +15,6 @@ from jaxinterp import models
 from jaxinterp.attention import attention_stats, attention_weights, stack_layers
 from jaxinterp.attention._stream import _chunks
 from jaxinterp.sharding import data_mesh, is_stream, iter_chunks, shard_batched, stream_reduce
-
-SCRIPT = Path(__file__).parent / "sharded" / "check_streams.py"
-
-
-def test_check_streams_on_8_host_devices():
-    env = dict(os.environ)
-    flags = env.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        env["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("ok")
 
 
 @pytest.fixture(scope="module")

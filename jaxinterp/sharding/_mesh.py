@@ -170,7 +170,10 @@ def shard_batched(
       fn: ``fn(*args) -> outputs``; batched args ``[n, ...]``.
       mesh: the device mesh.
       batch_argnums: which positional arguments carry the batch axis (pytrees allowed).
-      axis: mesh axis name(s) the batch is split over; default all mesh axes.
+      axis: mesh axis name(s) the batch is split over. Default: every mesh axis except one
+        named ``"model"``, which stays automatic inside ``fn`` (``shard_map`` manual over the
+        other axes only), so weights placed over it by :func:`shard_params` stay
+        tensor-parallel; without a ``"model"`` axis, all mesh axes.
 
     Returns:
       A function with the same signature and results. Call it inside or outside ``jit``.
@@ -203,7 +206,15 @@ def shard_batched(
         raise ValueError(
             f"batch_argnums: expected one or more non-negative argument indices, got {argnums}"
         )
-    axes = tuple(mesh.axis_names) if axis is None else axis
+    manual = None  # shard_map over every mesh axis, unless 'model' is kept automatic
+    if axis is None:
+        axes: str | tuple[str, ...] = tuple(a for a in mesh.axis_names if a != "model")
+        if axes and len(axes) < len(mesh.axis_names):
+            manual = set(axes)
+        else:
+            axes = tuple(mesh.axis_names)
+    else:
+        axes = axis
     size = _axis_size(mesh, axes)
 
     def wrapped(*args: Any) -> Any:
@@ -239,9 +250,10 @@ def shard_batched(
                 for a, sp in zip(padded, specs)
             ]
         out_specs = jax.tree.map(lambda b: P(axes) if b else P(), kinds)
-        out = jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=out_specs, check_vma=False)(
-            *padded
-        )
+        kw = {} if manual is None else {"axis_names": manual}
+        out = jax.shard_map(
+            fn, mesh=mesh, in_specs=specs, out_specs=out_specs, check_vma=False, **kw
+        )(*padded)
         if explicit and n % size:
             out = jax.tree.map(
                 lambda y, b: jax.reshard(y, NamedSharding(mesh, P())) if b else y, out, kinds
