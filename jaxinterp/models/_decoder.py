@@ -494,8 +494,10 @@ class _Embed(nn.Module):
     cfg: DecoderConfig
 
     @nn.compact
-    def __call__(self, ids, pos):
+    def __call__(self, ids, pos, embeddings=None):
         x = nn.Embed(self.cfg.vocab_size, self.cfg.d_model, name="tok")(ids)
+        if embeddings is not None:  # the lookup above only creates the table (dead code)
+            x = embeddings.astype(x.dtype)
         if self.cfg.family == "gpt2":
             x = x + nn.Embed(self.cfg.max_positions, self.cfg.d_model, name="pos")(pos)[None]
         if self.cfg.family == "gemma":  # HF rounds the scale to the embedding dtype
@@ -519,22 +521,47 @@ class Decoder(nn.Module):
 
     ``start`` (int, may be traced) is the position of the first token; ``decode=True`` reads and
     updates the ``"cache"`` collection (see :func:`init_cache`, :func:`generate`). Token ids outside
-    ``[0, vocab_size)`` raise ``ValueError`` when concrete; Under jit, the logits of the affected
+    ``[0, vocab_size)`` raise ``ValueError`` when concrete; under jit, the logits of the affected
     batch rows are NaN; see ``jaxinterp.checked``.
+
+    ``embeddings [batch, seq, d_model]`` (keyword), when given, replaces the token-table lookup
+    of ``input_ids`` (which then only sets the shape, e.g. zeros): the rows are used as if they
+    were table rows, so GPT-2 still adds positions and Gemma still multiplies by
+    ``sqrt(d_model)`` (as HF Gemma 2's ``inputs_embeds``; HF Gemma 3 expects them pre-scaled).
+    This is the soft-prompt entry point: ``jaxinterp.actmax.soft_prompt(table, seq_len)``.
 
     >>> m = Decoder(DecoderConfig(family="gpt2", n_kv_heads=4, max_positions=8))
     >>> v = m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
     >>> m.apply(v, jnp.array([[1, 2, 3]])).shape
     (1, 3, 128)
+    >>> table = v["params"]["embed"]["tok"]["embedding"]
+    >>> e = table[jnp.array([[1, 2, 3]])]
+    >>> bool(jnp.allclose(m.apply(v, jnp.zeros((1, 3), int), embeddings=e),
+    ...                   m.apply(v, jnp.array([[1, 2, 3]]))))
+    True
     """
 
     cfg: DecoderConfig = DecoderConfig()
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, start: Any = 0, decode: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        start: Any = 0,
+        decode: bool = False,
+        *,
+        embeddings: jax.Array | None = None,
+    ) -> jax.Array:
         c = self.cfg
         ids = check_array(input_ids, "input_ids", ndim=2, kind="integer")
         seq = ids.shape[1]
+        if embeddings is not None:
+            embeddings = check_array(embeddings, "embeddings", kind="floating")
+            if embeddings.shape != (*ids.shape, c.d_model):
+                raise ValueError(
+                    f"embeddings: expected [batch, seq, d_model] = {(*ids.shape, c.d_model)}, "
+                    f"got {embeddings.shape}"
+                )
         if decode:
             if "blocks_0" not in self.variables.get("cache", {}):
                 raise ValueError("decode: needs a 'cache' collection from init_cache (mutable)")
@@ -550,7 +577,7 @@ class Decoder(nn.Module):
             ids.ravel()[jnp.argmin(ok.ravel())],
         )
         pos = jnp.asarray(start, jnp.int32) + jnp.arange(seq, dtype=jnp.int32)
-        x = _Embed(c, name="embed")(jnp.where(ok, ids, 0), pos)
+        x = _Embed(c, name="embed")(jnp.where(ok, ids, 0), pos, embeddings)
         for i in range(c.n_layers):
             x = _Block(c, i, name=f"blocks_{i}")(x, pos, decode)
         x = _norm(c, "ln_f")(x)
