@@ -1,4 +1,4 @@
-"""GPT-2 and Llama-family decoders against Hugging Face reference outputs (no torch needed).
+"""GPT-2, Llama-family and Gemma decoders against Hugging Face reference outputs (no torch).
 
 The fixtures (tests/fixtures/decoders/) are made by scripts/make_decoder_fixtures.py with
 transformers 4.57.6 / torch 2.13 (eager attention, float32). Tolerance: both sides compute in
@@ -6,11 +6,16 @@ float32 with the same operations in possibly different order/fusion; each output
 dot products of length <= 96 deep (2 layers), so the rounding error is a small multiple of
 eps_f32 (1.2e-7) times the magnitude of the values (logits <= 6, hidden <= 17 here): below 1e-5
 relative to max(1, max |reference|), the bound asserted (measured: logits 6.2e-6, hidden
-9.2e-6, probs 1.3e-6 absolute, also under XLA_FLAGS=--xla_cpu_max_isa=AVX2 / SSE4_2).
+9.2e-6, probs 1.3e-6 absolute, also under XLA_FLAGS=--xla_cpu_max_isa=AVX2 / SSE4_2; Mistral,
+Qwen2/3, Gemma 2/3: logits <= 4.8e-6, hidden <= 6.7e-6, probs <= 9.6e-7).
+
+Each feature of the new families changes the outputs far beyond that bound (checked in
+test_each_feature_matters), so the parity tests could not pass with a feature missing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -24,10 +29,20 @@ import pytest
 import jaxinterp
 from jaxinterp.attention import attention_weights
 from jaxinterp.capture import capture
-from jaxinterp.models import DecoderConfig, generate, load_decoder, read_safetensors
+from jaxinterp.models import (
+    Decoder,
+    DecoderConfig,
+    decoder_params_from_hf,
+    generate,
+    load_decoder,
+    read_safetensors,
+)
+from jaxinterp.models._decoder import rope_frequencies
 
 FIX = Path(__file__).parent / "fixtures" / "decoders"
-FAMILIES = ["gpt2", "llama"]
+FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"]
+# the slow checks (a compiled generate loop, bf16) on the families whose decode path differs
+GENERATE = ["gpt2", "llama", "gemma3"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -80,31 +95,34 @@ def test_paths_and_shapes(fam):
     assert np.abs(np.triu(p, 1)).max() == 0.0
 
 
-def test_generate_matches_reference_and_full_forward(fam):
-    _, d, ref = fam
+@pytest.mark.parametrize("name", GENERATE)
+def test_generate_matches_reference_and_full_forward(name):
+    d = load_decoder(FIX / name)
+    ref = dict(np.load(FIX / name / "reference.npz"))
     ids = jnp.asarray(ref["input_ids"])
     n_new = ref["continuation"].shape[1]
     got = np.asarray(generate(d.model, d.variables, ids, n_new))
     np.testing.assert_array_equal(got, ref["continuation"])
-    seq = ids
-    for _ in range(n_new):  # greedy with full forwards, no cache
-        nxt = jnp.argmax(d.model.apply(d.variables, seq)[:, -1], -1)
-        seq = jnp.concatenate([seq, nxt[:, None].astype(seq.dtype)], 1)
-    np.testing.assert_array_equal(got, np.asarray(seq[:, ids.shape[1] :]))
+    # greedy means: one full forward (no cache) over prompt + continuation predicts each
+    # continuation token from the tokens before it
+    full = jnp.concatenate([ids, jnp.asarray(got, ids.dtype)], 1)
+    pred = jnp.argmax(jax.jit(d.model.apply)(d.variables, full), -1)
+    np.testing.assert_array_equal(got, np.asarray(pred[:, ids.shape[1] - 1 : -1]))
 
 
 class DecoderJitTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_forward(self):
-        for name in FAMILIES:
+        for name in ("gpt2", "gemma2"):
             d = load_decoder(FIX / name)
             ref = np.load(FIX / name / "reference.npz")
             f = self.variant(d.model.apply)
             close(f(d.variables, jnp.asarray(ref["input_ids"])), ref["logits"])
 
 
-def test_bf16_loading(fam):
-    name, _, ref = fam
+@pytest.mark.parametrize("name", ["gpt2", "llama", "gemma2"])
+def test_bf16_loading(name):
+    ref = dict(np.load(FIX / name / "reference.npz"))
     d = load_decoder(FIX / name, dtype=jnp.bfloat16)
     assert d.variables["params"]["embed"]["tok"]["embedding"].dtype == jnp.bfloat16
     out = np.asarray(d.model.apply(d.variables, jnp.asarray(ref["input_ids"])), np.float32)
@@ -138,8 +156,90 @@ def test_sharded_checkpoint(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     (tmp_path / "config.json").write_text((src / "config.json").read_text())
     a, b = load_decoder(tmp_path), load_decoder(src)
-    ids = jnp.arange(8)[None] % 128
-    np.testing.assert_array_equal(a.model.apply(a.variables, ids), b.model.apply(b.variables, ids))
+    assert a.config == b.config
+    chex.assert_trees_all_equal(a.variables, b.variables)  # same params: same model
+
+
+def test_sliding_window_and_softcap_semantics():
+    """Local layers put no weight more than window - 1 keys back; global layers do."""
+    for name in ("gemma2", "gemma3", "mistral", "qwen2"):
+        d = load_decoder(FIX / name)
+        ref = dict(np.load(FIX / name / "reference.npz"))
+        w = d.config.sliding_window
+        q, k = np.indices(ref["attn"].shape[-2:])
+        for i in range(d.config.n_layers):
+            p = ref["attn"][i]  # HF's own probabilities, which the parity test matches
+            far = (q - k >= w) & (k <= q)
+            assert d.config.is_local(i) == (np.abs(p[..., far]).max() == 0.0), (name, i)
+    c = load_decoder(FIX / "gemma2").config
+    assert (c.attn_softcap, c.final_softcap, c.query_scale, c.local_layers) == (
+        2.0,
+        2.0,
+        24.0,
+        (0,),
+    )
+    ref = np.load(FIX / "gemma2" / "reference.npz")
+    assert np.abs(ref["logits"]).max() < 2.0  # final soft-capping bounds the logits
+
+
+FEATURES = [
+    ("gemma2", {"attn_softcap": None}),
+    ("gemma2", {"final_softcap": None}),
+    ("gemma2", {"sliding_window": None}),
+    ("gemma2", {"query_scale": None}),
+    ("gemma3", {"rope_local_theta": None}),
+    ("gemma3", {"rope_scaling": ()}),
+    ("gemma3", {"sliding_window": None}),
+    ("mistral", {"sliding_window": None}),
+    ("qwen2", {"sliding_window": None}),
+]
+
+
+def test_each_feature_matters():
+    """Turning one feature off moves the logits by far more than the parity tolerance."""
+    for name, change in FEATURES:
+        d = load_decoder(FIX / name)
+        ref = np.load(FIX / name / "reference.npz")
+        m = Decoder(dataclasses.replace(d.config, **change))
+        out = np.asarray(m.apply(d.variables, jnp.asarray(ref["input_ids"])))
+        assert np.abs(out - ref["logits"]).max() > 0.1, (name, change)
+
+
+def test_gemma3_multimodal_checkpoint_layout(tmp_path):
+    """A Gemma 3 ``gemma3`` (vision + text) folder loads its language model."""
+    src = FIX / "gemma3"
+    text = json.loads((src / "config.json").read_text())
+    cfg = {"model_type": "gemma3", "text_config": text, "vision_config": {}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    t = read_safetensors(src / "model.safetensors")
+    t = {"language_model." + k: v for k, v in t.items()}
+    t["vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.ones((2, 3), np.float32)
+    _write_safetensors(tmp_path / "model.safetensors", t)
+    a, b = load_decoder(tmp_path), load_decoder(src)
+    assert a.config == b.config
+    chex.assert_trees_all_equal(a.variables, b.variables)  # same params: same model
+
+
+def test_gemma_config_defaults():
+    """Keys a config.json leaves out take transformers' defaults (Gemma 3: 5 local : 1 global)."""
+    c = DecoderConfig.from_hf(
+        {"model_type": "gemma3_text", "hidden_size": 64, "intermediate_size": 96,
+         "num_hidden_layers": 12, "rope_scaling": {"rope_type": "linear", "factor": 8.0}}
+    )  # fmt: skip
+    assert c.local_layers == (0, 1, 2, 3, 4, 6, 7, 8, 9, 10)
+    assert (c.rope_theta, c.rope_local_theta, c.d_head, c.query_scale) == (1e6, 1e4, 256, 256.0)
+    assert c.final_softcap is None and c.attn_softcap is None and c.qk_norm
+    inv_g, inv_l = rope_frequencies(c), rope_frequencies(c, local=True)
+    ar = np.arange(0, 256, 2) / 256
+    np.testing.assert_allclose(inv_g, 1e6**-ar / 8, rtol=1e-6)
+    np.testing.assert_allclose(inv_l, 1e4**-ar, rtol=1e-6)
+    q = DecoderConfig.from_hf(
+        {"model_type": "qwen2", "hidden_size": 64, "num_attention_heads": 4,
+         "num_hidden_layers": 4, "intermediate_size": 96, "vocab_size": 10, "rms_norm_eps": 1e-6,
+         "use_sliding_window": True, "sliding_window": 8, "max_window_layers": 3}
+    )  # fmt: skip
+    assert [q.is_local(i) for i in range(4)] == [False, False, False, True]
+    assert q.qkv_bias and not q.o_bias
 
 
 def test_bad_token_ids_under_jit_poison_and_checked():
@@ -149,6 +249,9 @@ def test_bad_token_ids_under_jit_poison_and_checked():
     assert np.isfinite(np.asarray(out[0])).all() and np.isnan(np.asarray(out[1])).all()
     with pytest.raises(ValueError, match="^input_ids: expected ids in \\[0, 128\\), got 500"):
         jaxinterp.checked(d.model.apply)(d.variables, ids)
+
+
+_G = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
 
 
 def _gpt2():
@@ -201,6 +304,53 @@ BAD = [
         "^config",
     ),
     ("missing folder", lambda d: load_decoder("/nonexistent"), FileNotFoundError, "^path"),
+    ("config not a dict", lambda d: DecoderConfig.from_hf("gemma2"), TypeError, "^config"),
+    (
+        "yarn rope",
+        lambda d: DecoderConfig.from_hf(
+            {"model_type": "gemma3_text", **_G, "rope_scaling": {"rope_type": "yarn"}}
+        ),
+        ValueError,
+        "^config: rope_scaling type 'yarn'",
+    ),
+    (
+        "layer_types length",
+        lambda d: DecoderConfig.from_hf(
+            {"model_type": "gemma2", **_G, "layer_types": ["full_attention"]}
+        ),
+        ValueError,
+        "^config: layer_types",
+    ),
+    (
+        "bidirectional gemma3",
+        lambda d: DecoderConfig.from_hf(
+            {"model_type": "gemma3_text", **_G, "use_bidirectional_attention": True}
+        ),
+        ValueError,
+        "^config: use_bidirectional",
+    ),
+    (
+        "gemma relu",
+        lambda d: DecoderConfig.from_hf(
+            {"model_type": "gemma2", **_G, "hidden_activation": "relu"}
+        ),
+        ValueError,
+        "^config: hidden_activation",
+    ),
+    (
+        "gemma kv heads",
+        lambda d: DecoderConfig.from_hf({"model_type": "gemma2", **_G, "num_key_value_heads": 3}),
+        ValueError,
+        "^config: 8 heads",
+    ),
+    (
+        "gemma missing tensor",
+        lambda d: decoder_params_from_hf(
+            {"model.embed_tokens.weight": np.zeros((128, 64))}, DecoderConfig(family="gemma")
+        ),
+        KeyError,
+        "^.tensors: missing 'layers.0.self_attn.q_proj.weight'",
+    ),
 ]
 
 

@@ -1,46 +1,66 @@
-"""Decoder-only language models (GPT-2 and the Llama family) loaded from Hugging Face checkpoints.
+"""Decoder-only language models (GPT-2, Llama family, Gemma 2/3) from Hugging Face checkpoints.
 
-One Flax linen module, :class:`Decoder`, covers two families selected by
+One Flax linen module, :class:`Decoder`, covers three families selected by
 :class:`DecoderConfig` ``family``:
 
 * ``"gpt2"``: learned positions, pre-LayerNorm blocks, tanh-GELU MLP, tied unembedding.
-* ``"llama"`` (Llama 2/3, Mistral, Qwen2): RoPE (``rope_scaling`` ``linear`` or ``llama3``),
-  grouped-query attention, RMSNorm, SwiGLU MLP, optional q/k/v bias, optional sliding window,
-  tied or untied unembedding.
+* ``"llama"`` (Llama 2/3, Mistral, Qwen2, Qwen3): RoPE (``rope_scaling`` ``linear`` or
+  ``llama3``), grouped-query attention, RMSNorm, SwiGLU MLP, optional q/k/v bias (Qwen2),
+  optional QK-norm (Qwen3), optional sliding window (Mistral; Qwen2/3 on the layers their
+  ``layer_types`` name), tied or untied unembedding.
+* ``"gemma"`` (Gemma 2, Gemma 3 text): the ``(1 + w)`` RMSNorm, embeddings scaled by
+  ``sqrt(d_model)``, norms before *and after* attention and MLP, GeGLU MLP (tanh GELU),
+  attention scaled by ``query_pre_attn_scalar ** -0.5``, local (sliding-window) and global
+  layers, tanh soft-capping of attention scores and final logits (Gemma 2), QK-norm and a
+  separate RoPE base for local layers (Gemma 3; the global layers use ``rope_theta`` with
+  ``rope_scaling``).
 
-The maths follows ``transformers`` (4.57) ``GPT2LMHeadModel`` / ``LlamaForCausalLM``; the tests
-compare with reference outputs made by ``scripts/make_decoder_fixtures.py``. Attention is written
-by hand so that every intermediate is a submodule output (capturable, patchable); the weights are
-the output of the ``probs`` submodule, so use
+The maths follows ``transformers`` (4.57) ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` /
+``Qwen3ForCausalLM`` / ``Gemma2ForCausalLM`` / ``Gemma3ForCausalLM``; the tests compare with
+reference outputs made by ``scripts/make_decoder_fixtures.py``. Attention is written by hand so
+that every intermediate is a submodule output (capturable, patchable); the weights are the output
+of the ``probs`` submodule, so use
 ``jaxinterp.attention.attention_weights(model, v, weights_at="blocks_*/attn/probs")``.
 
 Canonical paths (stable):
 
-============================  ==============================================================
-``embed``                     token (+ position, GPT-2) embedding: the residual stream
-                              entering block 0, ``[batch, seq, d_model]``
-``blocks_{i}``                residual stream after block ``i``, ``[batch, seq, d_model]``;
-                              the stream entering block ``i > 0`` is ``blocks_{i-1}``
-``blocks_{i}/ln_1``           normalisation before attention
-``blocks_{i}/attn/{q,k,v}``   projections ``[batch, seq, head, d_head]`` (``k``, ``v`` have
-                              ``n_kv_heads`` heads; Llama ``q``/``k`` are before RoPE)
-``blocks_{i}/attn/{q,k}_rot``  Llama only: ``q``/``k`` after RoPE
-``blocks_{i}/attn/probs``     attention probabilities ``[batch, head, q, k]``
-``blocks_{i}/attn/z``         per-head result ``[batch, seq, head, d_head]``
-``blocks_{i}/attn``           attention output after the ``o`` projection
-``blocks_{i}/ln_2``           normalisation before the MLP
-``blocks_{i}/mlp/hidden``     MLP hidden units ``[batch, seq, d_mlp]`` (GELU output, or
-                              ``silu(gate) * up`` for SwiGLU)
-``blocks_{i}/mlp``            MLP output
-``ln_f``                      final normalisation (HF's last ``hidden_states`` entry)
-``unembed``                   logits ``[batch, seq, vocab]``
-============================  ==============================================================
+=================================  ==========================================================
+``embed``                          token (+ position, GPT-2) embedding (times ``sqrt(d_model)``
+                                   for Gemma): the residual stream entering block 0,
+                                   ``[batch, seq, d_model]``
+``blocks_{i}``                     residual stream after block ``i``, ``[batch, seq,
+                                   d_model]``; the stream entering block ``i > 0`` is
+                                   ``blocks_{i-1}``
+``blocks_{i}/ln_1``                normalisation before attention
+``blocks_{i}/attn/{q,k,v}``        projections ``[batch, seq, head, d_head]`` (``k``, ``v``
+                                   have ``n_kv_heads`` heads; before QK-norm and RoPE)
+``blocks_{i}/attn/{q,k}_norm``     QK-norm outputs (Qwen3, Gemma 3 only)
+``blocks_{i}/attn/{q,k}_rot``      RoPE families only: ``q``/``k`` after RoPE
+``blocks_{i}/attn/probs``          attention probabilities ``[batch, head, q, k]`` (after
+                                   soft-capping and the causal / sliding-window mask)
+``blocks_{i}/attn/z``              per-head result ``[batch, seq, head, d_head]``
+``blocks_{i}/attn``                attention output after the ``o`` projection
+``blocks_{i}/post_ln_1``           Gemma only: norm of the attention output, the term added
+                                   to the residual stream
+``blocks_{i}/ln_2``                normalisation before the MLP
+``blocks_{i}/mlp/hidden``          MLP hidden units ``[batch, seq, d_mlp]`` (GELU output, or
+                                   ``act(gate) * up`` for SwiGLU / GeGLU)
+``blocks_{i}/mlp``                 MLP output
+``blocks_{i}/post_ln_2``           Gemma only: norm of the MLP output, added to the stream
+``ln_f``                           final normalisation (HF's last ``hidden_states`` entry)
+``unembed``                        logits ``[batch, seq, vocab]``; before the final
+                                   soft-capping where the config has one (Gemma 2), the model
+                                   then returns ``cap * tanh(unembed / cap)``
+=================================  ==========================================================
+
+For Gemma, the term that attention adds to the residual stream is ``post_ln_1`` (not
+``attn``): an intervention on ``attn`` passes through that norm. Zeroing one head's ``z``
+still removes exactly that head's contribution to the ``o`` projection.
 
 ``__call__(input_ids, start=0, decode=False)`` returns logits. With ``decode=True`` and a
 ``"cache"`` collection from :func:`init_cache` (applied with ``mutable="cache"``), the chunk's
 keys/values are written at positions ``start ..`` and attention reads the whole cache (used by
-:func:`generate`). Gemma would add a family here (soft-capping,
-(1 + w) RMSNorm, embedding scaling, local layers) without changing the paths.
+:func:`generate`); local layers mask keys more than ``sliding_window - 1`` positions back.
 """
 
 from __future__ import annotations
@@ -60,10 +80,71 @@ import numpy as np
 from jaxinterp._checks import check_array, check_int, poison, value_check
 from jaxinterp.models._safetensors import read_safetensors
 
+_GEMMA_DEFAULTS: dict[str, dict[str, Any]] = {  # transformers 4.57 config defaults
+    "gemma2": {
+        "vocab_size": 256000,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+        "rope_theta": 10000.0,
+        "attention_bias": False,
+        "query_pre_attn_scalar": 256,
+        "sliding_window": 4096,
+        "final_logit_softcapping": 30.0,
+        "attn_logit_softcapping": 50.0,
+    },
+    "gemma3_text": {
+        "vocab_size": 262208,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+        "rope_theta": 1000000.0,
+        "attention_bias": False,
+        "query_pre_attn_scalar": 256,
+        "sliding_window": 4096,
+        "final_logit_softcapping": None,
+        "rope_local_base_freq": 10000.0,
+    },
+}
+_ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
+
+
+def _rope_scaling(config: dict[str, Any]) -> tuple:
+    scaling = config.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ("default", "linear", "llama3"):
+        raise ValueError(f"config: rope_scaling type {kind!r} is not supported")
+    return tuple(sorted((k, v) for k, v in scaling.items()))
+
+
+def _local_layers(config: dict[str, Any], n: int, sliding: list[bool]) -> tuple[int, ...]:
+    types = config.get("layer_types")
+    if types is None:
+        return tuple(i for i in range(n) if sliding[i])
+    if len(types) != n or not set(types) <= {"sliding_attention", "full_attention"}:
+        raise ValueError(f"config: layer_types must be {n} of sliding/full_attention, got {types}")
+    return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
-    """Hyperparameters of a decoder LM (``family`` ``"gpt2"`` or ``"llama"``)."""
+    """Hyperparameters of a decoder LM (``family`` ``"gpt2"``, ``"llama"`` or ``"gemma"``).
+
+    ``sliding_window`` applies to the layers in ``local_layers`` (all layers when that is
+    ``None``); ``query_scale`` is ``query_pre_attn_scalar`` (scores are multiplied by
+    ``query_scale ** -0.5``, ``None`` means ``d_head``); ``attn_softcap`` / ``final_softcap``
+    cap scores / logits as ``cap * tanh(x / cap)``; ``rope_local_theta`` is the RoPE base of the
+    local layers (Gemma 3; no scaling there); ``mlp_act`` is ``"silu"``, ``"gelu_tanh"`` or
+    ``"gelu"`` (gated for the llama and gemma families).
+    """
 
     family: str = "llama"
     vocab_size: int = 128
@@ -82,10 +163,28 @@ class DecoderConfig:
     mlp_bias: bool = False
     tie_embeddings: bool = False
     sliding_window: int | None = None
+    local_layers: tuple[int, ...] | None = None
+    qk_norm: bool = False
+    query_scale: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    rope_local_theta: float | None = None
+    mlp_act: str = "silu"
+
+    def is_local(self, layer: int) -> bool:
+        """Whether ``layer`` attends through the sliding window."""
+        if self.sliding_window is None:
+            return False
+        return self.local_layers is None or layer in self.local_layers
 
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> DecoderConfig:
-        """Builds the config from a Hugging Face ``config.json`` dict (gpt2/llama/mistral/qwen2).
+        """Builds the config from a Hugging Face ``config.json`` dict.
+
+        Supported ``model_type``: ``gpt2``, ``llama``, ``mistral``, ``qwen2``, ``qwen3``,
+        ``gemma2``, ``gemma3_text`` and ``gemma3`` (the text part of its ``text_config``; the
+        vision tower is not loaded). Keys a Gemma ``config.json`` leaves out take the
+        ``transformers`` defaults.
 
         Raises:
           ValueError: an unsupported ``model_type`` or option; the message names it.
@@ -93,7 +192,13 @@ class DecoderConfig:
         >>> DecoderConfig.from_hf({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 2,
         ...     "vocab_size": 128, "n_positions": 32, "layer_norm_epsilon": 1e-5}).d_head
         16
+        >>> c = DecoderConfig.from_hf({"model_type": "gemma2", "hidden_size": 64,
+        ...     "intermediate_size": 128, "num_hidden_layers": 4})
+        >>> c.family, c.local_layers, c.attn_softcap, c.final_softcap
+        ('gemma', (0, 2), 50.0, 30.0)
         """
+        if not isinstance(config, dict):
+            raise TypeError(f"config: expected a dict, got {type(config).__name__}")
         mt = config.get("model_type")
         if mt == "gpt2":
             if config.get("scale_attn_by_inverse_layer_idx") or config.get(
@@ -118,26 +223,31 @@ class DecoderConfig:
                 o_bias=True,
                 mlp_bias=True,
                 tie_embeddings=True,
+                mlp_act="gelu_tanh",
             )
-        if mt in ("llama", "mistral", "qwen2"):
+        if mt in ("llama", "mistral", "qwen2", "qwen3"):
             if config.get("hidden_act", "silu") != "silu":
                 raise ValueError(f"config: hidden_act {config['hidden_act']!r} is not 'silu'")
             d, h = config["hidden_size"], config["num_attention_heads"]
             kvh = config.get("num_key_value_heads") or h
             if h % kvh:
                 raise ValueError(f"config: {h} heads not divisible by {kvh} kv heads")
-            scaling = config.get("rope_scaling") or {}
-            kind = scaling.get("rope_type", scaling.get("type", "default"))
-            if kind not in ("default", "linear", "llama3"):
-                raise ValueError(f"config: rope_scaling type {kind!r} is not supported")
+            n = config["num_hidden_layers"]
             window = config.get("sliding_window")
-            if mt == "qwen2" and not config.get("use_sliding_window", False):
+            sliding = [window is not None] * n
+            if mt in ("qwen2", "qwen3"):
+                if not config.get("use_sliding_window", False):
+                    window = None
+                first = config.get("max_window_layers", 28)
+                sliding = [window is not None and i >= first for i in range(n)]
+            if mt == "llama":
                 window = None
+            local = _local_layers(config, n, sliding) if window is not None else None
             return cls(
                 family="llama",
                 vocab_size=config["vocab_size"],
                 d_model=d,
-                n_layers=config["num_hidden_layers"],
+                n_layers=n,
                 n_heads=h,
                 n_kv_heads=kvh,
                 d_head=config.get("head_dim") or d // h,
@@ -145,14 +255,72 @@ class DecoderConfig:
                 max_positions=config.get("max_position_embeddings", 2048),
                 norm_eps=config["rms_norm_eps"],
                 rope_theta=config.get("rope_theta", 10000.0),
-                rope_scaling=tuple(sorted((k, v) for k, v in scaling.items())),
+                rope_scaling=_rope_scaling(config),
                 qkv_bias=bool(config.get("attention_bias", False)) or mt == "qwen2",
                 o_bias=bool(config.get("attention_bias", False)),
                 mlp_bias=bool(config.get("mlp_bias", False)),
                 tie_embeddings=bool(config.get("tie_word_embeddings", False)),
                 sliding_window=window,
+                local_layers=local,
+                qk_norm=mt == "qwen3",
             )
-        raise ValueError(f"config: model_type {mt!r} is not one of gpt2, llama, mistral, qwen2")
+        if mt == "gemma3":  # multimodal wrapper: the language model's config
+            text = dict(config.get("text_config") or {})
+            text.setdefault("tie_word_embeddings", config.get("tie_word_embeddings", True))
+            config = {**text, "model_type": "gemma3_text"}
+            mt = "gemma3_text"
+        if mt in ("gemma2", "gemma3_text"):
+            c = {**_GEMMA_DEFAULTS[mt], **config}
+            act = c.get("hidden_activation") or c.get("hidden_act")
+            if act not in _ACTS:
+                raise ValueError(f"config: hidden_activation {act!r} is not supported")
+            if c.get("use_bidirectional_attention"):
+                raise ValueError("config: use_bidirectional_attention is not supported")
+            d, h, kvh, n = (
+                c["hidden_size"],
+                c["num_attention_heads"],
+                c["num_key_value_heads"],
+                c["num_hidden_layers"],
+            )
+            if h % kvh:
+                raise ValueError(f"config: {h} heads not divisible by {kvh} kv heads")
+            every = (
+                2
+                if mt == "gemma2"
+                else c.get("sliding_window_pattern", c.get("_sliding_window_pattern", 6))
+            )
+            sliding = [bool((i + 1) % every) for i in range(n)]
+            gemma3 = mt == "gemma3_text"
+            return cls(
+                family="gemma",
+                vocab_size=c["vocab_size"],
+                d_model=d,
+                n_layers=n,
+                n_heads=h,
+                n_kv_heads=kvh,
+                d_head=c["head_dim"],
+                d_mlp=c["intermediate_size"],
+                max_positions=c["max_position_embeddings"],
+                norm_eps=c["rms_norm_eps"],
+                rope_theta=c["rope_theta"],
+                rope_scaling=_rope_scaling(c),
+                qkv_bias=bool(c["attention_bias"]),
+                o_bias=bool(c["attention_bias"]),
+                tie_embeddings=bool(c["tie_word_embeddings"]),
+                sliding_window=c["sliding_window"],
+                local_layers=_local_layers(c, n, sliding),
+                qk_norm=gemma3,
+                query_scale=float(c["query_pre_attn_scalar"]),
+                # transformers' Gemma 3 attention ignores attn_logit_softcapping
+                attn_softcap=None if gemma3 else c.get("attn_logit_softcapping"),
+                final_softcap=c.get("final_logit_softcapping"),
+                rope_local_theta=c["rope_local_base_freq"] if gemma3 else None,
+                mlp_act=_ACTS[act],
+            )
+        raise ValueError(
+            f"config: model_type {mt!r} is not one of gpt2, llama, mistral, qwen2, qwen3, "
+            "gemma2, gemma3_text, gemma3"
+        )
 
 
 class _Id(nn.Module):
@@ -172,29 +340,43 @@ class _Softmax(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """HF Llama RMSNorm: ``w * (x / sqrt(mean(x²) + eps))`` computed in float32."""
+    """HF RMSNorm computed in float32: Llama's ``w * (x / sqrt(mean(x²) + eps))``, or Gemma's
+    ``(1 + w) * ...`` when ``one_plus`` (then ``w`` starts at zero)."""
 
     eps: float
+    one_plus: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        w = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        init = nn.initializers.zeros if self.one_plus else nn.initializers.ones
+        w = self.param("scale", init, (x.shape[-1],))
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
+        if self.one_plus:
+            return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
         return w * y.astype(x.dtype)
 
 
 def _norm(cfg: DecoderConfig, name: str) -> nn.Module:
     if cfg.family == "gpt2":
         return nn.LayerNorm(epsilon=cfg.norm_eps, use_fast_variance=False, name=name)
-    return RMSNorm(cfg.norm_eps, name=name)
+    return RMSNorm(cfg.norm_eps, one_plus=cfg.family == "gemma", name=name)
 
 
-def rope_frequencies(cfg: DecoderConfig) -> np.ndarray:
-    """Inverse RoPE frequencies ``[d_head // 2]`` with HF's ``linear``/``llama3`` scaling."""
+def rope_frequencies(cfg: DecoderConfig, local: bool = False) -> np.ndarray:
+    """Inverse RoPE frequencies ``[d_head // 2]`` with HF's ``linear``/``llama3`` scaling.
+
+    ``local=True`` gives those of the sliding-window layers: base ``rope_local_theta`` without
+    scaling where the config has one (Gemma 3), else the same as the global layers.
+
+    >>> rope_frequencies(DecoderConfig(d_head=4, rope_theta=100.0)).tolist()
+    [1.0, 0.10000000149011612]
+    """
     d = cfg.d_head
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
-    s = dict(cfg.rope_scaling)
+    theta, s = cfg.rope_theta, dict(cfg.rope_scaling)
+    if local and cfg.rope_local_theta is not None:
+        theta, s = cfg.rope_local_theta, {}
+    inv = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / d))
     kind = s.get("rope_type", s.get("type", "default"))
     if kind == "linear":
         inv = inv / s["factor"]
@@ -214,13 +396,19 @@ def _rope(x: jax.Array, pos: jax.Array, inv: np.ndarray) -> jax.Array:
     ang = pos[:, None].astype(jnp.float32) * jnp.asarray(inv)[None, :]  # [seq, d/2]
     emb = jnp.concatenate([ang, ang], -1)
     cos, sin = jnp.cos(emb)[None, :, None, :], jnp.sin(emb)[None, :, None, :]
+    cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
     half = x.shape[-1] // 2
     rot = jnp.concatenate([-x[..., half:], x[..., :half]], -1)
-    return (x * cos + rot * sin).astype(x.dtype)
+    return x * cos + rot * sin
+
+
+def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    return x if cap is None else jnp.tanh(x / cap) * cap
 
 
 class _Attention(nn.Module):
     cfg: DecoderConfig
+    local: bool = False
 
     @nn.compact
     def __call__(self, x, pos, decode):
@@ -230,8 +418,12 @@ class _Attention(nn.Module):
             return nn.DenseGeneral((n, c.d_head), use_bias=c.qkv_bias, name=name)(x)
 
         q, k, v = proj(c.n_heads, "q"), proj(c.n_kv_heads, "k"), proj(c.n_kv_heads, "v")
-        if c.family == "llama":
-            inv = rope_frequencies(c)
+        if c.qk_norm:
+            one_plus = c.family == "gemma"
+            q = RMSNorm(c.norm_eps, one_plus, name="q_norm")(q)
+            k = RMSNorm(c.norm_eps, one_plus, name="k_norm")(k)
+        if c.family != "gpt2":
+            inv = rope_frequencies(c, self.local)
             q = _Id(name="q_rot")(_rope(q, pos, inv))
             k = _Id(name="k_rot")(_rope(k, pos, inv))
         if decode:
@@ -241,10 +433,15 @@ class _Attention(nn.Module):
             ck.value, cv.value = k, v
         rep = c.n_heads // c.n_kv_heads
         kk, vv = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, kk) / jnp.sqrt(jnp.float32(c.d_head))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, kk)
+        if c.family == "gpt2":
+            scores = scores / jnp.sqrt(jnp.float32(c.d_head)).astype(scores.dtype)
+        else:
+            scores = scores * (c.query_scale or c.d_head) ** -0.5
+        scores = _softcap(scores, c.attn_softcap)
         kpos = jnp.arange(k.shape[1])
         mask = kpos[None, :] <= pos[:, None]
-        if c.sliding_window is not None:
+        if self.local:
             mask &= kpos[None, :] > pos[:, None] - c.sliding_window
         scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
         p = _Softmax(name="probs")(scores)
@@ -253,38 +450,58 @@ class _Attention(nn.Module):
         return out
 
 
+_ACT_FNS = {
+    "silu": nn.silu,
+    "gelu_tanh": partial(nn.gelu, approximate=True),
+    "gelu": partial(nn.gelu, approximate=False),
+}
+
+
 class _MLP(nn.Module):
     cfg: DecoderConfig
 
     @nn.compact
     def __call__(self, x):
         c = self.cfg
+        act = _ACT_FNS[c.mlp_act]
         if c.family == "gpt2":
-            h = nn.gelu(nn.Dense(c.d_mlp, name="fc_in")(x), approximate=True)
+            h = act(nn.Dense(c.d_mlp, name="fc_in")(x))
         else:
             g = nn.Dense(c.d_mlp, use_bias=c.mlp_bias, name="gate")(x)
-            h = nn.silu(g) * nn.Dense(c.d_mlp, use_bias=c.mlp_bias, name="up")(x)
+            h = act(g) * nn.Dense(c.d_mlp, use_bias=c.mlp_bias, name="up")(x)
         h = _Id(name="hidden")(h)
         return nn.Dense(c.d_model, use_bias=c.mlp_bias, name="fc_out")(h)
 
 
 class _Block(nn.Module):
     cfg: DecoderConfig
+    layer: int = 0
 
     @nn.compact
     def __call__(self, x, pos, decode):
-        x = x + _Attention(self.cfg, name="attn")(_norm(self.cfg, "ln_1")(x), pos, decode)
-        return x + _MLP(self.cfg, name="mlp")(_norm(self.cfg, "ln_2")(x))
+        c = self.cfg
+        a = _Attention(c, c.is_local(self.layer), name="attn")(_norm(c, "ln_1")(x), pos, decode)
+        if c.family == "gemma":
+            a = _norm(c, "post_ln_1")(a)
+        x = x + a
+        m = _MLP(c, name="mlp")(_norm(c, "ln_2")(x))
+        if c.family == "gemma":
+            m = _norm(c, "post_ln_2")(m)
+        return x + m
 
 
 class _Embed(nn.Module):
     cfg: DecoderConfig
 
     @nn.compact
-    def __call__(self, ids, pos):
+    def __call__(self, ids, pos, embeddings=None):
         x = nn.Embed(self.cfg.vocab_size, self.cfg.d_model, name="tok")(ids)
+        if embeddings is not None:  # the lookup above only creates the table (dead code)
+            x = embeddings.astype(x.dtype)
         if self.cfg.family == "gpt2":
             x = x + nn.Embed(self.cfg.max_positions, self.cfg.d_model, name="pos")(pos)[None]
+        if self.cfg.family == "gemma":  # HF rounds the scale to the embedding dtype
+            x = x * jnp.asarray(self.cfg.d_model**0.5, x.dtype)
         return x
 
 
@@ -304,22 +521,47 @@ class Decoder(nn.Module):
 
     ``start`` (int, may be traced) is the position of the first token; ``decode=True`` reads and
     updates the ``"cache"`` collection (see :func:`init_cache`, :func:`generate`). Token ids outside
-    ``[0, vocab_size)`` raise ``ValueError`` when concrete; Under jit, the logits of the affected
+    ``[0, vocab_size)`` raise ``ValueError`` when concrete; under jit, the logits of the affected
     batch rows are NaN; see ``jaxinterp.checked``.
+
+    ``embeddings [batch, seq, d_model]`` (keyword), when given, replaces the token-table lookup
+    of ``input_ids`` (which then only sets the shape, e.g. zeros): the rows are used as if they
+    were table rows, so GPT-2 still adds positions and Gemma still multiplies by
+    ``sqrt(d_model)`` (as HF Gemma 2's ``inputs_embeds``; HF Gemma 3 expects them pre-scaled).
+    This is the soft-prompt entry point: ``jaxinterp.actmax.soft_prompt(table, seq_len)``.
 
     >>> m = Decoder(DecoderConfig(family="gpt2", n_kv_heads=4, max_positions=8))
     >>> v = m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
     >>> m.apply(v, jnp.array([[1, 2, 3]])).shape
     (1, 3, 128)
+    >>> table = v["params"]["embed"]["tok"]["embedding"]
+    >>> e = table[jnp.array([[1, 2, 3]])]
+    >>> bool(jnp.allclose(m.apply(v, jnp.zeros((1, 3), int), embeddings=e),
+    ...                   m.apply(v, jnp.array([[1, 2, 3]]))))
+    True
     """
 
     cfg: DecoderConfig = DecoderConfig()
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, start: Any = 0, decode: bool = False) -> jax.Array:
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        start: Any = 0,
+        decode: bool = False,
+        *,
+        embeddings: jax.Array | None = None,
+    ) -> jax.Array:
         c = self.cfg
         ids = check_array(input_ids, "input_ids", ndim=2, kind="integer")
         seq = ids.shape[1]
+        if embeddings is not None:
+            embeddings = check_array(embeddings, "embeddings", kind="floating")
+            if embeddings.shape != (*ids.shape, c.d_model):
+                raise ValueError(
+                    f"embeddings: expected [batch, seq, d_model] = {(*ids.shape, c.d_model)}, "
+                    f"got {embeddings.shape}"
+                )
         if decode:
             if "blocks_0" not in self.variables.get("cache", {}):
                 raise ValueError("decode: needs a 'cache' collection from init_cache (mutable)")
@@ -335,15 +577,16 @@ class Decoder(nn.Module):
             ids.ravel()[jnp.argmin(ok.ravel())],
         )
         pos = jnp.asarray(start, jnp.int32) + jnp.arange(seq, dtype=jnp.int32)
-        x = _Embed(c, name="embed")(jnp.where(ok, ids, 0), pos)
+        x = _Embed(c, name="embed")(jnp.where(ok, ids, 0), pos, embeddings)
         for i in range(c.n_layers):
-            x = _Block(c, name=f"blocks_{i}")(x, pos, decode)
+            x = _Block(c, i, name=f"blocks_{i}")(x, pos, decode)
         x = _norm(c, "ln_f")(x)
         if c.tie_embeddings:
             tok = self.variables["params"]["embed"]["tok"]["embedding"]
             logits = _Id(name="unembed")(x @ tok.T.astype(x.dtype))
         else:
             logits = _Unembed(c, name="unembed")(x)
+        logits = _softcap(logits, c.final_softcap)
         logits = poison(logits, ok.all(-1)[:, None])  # a bad id spoils its whole row
         return logits
 
@@ -411,8 +654,17 @@ def generate(model: Decoder, variables: dict, prompt: jax.Array, n_new: int) -> 
     return _generate(model, variables, prompt, n_new)
 
 
+def _strip(name: str) -> str:
+    """HF tensor name without its wrapper prefixes (``model.``, ``transformer.``, and Gemma 3's
+    ``language_model.`` in either order)."""
+    for _ in range(3):
+        for pre in ("model.", "transformer.", "language_model."):
+            name = name.removeprefix(pre)
+    return name
+
+
 def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, dtype=jnp.float32):
-    """Converts HF ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` tensors into :class:`Decoder` params.
+    """Converts HF GPT-2 / Llama-family / Gemma tensors into :class:`Decoder` params.
 
     Args:
       tensors: ``{hf_name: array}`` (torch layout) as read from safetensors.
@@ -431,7 +683,7 @@ def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, d
     ...
     KeyError: "tensors: missing 'embed_tokens.weight' (have e.g. [])"
     """
-    t = {k.removeprefix("transformer.").removeprefix("model."): v for k, v in tensors.items()}
+    t = {_strip(k): v for k, v in tensors.items()}
     h, kvh, dh, d = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
 
     def get(name):
@@ -499,21 +751,30 @@ def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, d
             attn["o"] = {"kernel": get(f"{b}.self_attn.o_proj.weight").T.reshape(h, dh, d)}
             if cfg.o_bias:
                 attn["o"]["bias"] = get(f"{b}.self_attn.o_proj.bias")
-            p[f"blocks_{i}"] = {
+            if cfg.qk_norm:
+                attn["q_norm"] = {"scale": get(f"{b}.self_attn.q_norm.weight")}
+                attn["k_norm"] = {"scale": get(f"{b}.self_attn.k_norm.weight")}
+            blk = {
                 "ln_1": {"scale": get(f"{b}.input_layernorm.weight")},
                 "attn": attn,
-                "ln_2": {"scale": get(f"{b}.post_attention_layernorm.weight")},
                 "mlp": {
                     "gate": dense(f"{b}.mlp.gate_proj", cfg.mlp_bias),
                     "up": dense(f"{b}.mlp.up_proj", cfg.mlp_bias),
                     "fc_out": dense(f"{b}.mlp.down_proj", cfg.mlp_bias),
                 },
             }
+            if cfg.family == "gemma":
+                blk["post_ln_1"] = {"scale": get(f"{b}.post_attention_layernorm.weight")}
+                blk["ln_2"] = {"scale": get(f"{b}.pre_feedforward_layernorm.weight")}
+                blk["post_ln_2"] = {"scale": get(f"{b}.post_feedforward_layernorm.weight")}
+            else:
+                blk["ln_2"] = {"scale": get(f"{b}.post_attention_layernorm.weight")}
+            p[f"blocks_{i}"] = blk
         p["ln_f"] = {"scale": get("norm.weight")}
         if not cfg.tie_embeddings:
-            if "lm_head.weight" not in tensors:
+            if "lm_head.weight" not in t:
                 raise KeyError("tensors: missing 'lm_head.weight' (config has untied embeddings)")
-            p["unembed"] = {"kernel": np.asarray(tensors["lm_head.weight"], np.float32).T}
+            p["unembed"] = {"kernel": np.asarray(t["lm_head.weight"], np.float32).T}
     return {"params": jax.tree.map(lambda a: jnp.asarray(a, dtype), p)}
 
 
@@ -526,7 +787,7 @@ class LoadedDecoder(NamedTuple):
 
 
 def load_decoder(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
-    """Loads a Hugging Face GPT-2 / Llama / Mistral / Qwen2 checkpoint folder.
+    """Loads a Hugging Face GPT-2 / Llama / Mistral / Qwen2/3 / Gemma 2/3 checkpoint folder.
 
     Args:
       path: a folder with ``config.json`` and ``model.safetensors`` or a sharded
