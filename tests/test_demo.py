@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -43,6 +45,18 @@ FIGURES = {
     "actmax": ["actmax_logits", "actmax_units", "actmax_traces", "actmax_topk"],
     "interventions": ["patching_layer_head", "patching_layer_position", "attribution_vs_patching"],
     "probes": ["probes_cnn", "probes_transformer"],
+}
+# The interactive pages each section writes (jaxinterp.viz), linked from index.html in order.
+VIEWS = {
+    "models": [],
+    "attention": ["view_attention_toy", "view_attention_minilm", "treescope_attention_minilm"],
+    "actmax": ["view_gallery_logits", "view_gallery_units", "view_gallery_soft_prompts"],
+    "interventions": [
+        "view_patching_heads",
+        "view_patching_head_position",
+        "view_patching_residual",
+    ],
+    "probes": ["view_probes_cnn", "view_probes_transformer"],
 }
 HEADINGS = {
     "models": "## Reference models",
@@ -257,6 +271,115 @@ def test_probes_section(demo, cnn, digits):
     assert back[0] < 0.2  # t-3 is iid of the token at t: chance is 1/16
     assert back[1:].min() > 0.95  # after attention copied it, the t-3 token is readable
     assert sel[2, 1] > sel[0, 1]  # and selective only there
+
+
+def _view_data(demo: Demo, name: str) -> dict:
+    page = (demo.out / f"{name}.html").read_text(encoding="utf-8")
+    m = re.search(r'<script type="application/json" id="jx-data">(.*?)</script>', page, re.S)
+    return json.loads(m.group(1))
+
+
+def test_index_links_every_view(demo):
+    expected = [f"{n}.html" for s in SECTIONS for n in VIEWS[s]]
+    index = (demo.out / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'href="([^"]+)"', index) == expected + ["report.md", "report.json"]
+    assert sorted(p.name for p in demo.out.glob("*.html")) == sorted(expected + ["index.html"])
+    assert f"interactive views: {len(expected)} pages" in demo.proc.stderr
+
+
+def test_views_hold_the_numbers_of_the_models(demo, offset_tf):
+    got = demo.results
+    close = dict(rtol=5e-6, atol=1e-7)  # the pages store 6 significant digits
+    # patching: the head map is the reported sweep; attribution sits next to it
+    heads = _view_data(demo, "view_patching_heads")
+    np.testing.assert_allclose(
+        heads["maps"]["activation patching"], got["interventions"]["head_effects"], **close
+    )
+    assert heads["names"] == ["layer", "head"] and heads["paths"][0].startswith("block_0")
+    hp = _view_data(demo, "view_patching_head_position")
+    assert hp["names"] == ["layer", "head", "position"] and len(hp["row_labels"]) == 8
+    # probes: accuracy and control by layer, as reported
+    cnn = np.asarray(_view_data(demo, "view_probes_cnn")["accuracy"])
+    np.testing.assert_allclose(cnn[:, 0], got["probes"]["cnn_accuracy"], **close)
+    tr = _view_data(demo, "view_probes_transformer")
+    np.testing.assert_allclose(
+        np.asarray(tr["accuracy"])[:, 1], got["probes"]["transformer_back_accuracy"], **close
+    )
+    np.testing.assert_allclose(tr["selectivity"], got["probes"]["transformer_selectivity"], **close)
+    # gallery: optimized logit and best digit per class
+    items = _view_data(demo, "view_gallery_logits")["items"]
+    assert len(items) == 10 and all(len(it["examples"]) == 8 for it in items)
+    np.testing.assert_allclose([it["value"] for it in items], got["actmax"]["logit_values"], 1e-5)
+    np.testing.assert_allclose(
+        [it["examples"][0]["value"] for it in items], got["actmax"]["logit_dataset_max"], 1e-5
+    )
+    soft = _view_data(demo, "view_gallery_soft_prompts")["items"]
+    assert len(soft) == 16 and all(len(it["optimized"]["tokens"]) == 16 for it in soft)
+    hit = np.mean([it["optimized"]["tokens"][-4] == str(t) for t, it in enumerate(soft)])
+    assert hit == pytest.approx(got["actmax"]["soft_prompt_offset_recovery"])
+    # the toy attention explorer: the model's weights on the first demo sequence, and the
+    # offset-3 scores of that sequence computed with numpy
+    toks = np.asarray(models.offset_batch(jax.random.key(0), 1, 16, 16, 3).tokens)
+    view = _view_data(demo, "view_attention_toy")
+    assert view["tokens"] == [str(t) for t in toks[0]]
+    _, maps = jax.jit(attention_weights(offset_tf.model, offset_tf.variables))(toks)
+    w = np.asarray(stack_layers(maps)[:, 0], np.float64)
+    np.testing.assert_allclose(view["weights"], w, **close)
+    np.testing.assert_allclose(
+        view["scores"]["offset_3"],
+        _offset_mass(offset_tf.model, offset_tf.variables, toks, 3),
+        **close,
+    )
+    off = np.asarray(view["scores"]["offset_3"])
+    assert view["selected"] == list(np.unravel_index(off.argmax(), off.shape))
+    minilm = _view_data(demo, "view_attention_minilm")
+    assert minilm["tokens"][0] == "[CLS]" and minilm["tokens"][-1] == "[SEP]"
+    assert np.asarray(minilm["weights"]).shape == (6, 12, 13, 13)
+    np.testing.assert_allclose(np.asarray(minilm["weights"]).sum(-1), 1.0, atol=1e-4)
+    assert np.max(minilm["scores"]["prev_token"]) > 0.9  # MiniLM has a previous-token head
+
+
+def test_views_open_in_a_browser(demo):
+    """Every page linked from index.html opens in Chromium without errors or requests."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _browser_unavailable("playwright is not installed (pip install 'jaxinterp[browser]')")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        _browser_unavailable("chromium is not installed (apt-get install chromium)")
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    args += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=args)
+        page = browser.new_page()
+        errors, requests = [], []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        index = (demo.out / "index.html").resolve().as_uri()
+        page.goto(index)
+        links = page.eval_on_selector_all("li a", "es => es.map(e => e.href)")
+        views = [u for u in links if u.endswith(".html")]
+        assert len(views) == sum(len(v) for v in VIEWS.values())
+        for url in views:
+            page.goto(url)
+            page.wait_for_load_state("load")
+            if "/view_attention" in url:  # hovering a token must work on the real pages
+                page.hover("#jx-tokens .jx-tok[data-index='1']")
+                assert page.locator("#jx-tokens .jx-query").get_attribute("data-index") == "1"
+            if "/treescope" in url:  # the figure draws itself (not the figure's repr)
+                page.wait_for_selector("canvas", timeout=20_000)
+                assert "TreescopeFigure" not in page.inner_text("body")
+            assert errors == [], url
+        browser.close()
+    assert all(u.startswith("file://") for u in requests), requests
+
+
+def _browser_unavailable(why: str) -> None:
+    if os.environ.get("JAXINTERP_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"browser tests required (JAXINTERP_REQUIRE_BROWSER=1) but {why}")
+    pytest.skip(why)
 
 
 def test_compile_cache_switch(tmp_path, monkeypatch):

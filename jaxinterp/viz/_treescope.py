@@ -69,6 +69,11 @@ class NamedArray:
         if not rows and not cols:
             cols = [free[-1]] if free else []
         kwargs.setdefault("trim_outliers", False)
+        finite = self.values[np.isfinite(self.values)] if self.values.dtype != bool else None
+        if finite is not None and finite.size and finite.min() >= 0:
+            # weights, probabilities, counts: a sequential colour map from 0
+            kwargs.setdefault("around_zero", False)
+            kwargs.setdefault("vmin", 0.0)
         return treescope.render_array(
             self.values,
             rows=rows,
