@@ -10,7 +10,7 @@ Before Sphinx reads the sources, this file
   models at build time; ``JAXINTERP_DOCS_FIGURES=reuse`` keeps existing PNGs when all are
   there, for quick edits of the prose), and
 * copies ``notebooks/*.ipynb`` into ``docs/tutorials/`` (myst-nb renders them with their stored
-  outputs; nothing is executed).
+  outputs; a notebook is executed only if one of its code cells has no output).
 """
 
 from __future__ import annotations
@@ -59,7 +59,12 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 python_use_unqualified_type_names = True
 
 # ---------------------------------------------------------------------------------- myst-nb
-nb_execution_mode = "off"  # the notebooks are committed executed (notebooks/_build.py)
+# The notebooks are committed executed (notebooks/_build.py), so "auto" renders their stored
+# outputs and runs nothing; a notebook committed with a code cell lacking output would be
+# executed here (an error in it fails the build).
+nb_execution_mode = "auto"
+nb_execution_raise_on_error = True
+nb_execution_timeout = 300
 nb_merge_streams = True
 myst_enable_extensions = ["colon_fence", "dollarmath"]
 myst_heading_anchors = 3
