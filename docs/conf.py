@@ -152,6 +152,31 @@ def _drop_namedtuple_alias_text(app, what, name, obj, options, lines) -> None:
         lines.clear()
 
 
+# Where napoleon writes a field's annotation as the class's defining module, show the public name.
+PUBLIC_NAMES = {"jax.jaxlib._jax.Array": "jax.Array", "jaxlib._jax.Array": "jax.Array"}
+
+
+def _public_type_names(app, what, name, obj, options, lines) -> None:
+    for i, line in enumerate(lines):
+        for private, public in PUBLIC_NAMES.items():
+            line = line.replace(private, public)
+        lines[i] = line
+
+
+def _public_signature_names(app, what, name, obj, options, signature, return_annotation):
+    def fix(text):
+        if text is None:
+            return None
+        for private, public in PUBLIC_NAMES.items():
+            text = text.replace(private, public)
+        return text
+
+    return fix(signature), fix(return_annotation)
+
+
 def setup(app) -> None:
     app.connect("source-read", _viz_placeholder)
     app.connect("autodoc-process-docstring", _drop_namedtuple_alias_text)
+    # after napoleon (priority 500), which adds the annotations of Attributes entries
+    app.connect("autodoc-process-docstring", _public_type_names, priority=600)
+    app.connect("autodoc-process-signature", _public_signature_names)
