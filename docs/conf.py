@@ -108,6 +108,7 @@ FIGURE_NAMES = [
     "patching_layer_head",
     "patching_layer_position",
     "attribution_vs_patching",
+    "decoder_attention",
 ]
 
 
