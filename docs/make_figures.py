@@ -220,12 +220,26 @@ def intervention_figures(out: Path) -> None:
     _save(out, "attribution_vs_patching", fig)
 
 
+def decoder_figures(out: Path) -> None:
+    """Attention of the Llama-family decoder test checkpoint (random weights) via ``probs``."""
+    d = models.load_decoder(ROOT / "tests" / "fixtures" / "decoders" / "llama")
+    ids = jnp.arange(1, 13)[None]  # [1, 12] token ids
+    f = attention.attention_weights(d.model, d.variables, weights_at="blocks_*/attn/probs")
+    _, maps = jax.jit(f)(ids)
+    w = attention.stack_layers(maps)[:, 0]  # [layer, head, q, k]
+    fig = plotting.attention_grid(
+        np.asarray(w), [str(int(t)) for t in ids[0]], suptitle="Llama-family decoder, causal"
+    )
+    _save(out, "decoder_attention", fig)
+
+
 GROUPS: dict[str, Callable[[Path], None]] = {
     "capture": capture_figures,
     "actmax": actmax_figures,
     "attention": attention_figures,
     "probes": probe_figures,
     "interventions": intervention_figures,
+    "decoder": decoder_figures,
 }
 
 
