@@ -124,7 +124,127 @@ def models() -> dict[str, torch.nn.Module]:
     return out
 
 
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. It's 10:45 and I'll be there by 11.",
+    "Don't stop: 3.14159, 2.71828 and 1,000,000 are numbers; 42 is an answer.",
+    "  Leading spaces, trailing spaces   and\ttabs\t\there.\nNew lines\n\nand more lines.",
+    "Café, naïve, façade, résumé, Zürich, São Paulo, Kraków, Ελληνικά, русский язык.",
+    "def f(x):\n    return x ** 2 + 1  # a comment\nprint(f(12345))",
+    "Tokenizers split text into pieces; pieces are merged by rank. THE END? the end!",
+] * 3
+
+
+def tokenizer_jsons() -> dict[str, str]:
+    """Four tokenizer.json files: GPT-2 and Llama 3 byte-level BPE, Llama 2 and Gemma
+    SentencePiece-style BPE (byte fallback), trained on CORPUS with ``tokenizers``."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    out = {}
+    llama3_split = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+        r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    for name in ("gpt2", "llama3"):
+        tok = Tokenizer(models.BPE(ignore_merges=name == "llama3"))
+        if name == "gpt2":
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            special = ["<|endoftext|>"]
+        else:
+            from tokenizers import Regex, processors
+
+            tok.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Split(Regex(llama3_split), "isolated"),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                ]
+            )
+            special = ["<|begin_of_text|>", "<|end_of_text|>"]
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=special,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(CORPUS, trainer)
+        if name == "llama3":
+            tok.post_processor = processors.TemplateProcessing(
+                single="<|begin_of_text|> $A",
+                special_tokens=[("<|begin_of_text|>", tok.token_to_id("<|begin_of_text|>"))],
+            )
+        out[name] = tok.to_str(pretty=False)
+    # SentencePiece-style: train on "▁"-joined text, then rebuild the vocab as Llama 2 lays it
+    # out (specials, the 256 byte tokens <0x00>..<0xFF>, then the pieces)
+    for name in ("llama2", "gemma"):
+        tok = Tokenizer(models.BPE())
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False, limit_alphabet=60)
+        tok.train_from_iterator(CORPUS, trainer)
+        trained = json.loads(tok.to_str())
+        specials = ["<unk>", "<s>", "</s>"] if name == "llama2" else ["<pad>", "<eos>", "<bos>", "<unk>"]
+        vocab = {t: i for i, t in enumerate(specials)}
+        for b in range(256):
+            vocab[f"<0x{b:02X}>"] = len(vocab)
+        for t, _ in sorted(trained["model"]["vocab"].items(), key=lambda kv: kv[1]):
+            vocab.setdefault(t, len(vocab))
+        bos = "<s>" if name == "llama2" else "<bos>"
+        norm = [{"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]
+        dec = [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ]
+        if name == "llama2":
+            norm.insert(0, {"type": "Prepend", "prepend": "▁"})
+            dec.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+        cfg = {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [
+                {"id": vocab[t], "content": t, "single_word": False, "lstrip": False,
+                 "rstrip": False, "normalized": False, "special": True}
+                for t in specials
+            ],  # fmt: skip
+            "normalizer": {"type": "Sequence", "normalizers": norm},
+            "pre_tokenizer": None,
+            "post_processor": {
+                "type": "TemplateProcessing",
+                "single": [
+                    {"SpecialToken": {"id": bos, "type_id": 0}},
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                ],
+                "pair": [
+                    {"SpecialToken": {"id": bos, "type_id": 0}},
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                    {"Sequence": {"id": "B", "type_id": 1}},
+                ],
+                "special_tokens": {bos: {"id": bos, "ids": [vocab[bos]], "tokens": [bos]}},
+            },
+            "decoder": {"type": "Sequence", "decoders": dec},
+            "model": {
+                **trained["model"],
+                "unk_token": "<unk>",
+                "fuse_unk": True,
+                "byte_fallback": True,
+                "vocab": vocab,
+            },
+        }
+        text = json.dumps(cfg, ensure_ascii=False)
+        Tokenizer.from_str(text)  # valid for the tokenizers package
+        out[name] = text
+    return out
+
+
 def main(names: list[str]) -> None:
+    if "tokenizers" in names or not names:
+        folder = OUT.parent / "tokenizers"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in tokenizer_jsons().items():
+            (folder / f"{name}.json").write_text(text, encoding="utf-8")
+            print(name, "->", folder / f"{name}.json")
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 128, (2, 10), generator=g)
     for name, m in models().items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -284,6 +285,101 @@ def test_load_tokenizer_invalid_file(tmp_path):
     p.write_text("{not json")
     with pytest.raises(ValueError, match="^path: .* is not a valid tokenizer.json"):
         models.load_tokenizer(p)
+
+
+TOKFIX = Path(__file__).parent / "fixtures" / "tokenizers" / "gpt2.json"
+DECFIX = Path(__file__).parent / "fixtures" / "decoders" / "gemma2"
+
+
+def _bpe(spec_edit):
+    spec = json.loads(TOKFIX.read_text(encoding="utf-8"))
+    spec_edit(spec)
+    return models.BPETokenizer(spec)
+
+
+def _gemma2_apply(**kw):
+    d = models.load_decoder(DECFIX)
+    return d.model.apply(d.variables, jnp.zeros((1, 3), jnp.int32), **kw)
+
+
+BPE_ROWS = [
+    ("bpe path type", lambda: models.BPETokenizer.from_file(3), TypeError, "path"),
+    ("bpe missing", lambda: models.BPETokenizer.from_file("/no/t.json"), FileNotFoundError, "path"),
+    ("bpe not a dict", lambda: models.BPETokenizer([]), ValueError, "path"),
+    (
+        "bpe wordpiece",
+        lambda: _bpe(lambda s: s["model"].update(type="WordPiece")),
+        ValueError,
+        "path",
+    ),
+    (
+        "bpe subword prefix",
+        lambda: _bpe(lambda s: s["model"].update(continuing_subword_prefix="##")),
+        ValueError,
+        "path",
+    ),
+    (
+        "bpe unknown normalizer",
+        lambda: _bpe(lambda s: s.update(normalizer={"type": "BertNormalizer"})),
+        ValueError,
+        "path",
+    ),
+    (
+        "bpe unknown decoder",
+        lambda: _bpe(lambda s: s.update(decoder={"type": "WordPiece"})),
+        ValueError,
+        "path",
+    ),
+    ("bpe encode int", lambda: models.BPETokenizer.from_file(TOKFIX).encode(3), TypeError, "text"),
+    (
+        "bpe decode unknown id",
+        lambda: models.BPETokenizer.from_file(TOKFIX).decode([1, 99999]),
+        ValueError,
+        "ids",
+    ),
+    (
+        "decoder embeddings shape",
+        lambda: _gemma2_apply(embeddings=jnp.zeros((1, 3, 7))),
+        ValueError,
+        "embeddings",
+    ),
+    (
+        "decoder embeddings int",
+        lambda: _gemma2_apply(embeddings=jnp.zeros((1, 3, 48), jnp.int32)),
+        TypeError,
+        "embeddings",
+    ),
+    (
+        "gemma3 softcap is ignored like HF, bad rope type is not",
+        lambda: models.DecoderConfig.from_hf(
+            {
+                "model_type": "gemma3",
+                "text_config": {
+                    "hidden_size": 8,
+                    "intermediate_size": 8,
+                    "num_hidden_layers": 1,
+                    "rope_scaling": {"rope_type": "dynamic"},
+                },
+            }
+        ),  # fmt: skip
+        ValueError,
+        "config",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, exc, name", [r[1:] for r in BPE_ROWS], ids=[r[0] for r in BPE_ROWS])
+def test_bpe_and_decoder_bad_inputs(call, exc, name):
+    with pytest.raises(exc) as info:
+        call()
+    assert str(info.value.args[0]).startswith(f"{name}:"), info.value.args[0]
+
+
+def test_bpe_invalid_json(tmp_path):
+    p = tmp_path / "tokenizer.json"
+    p.write_text("{not json")
+    with pytest.raises(ValueError, match="^path: .* is not a valid tokenizer.json"):
+        models.BPETokenizer.from_file(p)
 
 
 A2 = np.full((2, 2), 0.5)

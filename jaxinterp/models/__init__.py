@@ -11,7 +11,7 @@ from jaxinterp.models._bert import (
 )
 from jaxinterp.models._safetensors import read_safetensors
 from jaxinterp.models._tasks import Digits, SeqBatch, Split, load_digits, offset_batch
-from jaxinterp.models._tokenizer import Tokenized, load_tokenizer, tokenize
+from jaxinterp.models._tokenizer import BPETokenizer, Tokenized, load_tokenizer, tokenize
 from jaxinterp.models._transformer import (
     NNXTransformer,
     Transformer,
@@ -23,6 +23,7 @@ from jaxinterp.models._vision import CNN, MLP, init_vision
 from jaxinterp.models._zoo import Trained, cache_dir, digits_cnn, digits_mlp, offset_transformer
 
 __all__ = [
+    "BPETokenizer",
     "Bert",
     "BertConfig",
     "MiniLM",

@@ -1,0 +1,103 @@
+"""The pure-Python BPE tokenizer against the ``tokenizers`` package on the same tokenizer.json.
+
+The four fixtures (tests/fixtures/tokenizers/, made by scripts/make_decoder_fixtures.py with
+tokenizers 0.22) cover GPT-2 byte-level BPE (ByteLevel pre-tokenizer with its regex), Llama 3
+(Split with the \\p{L}/\\p{N} regex + ByteLevel, ignore_merges, a BOS template), Llama 2
+(Prepend + Replace normalizers, byte fallback, fused unk, Strip decoder) and Gemma (Replace
+only). Token ids and decoded text must be identical (no tolerance: both are exact).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from jaxinterp.models import BPETokenizer, tokenize
+
+FIX = Path(__file__).parent / "fixtures" / "tokenizers"
+NAMES = ["gpt2", "llama3", "llama2", "gemma"]
+
+FIXED = [
+    "The quick brown fox",
+    "",
+    " ",
+    "   leading and trailing   ",
+    "a\t\tb\n\n\nc \n d\r\n",
+    "digits 1234567 3.14159 1,000 00042",
+    "Café naïve Zürich Ελληνικά русский 日本語のテキスト 中文 한국어",
+    "emoji 🙂👍🏽 and ZWJ 👩‍💻",
+    "combining e\u0301 vs é",
+    "don't I'LL we've THEY'RE 'S",
+    "code: def f(x):\n    return x**2  # ok",
+    "<s>hello</s> <|endoftext|> <bos>x <|begin_of_text|>",
+    "\u00a0nbsp\u3000ideographic space ▁ literal",
+    "x" * 300,
+    "tab\tand\x0bvt\x1cfs",
+    "ﬁ ligature ²³ ½ Ⅻ",
+]
+
+
+def _random_texts(n: int) -> list[str]:
+    rng = random.Random(0)
+    pools = [(0x20, 0x2FF), (0x300, 0x36F), (0x2000, 0x206F), (0x4E00, 0x4E50), (0x1F300, 0x1F6FF)]
+    out = []
+    for _ in range(n):
+        s = []
+        for _ in range(rng.randint(1, 30)):
+            if rng.random() < 0.5:
+                s.append(
+                    rng.choice(["a", "b", "XY", "'s", "'LL", " ", "  ", "\n", "\t", "12", "345"])
+                )
+            else:
+                s.append(chr(rng.randint(*rng.choice(pools))))
+        out.append("".join(s))
+    return out
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def pair(request):
+    path = FIX / f"{request.param}.json"
+    return request.param, BPETokenizer.from_file(path), Tokenizer.from_file(str(path))
+
+
+def test_encode_decode_equal_tokenizers(pair):
+    name, ours, ref = pair
+    for text in FIXED + _random_texts(150):
+        ids = ref.encode(text).ids
+        assert ours.encode(text) == ids, text
+        assert (
+            ours.encode(text, add_special_tokens=False)
+            == ref.encode(text, add_special_tokens=False).ids
+        )
+        assert ours.decode(ids) == ref.decode(ids), text
+        assert ours.decode(ids, skip_special_tokens=False) == ref.decode(
+            ids, skip_special_tokens=False
+        )
+        if name in ("gpt2", "llama3"):  # byte-level BPE is lossless
+            special = {"<|endoftext|>", "<|begin_of_text|>", "<|end_of_text|>"}
+            if not any(s in text for s in special):
+                assert ours.decode(ids) == text
+
+
+def test_byte_fallback_and_merges_are_exercised():
+    """The fixtures are not trivial: pieces merge, unseen characters fall back to bytes."""
+    tok = BPETokenizer.from_file(FIX / "llama2.json")
+    enc = tok.encode_batch(["the end 日"])[0]
+    assert enc.tokens[0] == "<s>" and "<0xE6>" in enc.tokens  # 日 = E6 97 A5
+    assert any(len(t) > 2 for t in enc.tokens[1:])  # a merged piece
+    assert tok.decode(enc.ids) == "the end 日"
+
+
+def test_tokenize_accepts_the_pure_python_tokenizer():
+    ours = BPETokenizer.from_file(FIX / "llama3.json")
+    ref = Tokenizer.from_file(str(FIX / "llama3.json"))
+    ref.no_padding()
+    texts = ["Hello world", "a much longer sentence with more tokens 12345"]
+    a, b = tokenize(ours, texts), tokenize(ref, texts)
+    np.testing.assert_array_equal(a.input_ids, b.input_ids)
+    np.testing.assert_array_equal(a.attention_mask, b.attention_mask)
+    assert a.tokens == b.tokens
