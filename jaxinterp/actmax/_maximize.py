@@ -11,8 +11,12 @@ are visualized by a handful of large matrix products per step instead of a Pytho
 
 Keys: target ``i`` uses ``keys[i]`` (pass ``[target]`` keys) or ``jax.random.split(key, n)[i]``
 (pass one key); with the same per-target keys a batched call gives exactly the one-at-a-time
-results. Within a target the key is split into ``steps + 1`` keys: the init key, then one per
-step.
+results. Within a target, all randomness is drawn before the loop by one
+``jax.random.bits(key, (k + steps * w,), uint32)`` call (``k`` the words of one key, 2 for the
+default threefry keys): the first ``k`` words are the init key, then ``w`` words per step for the
+transforms (built-in transforms take them as words, see :mod:`._transforms`; a transform of
+your own gets them as a key, ``w = k``). With no random transform the key itself is the init
+key.
 
 Non-finite values: from the first step whose loss or gradient is NaN/inf no step is applied;
 ``nonfinite_step`` records that step, and the results hold the parameters of the step before it
@@ -36,8 +40,9 @@ transform or parameterization functions, or a custom optimizer are compared by i
 the same objects again to reuse the program. The cache is JAX's own ``jit`` cache of one
 module-level function (it lives as long as the process; JAX's persistent compilation cache, when
 configured, also serves new processes). On CPU the program is compiled with LLVM's -O1 pipeline
-(see ``_CPU_COMPILER_OPTIONS``); called inside the caller's own ``jit``, it is part of that
-program and compiled with the caller's options.
+and XLA's elemental loop emitters (see ``_CPU_COMPILER_OPTIONS``), and convolutions get input
+gradients that XLA:CPU runs as fast library calls (see :mod:`._fastgrad`); called inside the
+caller's own ``jit``, it is part of that program and compiled with the caller's options.
 """
 
 from __future__ import annotations
@@ -56,11 +61,19 @@ from jax.sharding import Mesh
 
 from jaxinterp._checks import check_array, check_int, check_key, is_traced, value_check
 from jaxinterp.actmax._cache import OptKey, by_id, static, unwrap
-from jaxinterp.actmax._objectives import INPUT, OUTPUT, SPECIAL_PATHS, Objective
+from jaxinterp.actmax._fastgrad import fast_input_grads
+from jaxinterp.actmax._objectives import (
+    INPUT,
+    OUTPUT,
+    SPECIAL_PATHS,
+    Objective,
+    path_key,
+    resolve,
+)
 from jaxinterp.actmax._param import Param
 from jaxinterp.actmax._relu import redirected_relu
-from jaxinterp.actmax._transforms import Transform, compose
-from jaxinterp.capture import apply_with_hook, capture, is_nnx
+from jaxinterp.actmax._transforms import Transform, compose, draws_words
+from jaxinterp.capture import apply_with_hook, capture, is_nnx, run_sites
 from jaxinterp.sharding import chunked, shard_batched
 
 ObjectiveFactory = Callable[[Any], Objective]
@@ -92,10 +105,37 @@ class ActMaxResult(NamedTuple):
 
 
 def forward_fn(
-    model: Any, variables: Any, paths: Sequence[str], method: str | None = None
+    model: Any,
+    variables: Any,
+    paths: Sequence[str],
+    method: str | Callable[..., Any] | None = None,
+    replace: tuple[str, Any] | None = None,
 ) -> Callable[..., tuple[Any, dict]]:
-    """``f(*args, **kw) -> (output, acts)`` capturing only the model paths in ``paths``."""
-    real = [p for p in paths if p not in SPECIAL_PATHS]
+    """``f(*args, **kw) -> (output, acts)`` capturing only the activations ``paths`` read.
+
+    ``replace=(site, x)`` replaces the output of the module at ``site`` by ``x`` (a soft
+    prompt in place of the embedding module's output); ``x`` must have that output's shape.
+    """
+    real = list(dict.fromkeys(path_key(p) for p in paths if path_key(p) not in SPECIAL_PATHS))
+    if replace is not None:
+        site, value = replace
+
+        def swap(old):
+            if not hasattr(old, "shape") or tuple(old.shape) != tuple(value.shape):
+                raise ValueError(
+                    f"site: soft_prompt replaces the output of {site!r}, which is "
+                    f"{getattr(old, 'shape', type(old).__name__)}; the prompt is "
+                    f"{tuple(value.shape)} = [batch, seq_len, d_model]. Name the token "
+                    "embedding module (its output is [batch, seq, d_model])"
+                )
+            return value.astype(old.dtype)
+
+        def f_replace(*args, **kwargs):
+            return run_sites(
+                model, variables, *args, edits={site: swap}, sites=real, method=method, **kwargs
+            )
+
+        return f_replace
     if real:
         return capture(model, variables, select=real, method=method)
 
@@ -106,6 +146,15 @@ def forward_fn(
         return out, {}
 
     return f
+
+
+def feed_forward(
+    model: Any, variables: Any, paths: Sequence[str], method: Any, param: Param, x: jax.Array
+) -> tuple[Any, dict]:
+    """Runs the model on input ``x`` as ``param`` feeds it (arguments, or a replaced module)."""
+    args, kwargs = param.feed(x)
+    replace = None if param.site is None else (param.site, x)
+    return forward_fn(model, variables, paths, method, replace)(*args, **kwargs)
 
 
 def _as_keys(key: Any, n: int | None) -> tuple[jax.Array, int]:
@@ -171,6 +220,7 @@ class _Config:
     fit_shape: tuple[int, ...] | None
     redirect: int
     split: int  # 0: keys given per target; n: one key, split into n inside the program
+    fast_conv: bool  # CPU: convolutions with fast input gradients (see _fastgrad)
 
 
 # ----------------------------------------------------------------------------- maximize
@@ -254,8 +304,11 @@ def maximize(
     redirect_relu = check_int(redirect_relu, "redirect_relu", lo=0)
     if chunk_size is not None:
         chunk_size = check_int(chunk_size, "chunk_size", lo=1)
-    if method is not None and not isinstance(method, str):
-        raise TypeError(f"method: expected a method name or None, got {type(method).__name__}")
+    if method is not None and not isinstance(method, str) and not callable(method):
+        raise TypeError(
+            f"method: expected a method name, a function (model, *args) or None, got "
+            f"{type(method).__name__}"
+        )
     if mesh is not None and not isinstance(mesh, Mesh):
         raise TypeError(f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}")
     fixed = isinstance(objective, Objective)
@@ -342,6 +395,7 @@ def maximize(
         fit_shape=fit_shape,
         redirect=redirect_relu,
         split=n if keys.ndim == 0 else 0,
+        fast_conv=jax.default_backend() == "cpu",
     )
     traced_obj = obj if factory is None else None
     items = (jax.random.key_data(keys), targets if factory is not None else traced_obj, init)
@@ -388,12 +442,16 @@ def _run_impl(items: Any, variables: Any, shared: Any, *, cfg: _Config) -> ActMa
     return run(items, variables)
 
 
-# On CPU, LLVM's -O1 pipeline halves the compile time of the ascent program (~2 s -> ~1.3 s CPU
-# time for the README example) with the same run time: its heavy ops (convolutions, matrix
-# products) are library calls, and the fused elementwise loops gain little from -O2.
+# On CPU the ascent program is many small fused loops around a few library calls
+# (convolutions, matrix products); its compile time is nearly all LLVM code generation for those
+# loops. XLA's older elemental emitters (``xla_cpu_use_fusion_emitters: false``) and LLVM's -O1
+# pipeline generate them in about half the CPU time of the defaults (README example: ~0.7 s
+# instead of ~1.4 s of compile CPU time), with run times within measurement noise, since the
+# heavy work is in the library calls.
 _CPU_COMPILER_OPTIONS = {
     "xla_backend_optimization_level": 1,
     "xla_llvm_disable_expensive_passes": True,
+    "xla_cpu_use_fusion_emitters": False,
 }
 _run_jit = jax.jit(_run_impl, static_argnames=("cfg",))
 _run_jit_cpu = jax.jit(_run_impl, static_argnames=("cfg",), compiler_options=_CPU_COMPILER_OPTIONS)
@@ -414,34 +472,49 @@ def _ascent(cfg, model, variables, obj, penalty, kd, x0) -> ActMaxResult:
     transform = unwrap(cfg.transform)
     optimizer = cfg.optimizer.opt
     paths = obj.paths + (penalty.paths if penalty is not None else ())
-    fwd = forward_fn(model, variables, paths, cfg.method)
     fit = (lambda x: x) if cfg.fit_shape is None else (lambda x: _center_fit(x, cfg.fit_shape))
 
-    def evaluate(params, k, redirect=False):
+    def evaluate(params, draw, redirect=False):
         x = param.apply(params)
-        args, kwargs = param.feed(transform(k, x) if k is not None else fit(x))
+        if draw is None:
+            seen = fit(x)
+        elif words_api:
+            seen = transform.with_words(draw, x)
+        else:
+            seen = transform(jax.random.wrap_key_data(draw, impl=cfg.impl), x)
         if redirect:
             with redirected_relu():
-                out, acts = fwd(*args, **kwargs)
+                out, acts = feed_forward(model, variables, paths, cfg.method, param, seen)
         else:
-            out, acts = fwd(*args, **kwargs)
+            out, acts = feed_forward(model, variables, paths, cfg.method, param, seen)
         acts = {**acts, INPUT: x, OUTPUT: out}
         value = obj(acts)
         loss = -value if penalty is None else penalty(acts) - value
         return loss, value
 
-    # one split gives the init key and every step's key (each split is a threefry loop to
-    # compile, so the program has as few as possible)
-    ks = jax.random.split(jax.random.wrap_key_data(kd, impl=cfg.impl), cfg.steps + 1)
-    params = param.init(ks[0]) if x0 is None else param.invert(x0)
+    # The randomness of all steps is drawn before the loop, in one call, so the compiled loop
+    # holds no random-number generator: built-in transforms take their words directly; a
+    # transform of your own gets a key made of ``key_words`` words per step.
+    key = jax.random.wrap_key_data(kd, impl=cfg.impl)
+    key_words = kd.shape[-1]
+    words_api = draws_words(transform)
+    per_step = transform.words if words_api else key_words
+    if per_step:
+        words = jax.random.bits(key, (key_words + cfg.steps * per_step,), jnp.uint32)
+        init_key = jax.random.wrap_key_data(words[:key_words], impl=cfg.impl)
+        draws = words[key_words:].reshape(cfg.steps, per_step)
+    else:
+        init_key, draws = key, jnp.zeros((cfg.steps, 0), jnp.uint32)
+    params = param.init(init_key) if x0 is None else param.invert(x0)
     opt_state = optimizer.init(params)
 
     def step(carry, inp, redirect):
         params, state, good, bad = carry
         i, k = inp
-        (loss, value), grads = jax.value_and_grad(
-            functools.partial(evaluate, redirect=redirect), has_aux=True
-        )(params, k)
+        loss_fn = functools.partial(evaluate, redirect=redirect)
+        if cfg.fast_conv:
+            loss_fn = fast_input_grads(loss_fn)
+        (loss, value), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, k)
         updates, new_state = optimizer.update(grads, state, params)
         new_params = optax.apply_updates(params, updates)
         finite = jnp.isfinite(loss)
@@ -456,7 +529,7 @@ def _ascent(cfg, model, variables, obj, penalty, kd, x0) -> ActMaxResult:
         return (params, state, good, bad), value
 
     carry = (params, opt_state, params, jnp.int32(-1))
-    xs = (jnp.arange(cfg.steps), ks[1:])
+    xs = (jnp.arange(cfg.steps), draws)
     r = min(cfg.redirect, cfg.steps)
     traces = []
     if r:
@@ -482,15 +555,11 @@ def _act_shapes(model, variables, model_key, param, method, seen, x_shape, paths
 
     def forward(x, variables):
         m, v = _model_of(model_key, variables)
-        args, kwargs = param.feed(x)
-        out, acts = forward_fn(m, v, paths, method)(*args, **kwargs)
-        return out, acts
+        return feed_forward(m, v, paths, method, param, x)
 
     out, acts = jax.eval_shape(forward, seen, variables)
-    shapes = {p: tuple(a.shape) for p, a in acts.items()}
-    shapes[INPUT] = tuple(x_shape)
-    shapes[OUTPUT] = tuple(getattr(out, "shape", ()))
-    return shapes
+    acts = {**acts, INPUT: jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32), OUTPUT: out}
+    return {p: tuple(resolve(acts, p).shape) for p in paths}
 
 
 def _check_objectives(model, variables, model_key, param, method, seen, x_shape, obj, penalty):
@@ -513,9 +582,7 @@ def _check_model_takes(model, variables, param, seen, x_shape, method, model_key
 
     def forward(x, state):
         m, v = _model_of(model_key, state)
-        args, kwargs = param.feed(x)
-        around = lambda path, module, call_next, a, k: call_next(*a, **k)
-        return apply_with_hook(m, v, around, *args, method=method, **kwargs)
+        return feed_forward(m, v, (), method, param, x)[0]
 
     try:
         jax.eval_shape(forward, seen, state)

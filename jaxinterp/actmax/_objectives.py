@@ -10,6 +10,14 @@ target, usually one). Two more keys are available:
   the regularizers (:func:`l1`, :func:`l2`, :func:`total_variation`, :func:`blur`);
 * :data:`OUTPUT` (``"<output>"``): the model's output, used by :func:`class_logit` by default.
 
+**Paths into pytree outputs.** A path may name one element of a module's (or the model's)
+output pytree with the site syntax of :mod:`jaxinterp.capture`: ``"<output>:output[0]"`` (first
+element of a tuple output), ``"<output>:output.logits"`` (an attribute), ``"block_0:output[1]"``
+(the ``x`` of a ``(cache, x)`` block output), and one step of a scanned module's stacked output
+with ``"layers/attn[3]"``. Where a path names a dataclass, mapping or Hugging Face
+``ModelOutput`` that has a ``logits`` field, that field is used: :func:`class_logit` works on HF
+models unchanged. Any other non-array value is an error that names the path.
+
 **Batch convention.** Per-example objectives (:func:`neuron`, :func:`channel`, :func:`direction`,
 :func:`deepdream`, :func:`class_logit`) return the *mean over the batch axis* of the per-example
 value, so an objective's scale does not depend on how many images are optimized together.
@@ -35,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp._checks import is_traced, poison, value_check
+from jaxinterp.capture import parse_site
 
 INPUT = "<input>"
 OUTPUT = "<output>"
@@ -63,6 +72,63 @@ class _Op:
         """Static and (for concrete ``args``) value checks against the activation shapes."""
 
 
+def path_key(path: str) -> str:
+    """The activation key a path reads (the path without step and element suffixes)."""
+    if path in SPECIAL_PATHS:
+        return path
+    try:
+        return parse_site(path).key
+    except (TypeError, ValueError):
+        return path
+
+
+def _element(x: Any, key: object, path: str) -> Any:
+    try:
+        if isinstance(key, tuple):
+            return getattr(x, key[1])
+        if isinstance(key, str):
+            return x[key]
+        return x.to_tuple()[key] if hasattr(x, "to_tuple") else x[key]
+    except (KeyError, IndexError, AttributeError, TypeError) as err:
+        shown = f".{key[1]}" if isinstance(key, tuple) else f"[{key!r}]"
+        raise ValueError(
+            f"path: {path!r}: a {type(x).__name__} has no element {shown} ({err})"
+        ) from None
+
+
+def _logits_field(x: Any) -> Any:
+    if isinstance(x, dict) or hasattr(x, "keys"):
+        try:
+            return x["logits"]
+        except (KeyError, TypeError):
+            pass
+    return getattr(x, "logits", None)
+
+
+def resolve(acts: Acts, path: str) -> Any:
+    """The array ``path`` names in ``acts`` (steps, elements and a ``logits`` field resolved);
+    works on arrays and on shape structs alike."""
+    if path in acts:
+        x = acts[path]
+    else:
+        site = parse_site(path)
+        x = acts[site.key]
+        for step in site.steps:
+            x = jax.tree.map(lambda a, s=step: a[s], x)
+        for key in site.element:
+            x = _element(x, key, path)
+    if not hasattr(x, "shape"):
+        logits = _logits_field(x)
+        if logits is None or not hasattr(logits, "shape"):
+            raise ValueError(
+                f"path: {path!r} holds a {type(x).__name__}, not an array; name one element "
+                f"with the site syntax, e.g. {path_key(path) + ':output[0]'!r} or "
+                f"{path_key(path) + ':output.logits'!r}"
+            )
+        x = logits
+    return x
+
+
 def _feature_axis(shapes: Shapes, path: str, min_ndim: int, what: str) -> tuple[int, ...]:
     shape = tuple(shapes[path])
     if len(shape) < min_ndim:
@@ -74,7 +140,7 @@ def _feature_axis(shapes: Shapes, path: str, min_ndim: int, what: str) -> tuple[
 
 
 def _get(acts: Acts, path: str, min_ndim: int, what: str) -> jax.Array:
-    x = acts[path]
+    x = resolve(acts, path)
     _feature_axis({path: jnp.shape(x)}, path, min_ndim, what)
     return x
 
@@ -187,7 +253,7 @@ class _DeepDream(_Op):
     path: str
 
     def __call__(self, acts, args):
-        return jnp.mean(acts[self.path] ** 2)
+        return jnp.mean(resolve(acts, self.path) ** 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,7 +431,7 @@ class Objective:
         self.op.check(shapes, self.args)
 
     def __call__(self, acts: Acts) -> jax.Array:
-        missing = [p for p in self.paths if p not in acts]
+        missing = [p for p in self.paths if path_key(p) not in acts]
         if missing:
             raise KeyError(f"acts: objective {self.name} needs paths {missing}; got {sorted(acts)}")
         out = self.fn(acts, self.args) if isinstance(self.fn, _Op) else self.fn(acts)

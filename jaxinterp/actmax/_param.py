@@ -5,7 +5,9 @@ A :class:`Param` is a NamedTuple of pure functions, in the style of an optax tra
 * ``init(key) -> params``: random starting parameters for ONE target;
 * ``apply(params) -> x``: the model input ``[batch, ...]`` (``batch`` images per target);
 * ``invert(x) -> params``: parameters whose ``apply`` gives ``x`` (to start from given inputs);
-* ``feed(x) -> (args, kwargs)``: how ``x`` (after transforms) is passed to the model.
+* ``feed(x) -> (args, kwargs)``: how ``x`` (after transforms) is passed to the model;
+* ``site``: ``None``, or a module path whose output ``x`` replaces (a soft prompt in place of the
+  token embedding module's output; the model then runs on the arguments ``feed`` gives).
 
 Images are mapped into the valid input range ``[lo, hi]`` with a sigmoid. The Fourier
 parameterization (:func:`fourier`) optimizes the real FFT of the image with each frequency's
@@ -15,9 +17,11 @@ channels with the square root of an empirical colour covariance (ImageNet statis
 so the optimizer works in decorrelated colour space.
 
 For sequence models :func:`soft_prompt` optimizes continuous token embeddings ``[batch, seq,
-d_model]`` and feeds them as ``model(tokens, embeddings=x)``; :func:`nearest_tokens` reads the
-optimized embeddings back out as token ids. :func:`norm_ball` keeps the input inside an L2 ball,
-which gives linear units an analytic optimum.
+d_model]`` and puts them in place of the output of the model's token embedding module
+(``site=``, any model), or passes them as a keyword argument (``argname=``);
+:func:`nearest_tokens` reads the optimized embeddings back out as token ids.
+:func:`norm_ball` keeps the input inside an L2 ball, which gives linear units an analytic
+optimum.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Param(NamedTuple):
     apply: Callable[[Any], jax.Array]
     invert: Callable[[jax.Array], Any]
     feed: Callable[[jax.Array], tuple[tuple, dict]] = _default_feed
+    site: str | None = None
 
 
 # Square root of the ImageNet RGB colour covariance (Lucid's `color_correlation_svd_sqrt`).
@@ -70,9 +75,9 @@ class _Method:
         return getattr(self.spec, self.name)(*args)
 
 
-def _param(spec: Any, feed: bool = False) -> Param:
+def _param(spec: Any, feed: bool = False, site: str | None = None) -> Param:
     methods = [_Method(spec, n) for n in ("init", "apply", "invert")]
-    return Param(*methods, _Method(spec, "feed") if feed else _default_feed)
+    return Param(*methods, _Method(spec, "feed") if feed else _default_feed, site)
 
 
 class _Frozen:
@@ -351,7 +356,8 @@ class _SoftPrompt:
     seq_len: int
     batch: int
     sd: float
-    argname: str
+    argname: str | None
+    kwargs: tuple[tuple[str, _Frozen], ...]
 
     def init(self, key):
         table = jnp.asarray(self.table.a)
@@ -367,7 +373,10 @@ class _SoftPrompt:
         return jnp.asarray(x, jnp.float32)
 
     def feed(self, x):
-        return (jnp.zeros(x.shape[:-1], jnp.int32),), {self.argname: x}
+        kwargs = {k: jnp.asarray(v.a) for k, v in self.kwargs}
+        if self.argname is not None:
+            kwargs[self.argname] = x
+        return (jnp.zeros(x.shape[:-1], jnp.int32),), kwargs
 
 
 def soft_prompt(
@@ -376,28 +385,46 @@ def soft_prompt(
     *,
     batch: int = 1,
     sd: float = 0.0,
-    argname: str = "embeddings",
+    site: str | None = None,
+    argname: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> Param:
     """Continuous token embeddings (a soft prompt) for a sequence model.
 
-    Initialized at the embeddings of random tokens (plus ``sd`` noise); fed to the model as
-    ``model(zeros[batch, seq] int32, **{argname: x})``, as :class:`jaxinterp.models.Transformer`
-    accepts. Read the result back with :func:`nearest_tokens`. The table is a constant of the
-    compiled program (compared by value when ``maximize`` looks for a compiled program).
+    Initialized at the embeddings of random tokens (plus ``sd`` noise). The model is called as
+    ``model(zeros[batch, seq] int32, **model_kwargs)`` and the prompt ``x: [batch, seq,
+    d_model]`` enters it in one of two ways:
+
+    * ``site="transformer/wte"``: the output of the module at that path (the model's token
+      embedding module, e.g. ``"embed"`` for :class:`jaxinterp.models.Transformer`,
+      ``"transformer/wte"`` for Hugging Face Flax GPT-2) is replaced by ``x``, through
+      :func:`jaxinterp.capture.run_sites`. Works on any linen or nnx model with an embedding
+      module; everything after it (position embeddings, layers) runs as usual. The module's
+      output must be ``[batch, seq, d_model]`` (checked when the program is traced).
+    * ``argname="embeddings"``: ``x`` is passed as that keyword, for models that take
+      continuous inputs (:class:`jaxinterp.models.Transformer` does). This is the default
+      when ``site`` is not given.
+
+    Read the result back with :func:`nearest_tokens`. The table and ``model_kwargs`` are
+    constants of the compiled program (compared by value when ``maximize`` looks for a
+    compiled program).
 
     Args:
       embedding: the model's token embedding table ``[vocab, d_model]``.
       seq_len: prompt length.
       batch: prompts per target.
       sd: noise added to the initial embeddings.
-      argname: the model's keyword for continuous inputs.
+      site: path of the module whose output the prompt replaces.
+      argname: the model's keyword for continuous inputs (not with ``site``).
+      model_kwargs: other keyword inputs of the model (e.g. an ``attention_mask`` and
+        ``position_ids`` of shape ``[batch, seq_len]``), as concrete arrays.
 
     Returns:
       A :class:`Param` with ``apply(params) -> [batch, seq, d_model]``.
 
-    >>> p = soft_prompt(jnp.eye(4), 3)
-    >>> p.init(jax.random.key(0)).shape
-    (1, 3, 4)
+    >>> p = soft_prompt(jnp.eye(4), 3, site="embed")
+    >>> p.init(jax.random.key(0)).shape, p.site
+    ((1, 3, 4), 'embed')
     """
     if is_traced(embedding):
         raise TypeError("embedding: expected a concrete table, got a traced array")
@@ -411,10 +438,25 @@ def soft_prompt(
         raise ValueError("embedding: expected finite values, got NaN/inf entries")
     seq_len = _check_pos(seq_len, "seq_len", integer=True)
     batch = _check_pos(batch, "batch", integer=True)
-    if not isinstance(argname, str):
+    if site is not None and (not isinstance(site, str) or not site):
+        raise TypeError(f"site: expected a module path string, got {site!r}")
+    if site is not None and argname is not None:
+        raise ValueError(f"argname: give site or argname, not both; got site={site!r}, "
+                         f"argname={argname!r}")  # fmt: skip
+    if site is None and argname is None:
+        argname = "embeddings"
+    if argname is not None and not isinstance(argname, str):
         raise TypeError(f"argname: expected a keyword name, got {argname!r}")
-    spec = _SoftPrompt(_Frozen(table), seq_len, batch, _check_pos(sd, "sd", zero_ok=True), argname)
-    return _param(spec, feed=True)
+    frozen = []
+    for k, v in (model_kwargs or {}).items():
+        if not isinstance(k, str) or is_traced(v):
+            raise TypeError(f"model_kwargs: expected {{name: concrete array}}, got {k!r}: {v!r}")
+        frozen.append((k, _Frozen(np.asarray(v))))
+    sd = _check_pos(sd, "sd", zero_ok=True)
+    spec = _SoftPrompt(
+        _Frozen(table), seq_len, batch, sd, argname, tuple(sorted(frozen, key=lambda kv: kv[0]))
+    )
+    return _param(spec, feed=True, site=site)
 
 
 def nearest_tokens(embeddings: jax.Array, embedding: jax.Array, *, metric: str = "l2") -> jax.Array:

@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxinterp._checks import check_int, is_traced
 from jaxinterp.actmax._maximize import ObjectiveFactory, _num_targets, forward_fn
-from jaxinterp.actmax._objectives import INPUT, OUTPUT, Objective
+from jaxinterp.actmax._objectives import INPUT, OUTPUT, Objective, resolve
 from jaxinterp.sharding import iter_chunks, stream_reduce
 
 
@@ -149,9 +149,9 @@ def top_k_examples(
             return forward_fn(model, variables, paths, method)(*args, **kwargs)
 
         out, acts = jax.eval_shape(shapes_of, jnp.asarray(first[:1]), variables)
-        shapes = {p: tuple(a.shape) for p, a in acts.items()}
-        shapes[INPUT], shapes[OUTPUT] = tuple(first[:1].shape), tuple(out.shape)
-        batched.check(shapes)
+        x1 = jnp.asarray(first[:1])
+        acts = {**acts, INPUT: jax.ShapeDtypeStruct(x1.shape, x1.dtype), OUTPUT: out}
+        batched.check({p: tuple(resolve(acts, p).shape) for p in paths})
 
     def update(state, x, valid, variables):
         best_v, best_i, offset, n_nan = state

@@ -6,6 +6,14 @@ target and step). Optimizing through random jitter, scaling and rotation removes
 high-frequency patterns that a single fixed view of the input would be maximized by (Mordvintsev
 et al., 2015; Olah et al., 2017). :func:`compose` chains transforms, splitting the key.
 
+Randomness: every built-in transform draws a fixed number of 32-bit random words
+(``t.words``): :func:`jitter` one (16 bits per axis), :func:`random_scale` and
+:func:`random_rotate` one each (the word modulo the number of choices, uniform up to a bias
+below ``choices / 2**32``), :func:`pad` none. ``t(key, x)`` draws them with
+``jax.random.bits(key, (t.words,), uint32)``; ``t.with_words(words, x)`` takes them given.
+:func:`~jaxinterp.actmax.maximize` draws the words of all steps in one call before the ascent,
+so the compiled loop holds no random-number generator.
+
 Shapes: :func:`pad` grows the image by ``2 * width``, :func:`jitter` shrinks it by ``d`` (a random
 crop); :func:`random_scale` and :func:`random_rotate` keep it. Balance them so the model gets the
 size it expects (e.g. ``pad(1)`` then ``jitter(2)`` for a fixed-size dense head).
@@ -52,13 +60,38 @@ def _floats(values, name: str, what: str) -> tuple[float, ...]:
     return tuple(float(v) for v in arr)
 
 
+class _Builtin:
+    """A transform that draws ``words`` uint32 random words: ``with_words(words, x)``."""
+
+    words = 0
+
+    def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+        words = jax.random.bits(key, (self.words,), jnp.uint32) if self.words else None
+        return self.with_words(words, x)
+
+    def with_words(self, words: jax.Array | None, x: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+
+def draws_words(t: Transform) -> bool:
+    """Whether ``t`` takes its randomness as words (``t.with_words``), not from a key."""
+    if isinstance(t, _Compose):
+        return all(isinstance(u, _Builtin) for u in t.transforms)
+    return isinstance(t, _Builtin)
+
+
+def _pick(word: jax.Array, n: int) -> jax.Array:
+    """An index in ``[0, n)`` from one uint32 word."""
+    return (word % jnp.uint32(n)).astype(jnp.int32)
+
+
 @dataclasses.dataclass(frozen=True)
-class _Pad:
+class _Pad(_Builtin):
     width: int
     mode: str
     value: float
 
-    def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+    def with_words(self, words: jax.Array | None, x: jax.Array) -> jax.Array:
         _check_image(x, "pad")
         w = self.width
         widths = ((0, 0), (w, w), (w, w), (0, 0))
@@ -85,10 +118,14 @@ def pad(width: int, *, mode: str = "constant", value: float = 0.5) -> Transform:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Jitter:
+class _Jitter(_Builtin):
     d: int
 
-    def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+    @property
+    def words(self) -> int:
+        return 1 if self.d else 0
+
+    def with_words(self, words: jax.Array | None, x: jax.Array) -> jax.Array:
         _check_image(x, "jitter")
         b, h, w, c = x.shape
         d = self.d
@@ -96,8 +133,8 @@ class _Jitter:
             raise ValueError(f"d: expected a jitter smaller than the image size {(h, w)}, got {d}")
         if d == 0:
             return x
-        # one draw of 32 random bits gives both offsets (uniform in [0, d], d + 1 << 2**16)
-        bits = jax.random.bits(key, (), jnp.uint32)
+        # one word of 32 random bits gives both offsets (uniform in [0, d], d + 1 << 2**16)
+        bits = words[0]
         oy = ((bits & 0xFFFF) % (d + 1)).astype(jnp.int32)
         ox = ((bits >> 16) % (d + 1)).astype(jnp.int32)
         return jax.lax.dynamic_slice(x, (0, oy, ox, 0), (b, h - d, w - d, c))
@@ -141,13 +178,14 @@ def _check_fill(fill):
 
 
 @dataclasses.dataclass(frozen=True)
-class _RandomScale:
+class _RandomScale(_Builtin):
     scales: tuple[float, ...]
     fill: float | None
+    words = 1
 
-    def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+    def with_words(self, words: jax.Array | None, x: jax.Array) -> jax.Array:
         _check_image(x, "random_scale")
-        s = jax.random.choice(key, jnp.asarray(self.scales, jnp.float32))
+        s = jnp.asarray(self.scales, jnp.float32)[_pick(words[0], len(self.scales))]
         return _affine(x, jnp.eye(2) / s, self.fill)
 
 
@@ -165,13 +203,15 @@ def random_scale(scales: Sequence[float], *, fill: float | None = None) -> Trans
 
 
 @dataclasses.dataclass(frozen=True)
-class _RandomRotate:
+class _RandomRotate(_Builtin):
     angles: tuple[float, ...]
     fill: float | None
+    words = 1
 
-    def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+    def with_words(self, words: jax.Array | None, x: jax.Array) -> jax.Array:
         _check_image(x, "random_rotate")
-        theta = jax.random.choice(key, jnp.asarray(self.angles, jnp.float32)) * (math.pi / 180)
+        angle = jnp.asarray(self.angles, jnp.float32)[_pick(words[0], len(self.angles))]
+        theta = angle * (math.pi / 180)
         cos, sin = jnp.cos(theta), jnp.sin(theta)
         return _affine(x, jnp.asarray([[cos, sin], [-sin, cos]]), self.fill)
 
@@ -192,16 +232,32 @@ class _Compose:
     transforms: tuple[Transform, ...]
 
     def __call__(self, key: jax.Array, x: jax.Array) -> jax.Array:
+        if all(isinstance(t, _Builtin) for t in self.transforms):
+            words = jax.random.bits(key, (self.words,), jnp.uint32) if self.words else None
+            return self.with_words(words, x)
         random = [t for t in self.transforms if not isinstance(t, _Pad)]
         keys = iter(jax.random.split(key, len(random))) if len(random) > 1 else iter([key])
         for tr in self.transforms:
             x = tr(key, x) if isinstance(tr, _Pad) else tr(next(keys), x)
         return x
 
+    @property
+    def words(self) -> int:
+        return sum(t.words for t in self.transforms)  # only used when all are built in
+
+    def with_words(self, words: jax.Array | None, x: jax.Array) -> jax.Array:
+        i = 0
+        for tr in self.transforms:
+            x = tr.with_words(words[i : i + tr.words] if tr.words else None, x)
+            i += tr.words
+        return x
+
 
 def compose(*transforms: Transform) -> Transform:
-    """Applies ``transforms`` in order, each random one with its own key split from the given
-    one (a single random transform gets the key itself; :func:`pad` uses none).
+    """Applies ``transforms`` in order. Built-in transforms only: their random words are drawn
+    from the key at once and handed out in order. With a transform of your own, each random
+    transform gets its own key split from the given one (a single one gets the key itself;
+    :func:`pad` uses none).
 
     >>> t = compose(pad(2), jitter(1))
     >>> t(jax.random.key(0), jnp.zeros((1, 8, 8, 3))).shape

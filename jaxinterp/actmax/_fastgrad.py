@@ -1,0 +1,192 @@
+"""Input gradients of convolutions that XLA:CPU runs fast, for the ascent's loss.
+
+``maximize`` differentiates the model with respect to its *input* at every step. For a
+convolution JAX writes that gradient as a second convolution whose kernel is the forward one
+with its input and output feature axes swapped *by dimension numbers only* (``01oi``). XLA:CPU
+runs convolutions through its fast library kernels only when the kernel's feature axes are in
+the canonical order (``01io``); any other order falls back to a generic loop nest, measured 4-7×
+slower than the forward convolution on the digits CNN and on 64-128-channel convnets. That one
+op made the backward pass 10× the forward.
+
+:func:`fast_input_grads` takes the loss function, traces it once to a jaxpr, and evaluates that
+jaxpr with every plain 2-D convolution replaced by the same convolution with a custom VJP:
+
+* few input features (``kh * kw * in_features <= 256``, e.g. a first layer or the digits CNN):
+  the convolution is an im2col matrix product (the patches of the padded input, concatenated,
+  times the reshaped kernel), so forward and backward are matrix products;
+* otherwise: the forward is XLA's convolution as before, and the input gradient is JAX's own
+  transpose rule applied to a kernel whose feature axes are *physically* swapped (behind an
+  ``optimization_barrier``, so XLA cannot fold the swap back into the dimension numbers): the
+  gradient convolution then sees a canonical ``01io`` kernel.
+
+Both compute the same function as the original primitive (up to float32 summation order). The
+kernel gradient is JAX's own rule. Nested ``jit`` calls are inlined; every other primitive
+(including ``scan`` / ``cond`` bodies, custom derivatives such as the redirected ReLU) is bound
+unchanged, so convolutions inside a scan keep JAX's default gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend import core as jcore
+from jax.extend.core.primitives import conv_general_dilated_p, jit_p
+
+_IM2COL_MAX_PATCH = 256  # kh * kw * in_features up to which im2col is used
+_MODE = "im2col"
+
+
+def fast_input_grads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with its 2-D convolutions given fast XLA:CPU gradients (same values)."""
+
+    def wrapped(*args):
+        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+        flat = jax.tree.leaves(args)
+        outs = _eval(closed.jaxpr, closed.consts, flat)
+        return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+
+    return wrapped
+
+
+def _eval(jaxpr: Any, consts: Any, args: Any) -> list[Any]:
+    env: dict[Any, Any] = {}
+
+    def read(v):
+        return v.val if isinstance(v, jcore.Literal) else env[v]
+
+    for v, x in zip(jaxpr.constvars, consts):
+        env[v] = x
+    for v, x in zip(jaxpr.invars, args):
+        env[v] = x
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        prim = eqn.primitive
+        if prim is conv_general_dilated_p and _supported(eqn.params, invals):
+            outs = [_conv(invals[0], invals[1], _Params(eqn.params))]
+        elif prim is jit_p:
+            sub = eqn.params["jaxpr"]
+            outs = _eval(sub.jaxpr, sub.consts, invals)
+        else:
+            ans = prim.bind(*invals, **prim.get_bind_params(eqn.params))
+            outs = ans if prim.multiple_results else [ans]
+        for v, x in zip(eqn.outvars, outs):
+            if not isinstance(v, jcore.DropVar):
+                env[v] = x
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _supported(params: dict, invals: list) -> bool:
+    lhs, rhs = invals
+    return (
+        len(params["window_strides"]) == 2
+        and params["feature_group_count"] == 1
+        and params["batch_group_count"] == 1
+        and params["preferred_element_type"] is None
+        and all(d == 1 for d in params["lhs_dilation"])
+        and jnp.issubdtype(lhs.dtype, jnp.floating)
+        and lhs.dtype == rhs.dtype
+    )
+
+
+class _Params:
+    """The convolution's parameters as a hashable static argument."""
+
+    def __init__(self, params: dict):
+        self.params = dict(params)
+        self._key = tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Params) and other._key == self._key
+
+
+def _plain(lhs, rhs, p: _Params):
+    return conv_general_dilated_p.bind(lhs, rhs, **p.params)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(lhs, rhs, p: _Params):
+    return _forward(lhs, rhs, p)
+
+
+def _forward(lhs, rhs, p: _Params):
+    if _patch_size(rhs, p) <= _IM2COL_MAX_PATCH:
+        return _im2col(lhs, rhs, p)
+    return _plain(lhs, rhs, p)
+
+
+def _conv_fwd(lhs, rhs, p):
+    return _forward(lhs, rhs, p), (lhs, rhs)
+
+
+def _conv_bwd(p, res, g):
+    lhs, rhs = res
+    if _patch_size(rhs, p) <= _IM2COL_MAX_PATCH and _MODE == "im2col":
+        _, vjp = jax.vjp(lambda a, b: _im2col(a, b, p), lhs, rhs)
+        return vjp(g)
+    dn = p.params["dimension_numbers"]
+    o_ax, i_ax = dn.rhs_spec[0], dn.rhs_spec[1]
+    # the same kernel, its feature axes physically swapped and described as swapped: JAX's
+    # transpose rule swaps them back in the dimension numbers, leaving a canonical kernel
+    swapped = lax.optimization_barrier(jnp.swapaxes(rhs, o_ax, i_ax))
+    spec = list(dn.rhs_spec)
+    spec[0], spec[1] = i_ax, o_ax
+    q = dict(p.params, dimension_numbers=dn._replace(rhs_spec=tuple(spec)))
+    _, vjp_l = jax.vjp(lambda a: conv_general_dilated_p.bind(a, swapped, **q), lhs)
+    _, vjp_r = jax.vjp(lambda b: _plain(lhs, b, p), rhs)
+    return vjp_l(g)[0], vjp_r(g)[0]
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _patch_size(rhs, p: _Params) -> int:
+    dn = p.params["dimension_numbers"]
+    size = rhs.shape[dn.rhs_spec[1]]
+    for ax in dn.rhs_spec[2:]:
+        size *= rhs.shape[ax]
+    return size
+
+
+def _im2col(lhs, rhs, p: _Params):
+    """The convolution as one matrix product of input patches with the reshaped kernel."""
+    q = p.params
+    dn = q["dimension_numbers"]
+    x = jnp.transpose(lhs, dn.lhs_spec)  # [batch, in, h, w]
+    x = jnp.moveaxis(x, 1, -1)  # [batch, h, w, in]
+    k = jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))  # [kh, kw, in, out]
+    kh, kw, ci, co = k.shape
+    (sy, sx), (dy, dx) = q["window_strides"], q["rhs_dilation"]
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*q["padding"][0], 0),
+                                             (*q["padding"][1], 0), (0, 0, 0)))  # fmt: skip
+    b, h, w, _ = x.shape
+    oh = (h - (kh - 1) * dy - 1) // sy + 1
+    ow = (w - (kw - 1) * dx - 1) // sx + 1
+    cols = [
+        lax.slice(
+            x,
+            (0, i * dy, j * dx, 0),
+            (b, i * dy + (oh - 1) * sy + 1, j * dx + (ow - 1) * sx + 1, ci),
+            (1, sy, sx, 1),
+        )  # fmt: skip
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, -1)
+    out = jnp.dot(patches, k.reshape(kh * kw * ci, co), precision=q["precision"])
+    out = jnp.moveaxis(out, -1, 1)  # [batch, out, oh, ow]
+    return jnp.transpose(out, _inverse(dn.out_spec))
+
+
+def _inverse(perm):
+    inv = [0] * len(perm)
+    for i, a in enumerate(perm):
+        inv[a] = i
+    return tuple(inv)

@@ -1,0 +1,155 @@
+"""Act-max on models written by other people: soft prompts through the embedding module,
+``method=`` callables on linen and nnx, output objectives on dataclass and tuple outputs.
+
+Every reported value is checked against the model's own forward pass: the optimized soft
+prompt is written into the model's embedding table (rows the objective does not read) and the
+model runs on those token ids, so no jaxinterp hook is involved in the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxinterp import actmax, models
+
+FIXTURES = Path(__file__).parent / "fixtures"
+L = 4  # prompt length
+TARGETS = jnp.array([9, 17, 30])  # classes >= L: their tied unembedding rows stay untouched
+
+
+@functools.cache
+def _hf_gpt2():
+    from transformers import FlaxGPT2LMHeadModel, GPT2Config
+
+    cfg = GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=16)
+    return FlaxGPT2LMHeadModel(cfg, seed=0)
+
+
+def _gpt2_inputs(module, ids):
+    """HF's GPT-2 module wants an attention mask and position ids besides the token ids."""
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[-1]), ids.shape)
+    return module(ids, jnp.ones_like(ids), positions)
+
+
+def _with_rows(table, prompt):
+    """The embedding table with rows ``0..L-1`` replaced by the prompt ``[L, d]``."""
+    return jnp.asarray(table).at[: prompt.shape[0]].set(prompt)
+
+
+def test_soft_prompt_site_on_hf_flax_gpt2():
+    m = _hf_gpt2()
+    table = m.params["transformer"]["wte"]["embedding"]
+    res = jax.jit(
+        lambda key: actmax.maximize(
+            key, m.module, {"params": m.params},
+            lambda t: actmax.class_logit(t, position=L - 1), TARGETS,
+            param=actmax.soft_prompt(table, L, site="transformer/wte"), steps=25,
+            method=_gpt2_inputs,
+        )
+    )(jax.random.key(0))  # fmt: skip
+    assert res.inputs.shape == (3, 1, L, 16)
+    ids = jnp.arange(L)[None]
+    for i, t in enumerate(TARGETS.tolist()):
+        params = jax.tree.map(lambda a: a, m.params)
+        params["transformer"]["wte"]["embedding"] = _with_rows(table, res.inputs[i, 0])
+        out = m(ids, params=params)  # HF's own forward (a ModelOutput with .logits)
+        np.testing.assert_allclose(res.values[i], out.logits[0, L - 1, t], rtol=1e-4, atol=1e-5)
+    assert bool((res.values > res.traces[:, 0]).all())  # the ascent raised every logit
+
+
+def test_soft_prompt_site_on_loaded_decoder():
+    d = models.load_decoder(FIXTURES / "decoders" / "gpt2")
+    table = d.variables["params"]["embed"]["tok"]["embedding"]
+    res = actmax.maximize(
+        jax.random.key(1), d.model, d.variables,
+        lambda t: actmax.class_logit(t, position=L - 1), TARGETS,
+        param=actmax.soft_prompt(table, L, site="embed/tok"), steps=25,
+    )  # fmt: skip
+    ids = jnp.arange(L)[None]
+    for i, t in enumerate(TARGETS.tolist()):
+        v = jax.tree.map(lambda a: a, d.variables)
+        v["params"]["embed"]["tok"]["embedding"] = _with_rows(table, res.inputs[i, 0])
+        logits = d.model.apply(v, ids)
+        np.testing.assert_allclose(res.values[i], logits[0, L - 1, t], rtol=1e-4, atol=1e-5)
+    assert bool((res.values > res.traces[:, 0]).all())
+
+
+def test_soft_prompt_site_and_method_callable_on_nnx(offset_nnx):
+    model = offset_nnx
+    table = np.asarray(model.embed.embedding.value)
+    seq = 6
+    res = actmax.maximize(
+        jax.random.key(2), model, None,
+        lambda t: actmax.class_logit(t, position=seq - 1), jnp.arange(3),
+        param=actmax.soft_prompt(table, seq, site="embed"), steps=20,
+        method=lambda mod, tokens: mod(tokens),
+    )  # fmt: skip
+    tokens = jnp.zeros((1, seq), jnp.int32)
+    for t in range(3):
+        logits = model(tokens, embeddings=res.inputs[t])  # the model's own continuous route
+        np.testing.assert_allclose(res.values[t], logits[0, seq - 1, t], rtol=1e-4, atol=1e-5)
+
+
+def test_soft_prompt_site_must_be_the_embedding(offset_tf):
+    table = offset_tf.variables["params"]["embed"]["embedding"]
+    with pytest.raises(ValueError, match="^site: soft_prompt replaces the output of 'pos_embed'"):
+        actmax.maximize(
+            jax.random.key(0), offset_tf.model, offset_tf.variables,
+            lambda t: actmax.class_logit(t), jnp.arange(2),
+            param=actmax.soft_prompt(table, 3, batch=2, site="pos_embed"), steps=2,
+        )  # fmt: skip
+
+
+@functools.cache
+def _hf_vit():
+    from transformers import FlaxViTForImageClassification, ViTConfig
+
+    cfg = ViTConfig(
+        image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32, num_labels=5,
+    )  # fmt: skip
+    return FlaxViTForImageClassification(cfg, seed=0)
+
+
+def test_class_logit_on_hf_model_output_dataclass():
+    m = _hf_vit()
+    res = actmax.maximize(
+        jax.random.key(3), m.module, {"params": m.params}, actmax.class_logit, jnp.arange(5),
+        param=actmax.pixel((8, 8, 3), value_range=(-1.0, 1.0)), steps=20,
+    )  # fmt: skip
+    # the module takes NHWC; HF's wrapper takes NCHW
+    logits = m(jnp.transpose(res.inputs[:, 0], (0, 3, 1, 2))).logits
+    np.testing.assert_allclose(res.values, np.diagonal(logits), rtol=1e-4, atol=1e-5)
+    assert bool((res.values > res.traces[:, 0]).all())
+
+
+class _TupleOut(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Dense(8, name="hidden")(x))
+        return h, nn.Dense(3, name="head")(h)  # (features, logits)
+
+
+def test_output_objectives_on_tuple_outputs_by_element_path():
+    model = _TupleOut()
+    v = model.init(jax.random.key(0), jnp.ones((1, 5)))
+    obj = lambda t: actmax.class_logit(t, path="<output>:output[1]")  # noqa: E731
+    res = actmax.maximize(
+        jax.random.key(4), model, v, obj, jnp.arange(3),
+        param=actmax.norm_ball((5,), 1.0), steps=60, optimizer=None,
+    )  # fmt: skip
+    logits = model.apply(v, res.inputs[:, 0])[1]
+    np.testing.assert_allclose(res.values, np.diagonal(logits), rtol=1e-5, atol=1e-6)
+    # a non-array output without a logits field is an error naming the path
+    with pytest.raises(ValueError, match=r"^path: '<output>' holds a tuple"):
+        actmax.maximize(
+            jax.random.key(4), model, v, actmax.class_logit, jnp.arange(3),
+            param=actmax.norm_ball((5,), 1.0), steps=2,
+        )  # fmt: skip
