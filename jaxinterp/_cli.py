@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ``jaxinterp demo [--quick] [--only SECTION ...] [--out DIR] [--compile-cache DIR|none]``
     trains (or loads) the reference models, runs every analysis and writes ``report.md``,
-    ``report.json`` and the figures to ``DIR``.
+    ``report.json``, the figures and the interactive views (``jaxinterp.viz`` pages, linked
+    from ``index.html``) to ``DIR``.
 
     Args:
       argv: the arguments after the program name (default: ``sys.argv[1:]``).

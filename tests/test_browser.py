@@ -170,9 +170,10 @@ def test_attention_hover_and_click(open_page, real_attention):
         )
         row = w[layer, head, q]
         np.testing.assert_allclose([s[0] for s in shown], row, rtol=1e-5, atol=1e-7)
-        # opacity = weight / the row's largest weight (written with 4 decimals)
+        # opacity = weight / the row's largest weight. Chromium keeps alpha in 8 bits and
+        # prints the shortest decimal that maps back to the same byte: within 1/255
         alpha = [_rgba(s[1])[3] for s in shown]
-        np.testing.assert_allclose(alpha, row / row.max(), atol=2e-3)
+        np.testing.assert_allclose(alpha, row / row.max(), atol=1 / 255 + 1e-4)
         assert [s[2] for s in shown] == [k == q for k in range(seq)]
 
     # hover token 9: the selected head's weights from query 9 colour the tokens
@@ -195,6 +196,15 @@ def test_attention_hover_and_click(open_page, real_attention):
     assert (int(sel.get_attribute("data-layer")), int(sel.get_attribute("data-head"))) == other
     check_query(9, *other)
     assert f"layer L{other[0]} head {other[1]}" in page.text_content("#jx-info")
+    # the selected head's whole [q, k] matrix; hovering a token only moves the query row
+    mat = page.locator("#jx-matrix td.jx-cell").evaluate_all("es => es.map(e => +e.dataset.weight)")
+    np.testing.assert_allclose(np.reshape(mat, (seq, seq)), w[other], rtol=1e-5, atol=1e-7)
+    page.evaluate("document.querySelector('#jx-matrix td.jx-cell').jxMark = 1")
+    page.hover("#jx-tokens .jx-tok[data-index='4']")
+    assert page.evaluate("document.querySelector('#jx-matrix td.jx-cell').jxMark") == 1
+    assert page.text_content("#jx-matrix tr.jx-qrow th") == names[4]
+    check_query(4, *other)
+    page.hover("#jx-tokens .jx-tok[data-index='9']")
     # the grid can be coloured by another score; values follow it
     page.select_option("#jx-score", "offset_3")
     off = np.stack([w[..., q, q - 3] for q in range(3, seq)], -1).mean(-1)

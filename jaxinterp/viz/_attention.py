@@ -135,6 +135,14 @@ function draw() {
     }
     heads.append(tr);
   }
+  if (matKey !== st.layer + "." + st.head) drawMatrix();
+  mat.querySelectorAll("tr").forEach((tr, i) => tr.classList.toggle("jx-qrow", i - 1 === st.query));
+}
+
+// the [q, k] matrix is rebuilt only when the head changes (hovering tokens does not touch it)
+let matKey = null;
+function drawMatrix() {
+  matKey = st.layer + "." + st.head;
   mat.replaceChildren();
   const hr = el("tr"); hr.append(el("th"));
   for (let k = 0; k < T; k++) {

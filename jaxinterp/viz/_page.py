@@ -46,6 +46,7 @@ td.jx-cell.jx-selected { outline: 2px solid #111; outline-offset: -2px; }
   border-radius: 3px; border: 1px solid var(--line); font-family: ui-monospace, Menlo,
   Consolas, monospace; cursor: default; }
 .jx-tok.jx-query { outline: 2px solid #111; }
+tr.jx-qrow th { color: #111; font-weight: bold; }
 .jx-tokens { line-height: 2; margin: 4px 0; }
 .jx-muted { color: var(--muted); }
 a { color: var(--accent); }
