@@ -8,6 +8,8 @@ other than ``__call__``, and transforms values cannot leave.
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import flax
 import flax.linen as nn
@@ -658,3 +660,39 @@ def test_attribution_patch_over_scanned_layers_matches_unrolled_gradient():
     effect = (grads * (clean_h - corr_h)).sum(1)  # [layer, neuron]
     want = patched(jnp.zeros_like(corr_h)) + effect
     np.testing.assert_allclose(sites.unflatten(res.patched), want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------- nn.jit-decorated methods
+
+
+class JitInner(nn.Module):
+    @functools.partial(nn.jit, static_argnames=("self",))
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3, name="d")(x)
+
+
+class JitOuter(nn.Module):
+    """``__call__`` under ``nn.jit``, as Google's ``gemma`` package writes its Transformer."""
+
+    @functools.partial(nn.jit, static_argnames=("self",))
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2, name="out")(JitInner(name="inner")(x))
+
+
+def test_nn_jit_methods_hooked_after_a_plain_forward():
+    m = JitOuter()
+    v = m.init(jax.random.key(0), X)
+    want = m.apply(v, X)  # fills nn.jit's trace cache: a cached trace would skip the hooks
+    p = v["params"]
+    hidden = X @ p["inner"]["d"]["kernel"] + p["inner"]["d"]["bias"]
+    for f in (capture(m, v), jax.jit(capture(m, v))):
+        out, acts = f(X)
+        assert list(acts) == ["inner", "inner/d", "out"]
+        np.testing.assert_allclose(acts["inner/d"], hidden, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+    edited = intervene(m, v, {"inner": lambda a: 0 * a})(X)
+    np.testing.assert_allclose(edited, jnp.broadcast_to(p["out"]["bias"], want.shape))
+    assert list(list_paths(m, v, X)) == ["inner", "inner/d", "out"]
+    np.testing.assert_allclose(m.apply(v, X), want)  # nn.jit works as before afterwards

@@ -40,6 +40,10 @@ cannot be carried out, and the caller (e.g. :func:`jaxinterp.capture.capture`) r
 site it was and why. (The nnx copy carries a per-run static attribute so that JAX's trace
 caches of such definition-time transforms never skip a run's hooks.)
 
+**nn.jit.** A linen method decorated with ``nn.jit`` (Google's ``gemma`` package jits its
+``Transformer.__call__``) runs un-jitted during a hooked forward: ``nn.jit`` reuses its cached
+trace, which would skip every hook after the first run. Jit the hooked forward instead.
+
 **Repeated calls.** One rule for every consumer: the ``k``-th call (from 0) of the module at
 ``path`` in one forward pass has the key ``path`` for ``k = 0`` and ``path@k`` after
 (:attr:`Call.key`). Inside a scan the count is per step, so a module called once per layer keeps
@@ -64,6 +68,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.core import lift as _flax_lift
 from jax.extend import core as jex_core
 
 from jaxinterp.capture._paths import canonical_path
@@ -71,7 +76,7 @@ from jaxinterp.capture._paths import canonical_path
 Around = Callable[[str, Any, Callable[..., Any], tuple, dict], Any]
 
 LOST_PATTERNS = (
-    "a lax.cond/lax.switch branch (nn.cond, nnx.cond), jax.jit/nn.jit/nnx.jit, lax.map, "
+    "a lax.cond/lax.switch branch (nn.cond, nnx.cond), jax.jit/nnx.jit, lax.map, "
     "lax.fori_loop or lax.while_loop inside the model, or nnx.remat/nnx.vmap/jax.checkpoint "
     "applied when the class was defined rather than inside the forward pass (nn.scan, "
     "nnx.scan, lax.scan, nn.remat, nn.vmap, and remat/vmap applied in the forward pass are "
@@ -407,10 +412,88 @@ def _run_around(around: Around, path: str, module: Any, call_next, args, kwargs)
         state.call, state.module = prev, prev_module
 
 
+def _unjitted_lift(fn: Callable[..., Any], variables: Any = True, rngs: Any = True, **_: Any):
+    """``flax.core.lift.jit`` without ``jax.jit``: the same scope handling, run in place."""
+
+    def inner(scope_fn, repack_fn, variable_groups, rng_groups, module_hash_key, *args, **kw):
+        scope = scope_fn(variable_groups, rng_groups)
+        return fn(scope, module_hash_key, *args, **kw), repack_fn(scope)
+
+    return _flax_lift.pack(
+        inner, (variables,), (variables,), (rngs,), name="jit", enable_kwargs=True
+    )
+
+
+def _linen_jit_methods() -> list[Any]:
+    """The closures of every method decorated with ``nn.jit`` in the linen classes defined."""
+    found, todo, seen = [], [nn.Module], set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        todo.extend(cls.__subclasses__())
+        for fn in list(vars(cls).values()):
+            code = getattr(fn, "__code__", None)
+            if code is None or code.co_name != "wrapped_fn" or "transform" not in code.co_freevars:
+                continue
+            cells = dict(zip(code.co_freevars, fn.__closure__))
+            if cells["transform"].cell_contents is _flax_lift.jit and "trafo_fn" in cells:
+                found.append(cells)
+    return found
+
+
+@contextlib.contextmanager
+def _unjitted_linen_methods():
+    """Runs ``nn.jit``-decorated linen methods un-jitted while the block runs.
+
+    ``nn.jit`` keeps one jitted function per decorated method and reuses its cached trace on
+    the next call with the same shapes, so a second hooked forward would run none of the hooks
+    inside, and values recorded inside ``jax.jit`` cannot be carried out. Google's ``gemma``
+    package jits its ``Transformer.__call__`` this way. The same scope handling runs without
+    ``jax.jit`` instead (jit the hooked forward itself); reference counted like the routed
+    transforms, and restored afterwards.
+    """
+    global _UNJITTED, _SAVED_JIT
+    with _LOCK:
+        if _UNJITTED == 0:
+            _SAVED_JIT = []
+            for cells in _linen_jit_methods():
+                saved = (cells["transform"].cell_contents, cells["trafo_fn"].cell_contents)
+                _SAVED_JIT.append((cells, saved))
+                cells["transform"].cell_contents = _unjitted_lift
+                cells["trafo_fn"].cell_contents = None
+        _UNJITTED += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _UNJITTED -= 1
+            if _UNJITTED == 0:
+                for cells, (transform, trafo) in _SAVED_JIT:
+                    cells["transform"].cell_contents = transform
+                    cells["trafo_fn"].cell_contents = trafo
+                _SAVED_JIT = []
+
+
+_UNJITTED = 0
+_SAVED_JIT: list[Any] = []
+
+
 def _is_lift_wrapper(mod: Any, name: str) -> bool:
+    """Whether this call is the outer wrapper of a lifted module *class* (``nn.remat(Block)``).
+
+    The wrapped class's own method is called (and hooked) inside it. A method decorated with a
+    lifted transform (``@nn.jit``, ``@nn.remat`` on ``__call__``) is a different case: only
+    its body's call is intercepted, on a module of the same class, so it is hooked.
+    """
     fn = type(mod).__dict__.get(name)
     code = getattr(fn, "__code__", None)
-    return code is not None and code.co_filename.endswith("linen/transforms.py")
+    return (
+        code is not None
+        and code.co_filename.endswith("linen/transforms.py")
+        and "prewrapped_fns" not in code.co_freevars
+    )
 
 
 def _hooked_class(cls: type, methods: frozenset[str]) -> type:
@@ -610,7 +693,7 @@ def run_with_hook(
                     full = path if name == "__call__" else f"{path}.{name}"
                     return _run_around(around, full, mod, next_fun, a, k)
 
-                with nn.intercept_methods(interceptor):
+                with nn.intercept_methods(interceptor), _unjitted_linen_methods():
                     try:
                         out = model.apply(
                             variables, *args, method=method, mutable=mutable, rngs=rngs, **kwargs
