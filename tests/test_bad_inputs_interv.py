@@ -5,13 +5,15 @@ and that the message starts with the argument's name. Rows marked ``checked`` pa
 value under ``jax.jit`` through :func:`jaxinterp.checked`; :func:`test_traced_bad_values_poison`
 checks that the same calls under a plain ``jit`` give NaN instead of a clamped or wrapped
 answer (the value-check policy). Regression rows for the silent wrong answers of issue 10
-are marked ``regression``.
+are marked ``regression``; those of issue 11 (head idioms on other layouts, edits on shared
+modules, array edits on tuple outputs) ``regression-11``.
 """
 
 from __future__ import annotations
 
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,6 +65,35 @@ def _checked_sweep(sites_fn):
     return call
 
 
+class _Twice(nn.Module):
+    """One Dense called twice: a shared module."""
+
+    @nn.compact
+    def __call__(self, x):
+        d = nn.Dense(3, name="mlp")
+        return d(jnp.tanh(d(x)))
+
+
+class _Cache(nn.Module):
+    """A layer returning ``(cache, x)``."""
+
+    @nn.compact
+    def __call__(self, x):
+        _, h = _CacheLayer(name="layer")(x)
+        return h
+
+
+class _CacheLayer(nn.Module):
+    @nn.compact
+    def __call__(self, x, cache=None):
+        return cache, nn.Dense(3)(x)
+
+
+def _small(model, edits):
+    x = jnp.ones((2, 3))
+    return iv.intervene(model, model.init(jax.random.key(0), x), edits)(x)
+
+
 def _rows():
     # (id, call(tiny) -> anything, exception type, argument name the message starts with)
     key = jax.random.key(0)
@@ -72,6 +103,112 @@ def _rows():
     v = lambda t: t[1]
     task = lambda t: t[2]
     return [
+        # ----------------------------------------------- head layouts (regression-11)
+        # the head idiom on the residual stream [batch, seq, d_model] selected position h
+        (
+            "regression-11-zero-head-on-3d",
+            lambda t: iv.intervene(m(t), v(t), {"block_0": iv.zero(head=1)})(task(t).clean),
+            ValueError,
+            "head",
+        ),
+        ("regression-11-head-on-3d-direct", lambda t: iv.zero(head=1)(X), ValueError, "head"),
+        # head_sites on a 3-axis activation patched sequence positions
+        (
+            "regression-11-head-sites-on-3d",
+            _sweep(iv.head_sites(2, 4, template="block_{layer}")),
+            ValueError,
+            "sites",
+        ),
+        (
+            "regression-11-head-sites-on-3d-attribution",
+            _attrib(iv.head_sites(2, 4, template="block_{layer}")),
+            ValueError,
+            "sites",
+        ),
+        (
+            "regression-11-head-sites-on-3d-capture",
+            lambda t: iv.capture_sites(m(t), v(t), ["block_0|per_head"])(task(t).clean),
+            ValueError,
+            "sites",
+        ),
+        (
+            "merged-site-on-per-head",
+            lambda t: iv.intervene(m(t), v(t), {"block_0/attn/out:input|heads=4": iv.zero(head=0)})(
+                task(t).clean
+            ),
+            ValueError,
+            "edits",
+        ),
+        (
+            "merged-edit-on-per-head",
+            lambda t: iv.intervene(
+                m(t), v(t), {"block_0/attn/out:input": iv.zero(head=0, heads=4)}
+            )(task(t).clean),
+            ValueError,
+            "heads",
+        ),
+        ("heads-not-dividing", lambda t: iv.zero(heads=2)(X), ValueError, "heads"),
+        ("heads-zero", lambda t: iv.zero(heads=0), ValueError, "heads"),
+        ("heads-float", lambda t: iv.replace(X, heads=2.0), TypeError, "heads"),
+        ("head-and-at-axis", lambda t: iv.zero(head=0, at={-2: 1}), ValueError, "head"),
+        (
+            "head-and-at-positive-axis",
+            lambda t: iv.zero(head=0, at={2: 1})(jnp.ones((1, 2, 3, 4))),
+            ValueError,
+            "head",
+        ),
+        (
+            "layout-suffix-unknown",
+            lambda t: iv.intervene(m(t), v(t), {"block_0|heads=x": iv.zero()}),
+            ValueError,
+            "site",
+        ),
+        (
+            "layout-suffix-zero-heads",
+            lambda t: iv.capture_sites(m(t), v(t), ["block_0|heads=0"]),
+            ValueError,
+            "site",
+        ),
+        ("head_sites-merged-str", lambda t: iv.head_sites(2, 4, merged="yes"), TypeError, "merged"),
+        (
+            "head_sites-merged-and-suffix",
+            lambda t: iv.head_sites(2, 4, template="b_{layer}:input|per_head", merged=True),
+            ValueError,
+            "merged",
+        ),
+        # ------------------------------------- shared modules, tuples (regression-11)
+        # an edit without @K on a module called twice changed its first call only
+        (
+            "regression-11-shared-module-no-call",
+            lambda t: _small(_Twice(), {"mlp": iv.zero(at={-1: 0})}),
+            ValueError,
+            "edits",
+        ),
+        (
+            "regression-11-shared-module-glob-no-call",
+            lambda t: _small(_Twice(), {"ml?": iv.zero(at={-1: 0})}),
+            ValueError,
+            "edits",
+        ),
+        # an array edit on (cache, x) failed with "None is not a valid value for jnp.array"
+        (
+            "regression-11-array-edit-on-tuple",
+            lambda t: _small(_Cache(), {"layer": iv.zero()}),
+            ValueError,
+            "edits",
+        ),
+        (
+            "array-edit-on-tuple-direct",
+            lambda t: iv.zero()((None, jnp.ones(3))),
+            TypeError,
+            "act",
+        ),
+        (
+            "tuple-element-missing",
+            lambda t: _small(_Cache(), {"layer:output[2]": iv.zero()}),
+            ValueError,
+            "site",
+        ),
         # ------------------------------------------------------------------ edits
         ("zero-int-out-of-range", lambda t: iv.zero(at={-2: 4})(X), ValueError, "at"),
         ("zero-negative-out-of-range", lambda t: iv.zero(at={-2: -5})(X), ValueError, "at"),

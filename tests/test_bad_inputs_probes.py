@@ -5,6 +5,7 @@ Also checks the policy under jit: NaN/-1 outputs and jaxinterp.checked raising t
 from __future__ import annotations
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -276,3 +277,67 @@ class JitPolicyTest(chex.TestCase):
         np.testing.assert_array_equal(
             pred[1, :, :3], np.asarray(probes.predict(PROBE, X))[1, :, :3]
         )
+
+
+class _CacheModel(nn.Module):
+    """A layer returning a ``(cache, x)`` tuple, as decoders with a KV cache do."""
+
+    @nn.compact
+    def __call__(self, x):
+        _, h = _CacheLayer(name="layer")(x)
+        return nn.Dense(2, name="head")(h)
+
+
+class _CacheLayer(nn.Module):
+    @nn.compact
+    def __call__(self, x, cache=None):
+        return cache, nn.Dense(4)(x)
+
+
+_XC = jnp.ones((3, 5))
+_MC = _CacheModel()
+_VC = _MC.init(KEY, _XC)
+_LF_ROWS = [
+    # regression (issue 11): a tuple output failed with "'tuple' object has no attribute 'ndim'"
+    ("tuple-output", lambda: probes.layer_features(_MC, _VC, _XC, ["layer"]), ValueError, "paths"),
+    ("bad-site", lambda: probes.layer_features(_MC, _VC, _XC, ["layer:foo"]), ValueError, "paths"),
+    ("unknown-path", lambda: probes.layer_features(_MC, _VC, _XC, ["nope"]), KeyError, "paths"),
+    (
+        "missing-element",
+        lambda: probes.layer_features(_MC, _VC, _XC, ["layer:output[5]"]),
+        ValueError,
+        "paths",
+    ),
+    (
+        "model-kwargs-not-mapping",
+        lambda: probes.layer_features(_MC, _VC, _XC, ["head"], model_kwargs=[("train", False)]),
+        TypeError,
+        "model_kwargs",
+    ),
+    (
+        "unknown-method",
+        lambda: probes.layer_features(_MC, _VC, _XC, ["head"], method="encode"),
+        ValueError,
+        "method",
+    ),
+    (
+        "variables-none",
+        lambda: probes.layer_features(_MC, None, _XC, ["head"]),
+        TypeError,
+        "variables",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, exc, name", [pytest.param(*r[1:], id=r[0]) for r in _LF_ROWS])
+def test_layer_features_bad_sites(call, exc, name):
+    with pytest.raises(exc) as info:
+        call()
+    msg = str(info.value.args[0]) if info.value.args else ""
+    assert msg.startswith(f"{name}:"), msg
+
+
+def test_layer_features_tuple_element_is_the_dense_output():
+    got = probes.layer_features(_MC, _VC, _XC, ["layer:output[1]"], pool="flatten")
+    p = _VC["params"]["layer"]["Dense_0"]
+    np.testing.assert_allclose(got[0], _XC @ p["kernel"] + p["bias"], rtol=1e-6, atol=1e-6)

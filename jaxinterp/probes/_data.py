@@ -8,7 +8,7 @@ functions take.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp._checks import check_array, check_int, check_key
-from jaxinterp.capture import capture
+from jaxinterp.capture import check_model, check_sites, run_sites
+from jaxinterp.sharding import iter_chunks
 
 Array = jax.Array
 
@@ -86,6 +87,25 @@ def _pool(act: Array, pool: str | Callable[[Array], Array], mask: Array | None) 
     return jnp.take_along_axis(act, last[:, None, None], axis=1)[:, 0]
 
 
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _as_paths_error(err: Exception) -> Exception:
+    """A site error from :func:`run_sites` (``sites:``/``site:``) renamed to this ``paths``."""
+    msg = str(err.args[0]) if err.args else str(err)
+    if msg.startswith("mutable: "):  # a BatchNorm model in training mode
+        return type(err)(
+            "model_kwargs: " + msg[len("mutable: ") :].split(" The model probably")[0] + " The "
+            "model probably runs in training mode (BatchNorm, dropout): pass its eval flag in "
+            "model_kwargs, e.g. {'train': False} or {'deterministic': True}"
+        )
+    for prefix in ("sites: ", "site: "):
+        if msg.startswith(prefix):
+            return type(err)("paths: " + msg[len(prefix) :])
+    return err
+
+
 def layer_features(
     model: Any,
     variables: Any,
@@ -96,15 +116,22 @@ def layer_features(
     token_mask: Array | None = None,
     chunk_size: int = 256,
     dtype: Any = jnp.float32,
+    method: str | Callable[..., Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> Array:
-    """Features ``[layer, n, d]`` from the outputs of ``paths``, one row per example.
+    """Features ``[layer, n, d]`` from the activations at ``paths``, one row per example.
 
     Args:
       model: linen module (with ``variables``) or nnx module (``variables=None``).
-      variables: linen variables or ``None``.
+      variables: linen variables (every collection, e.g. ``params`` and ``batch_stats``) or
+        ``None``.
       inputs: the model's input ``[batch, ...]``, or a tuple of positional inputs that all
         have a leading batch axis (e.g. ``(input_ids, attention_mask)``).
-      paths: canonical paths (exact, no globs), one per layer.
+      paths: exact sites, one per layer: module paths (``"block_0"``: its first call), or
+        any site of :func:`jaxinterp.capture.run_sites`: an element of a tuple or dataclass
+        output (``"encoder/layer/0:output[0]"``, ``"block:output.hidden"``), an input
+        (``"head:input"``), a later call (``"mlp@1"``), one layer of a scan
+        (``"layers/mlp[2]"``). Each must name one array.
       pool: how an activation becomes rows: ``"mean"`` over positions (``[batch, seq, d]``;
         real tokens only when ``token_mask`` is given), ``"last"`` (last real) position,
         ``"flatten"`` all non-batch axes, ``"tokens"`` one row per position
@@ -113,6 +140,11 @@ def layer_features(
       token_mask: ``[batch, seq]``, 1/True for real tokens, for ``"mean"`` and ``"last"``.
       chunk_size: examples per jitted call (peak memory is one chunk's activations).
       dtype: output dtype (``jnp.bfloat16`` halves memory and probe fitting traffic).
+      method: the model method to run: a name or a callable taking the model first (default
+        ``__call__``).
+      model_kwargs: keyword arguments of every model call, not chunked (e.g.
+        ``{"train": False}`` for a BatchNorm model in eval mode, ``{"deterministic": True}``);
+        array values are passed to the jitted call, other values are static.
 
     Returns:
       ``[layer, n, d]`` where ``d`` is the widest layer; narrower layers are zero-padded on the
@@ -120,8 +152,10 @@ def layer_features(
 
     Raises:
       KeyError: a path matches nothing (lists the available paths).
-      ValueError: bad ``pool``, ``token_mask``, ``chunk_size`` or empty ``inputs``.
-      TypeError: ``paths`` is a single string or holds non-strings.
+      ValueError: bad ``pool``, ``token_mask``, ``chunk_size`` or empty ``inputs``; a path
+        that names a tuple or other pytree instead of one array (name an element).
+      TypeError: ``paths`` is a single string or holds non-strings; ``model_kwargs`` is not a
+        mapping with string keys.
 
     >>> from jaxinterp import models
     >>> mlp = models.digits_mlp()
@@ -129,11 +163,16 @@ def layer_features(
     >>> layer_features(mlp.model, mlp.variables, x, ["act_0", "act_1"]).shape[:2]
     (2, 5)
     """
+    check_model(model, variables)
     if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
         raise TypeError(f"paths: expected a list of path strings, got {paths!r}")
     paths = list(paths)
     if not paths:
         raise ValueError("paths: expected at least one path")
+    try:
+        check_sites(paths)
+    except (TypeError, ValueError) as err:
+        raise _as_paths_error(err) from None
     chunk_size = check_int(chunk_size, "chunk_size", lo=1)
     if not (isinstance(pool, str) or callable(pool)):
         raise TypeError(f"pool: expected a string or a callable, got {type(pool).__name__}")
@@ -141,6 +180,14 @@ def layer_features(
         raise ValueError(
             f"pool: expected 'mean', 'last', 'flatten', 'tokens' or a callable, got {pool!r}"
         )
+    if model_kwargs is None:
+        model_kwargs = {}
+    if not isinstance(model_kwargs, Mapping) or not all(isinstance(k, str) for k in model_kwargs):
+        raise TypeError(
+            f"model_kwargs: expected a mapping of keyword names to values, got {model_kwargs!r:.80}"
+        )
+    dynamic = {k: v for k, v in model_kwargs.items() if _is_array(v)}
+    static = {k: v for k, v in model_kwargs.items() if k not in dynamic}
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     leaves = jax.tree.leaves(args)
     if not leaves or any(getattr(a, "ndim", 0) < 1 for a in leaves):
@@ -157,21 +204,27 @@ def layer_features(
         token_mask = check_array(token_mask, "token_mask", ndim=2)
         if token_mask.shape[0] != n:
             raise ValueError(f"token_mask: expected {n} rows (batch), got shape {token_mask.shape}")
-    f = capture(model, variables, select=paths)
 
     @jax.jit
-    def run(chunk, mask):
-        _, acts = f(*chunk)
-        missing = [p for p in paths if p not in acts]
-        if missing:
-            raise KeyError(f"paths: {missing} are not exact captured paths; got {sorted(acts)}")
+    def run(chunk, mask, dyn):
+        try:
+            _, acts = run_sites(
+                model, variables, *chunk, sites=paths, method=method, **static, **dyn
+            )
+        except (KeyError, ValueError) as err:
+            raise _as_paths_error(err) from None
+        for p in paths:
+            if not _is_array(acts[p]):
+                raise ValueError(
+                    f"paths: {p!r} is a {type(acts[p]).__name__}, not one array; name one "
+                    f"element of it: {p + '[0]' if ':' in p else p + ':output[0]'!r}, "
+                    "':output.name' for a dataclass field"
+                )
         return [_pool(acts[p], pool, mask).astype(dtype) for p in paths]
 
-    parts = []
-    for s in range(0, n, chunk_size):
-        chunk = jax.tree.map(lambda a, s=s: a[s : s + chunk_size], args)
-        mask = None if token_mask is None else token_mask[s : s + chunk_size]
-        parts.append(run(chunk, mask))
+    parts = [
+        run(chunk, mask, dynamic) for chunk, mask in iter_chunks((args, token_mask), chunk_size)
+    ]
     per_layer = [jnp.concatenate([p[i] for p in parts]) for i in range(len(paths))]
     d = max(a.shape[-1] for a in per_layer)
     return jnp.stack([jnp.pad(a, ((0, 0), (0, d - a.shape[-1]))) for a in per_layer])
