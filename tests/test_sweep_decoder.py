@@ -235,3 +235,11 @@ def test_keyword_input_errors(dec, kwargs, inputs, exc, name):
     for fn in (iv.patch_sweep, iv.attribution_patch):
         with pytest.raises(exc, match=f"^{name}"):
             fn(d.model, d.variables, c, x, sites, metric, kwargs=kwargs)
+
+
+def test_reuse_prefix_must_be_bool(dec):
+    d, clean, corrupted = dec
+    with pytest.raises(TypeError, match="^reuse_prefix"):
+        iv.patch_sweep(
+            d.model, d.variables, clean, corrupted, _sites(d, "head"), metric, reuse_prefix="yes"
+        )

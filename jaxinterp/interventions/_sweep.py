@@ -716,8 +716,8 @@ def patch_sweep(
       TypeError, ValueError: bad ``sites`` (a layer or index outside the activations),
         ``corrupted_inputs`` of other shapes than ``clean_inputs``, a metric that is not
         callable or does not return a scalar, ``chunk_size`` not an int >= 1 (or None,
-        ``"auto"``), ``kwargs`` not a mapping or repeating a keyword input, or equal clean
-        and corrupted metrics (normalization undefined).
+        ``"auto"``), ``kwargs`` not a mapping or repeating a keyword input, ``reuse_prefix``
+        not a bool, or equal clean and corrupted metrics (normalization undefined).
       KeyError: a site path is not in the model.
 
     Under jit with traced ``sites``, a site outside the activations gives NaN in ``patched``
@@ -738,6 +738,8 @@ def patch_sweep(
     """
     _check_sites(sites)
     _check_call(metric, chunk_size)
+    if not isinstance(reuse_prefix, (bool, np.bool_)):
+        raise TypeError(f"reuse_prefix: expected a bool, got {reuse_prefix!r}")
     clean = _as_args("clean_inputs", clean_inputs, kwargs)
     corr = _as_args("corrupted_inputs", corrupted_inputs, kwargs)
     _check_pair(clean, corr)
