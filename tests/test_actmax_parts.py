@@ -239,3 +239,58 @@ def test_resizing_transforms_the_model_rejects_fail_clearly(cnn):
             steps=2,
             transforms=[actmax.jitter(1)],
         )
+
+
+# ------------------------------------------------------------------- fast convolution gradients
+
+
+@pytest.mark.parametrize(
+    "dn, xs, ks, strides, padding, rhs_dil",
+    [
+        (("NCHW", "OIHW", "NCHW"), (2, 5, 9, 7), (6, 5, 3, 2), (2, 1), [(1, 2), (0, 1)], (1, 2)),
+        (
+            ("NCHW", "OIHW", "NHWC"),
+            (2, 40, 12, 12),
+            (8, 40, 3, 3),
+            (2, 1),
+            [(1, 2), (0, 1)],
+            (2, 1),
+        ),
+    ],
+)
+def test_fast_conv_gradients_match_jax(dn, xs, ks, strides, padding, rhs_dil):
+    """The im2col path (few input features) and the canonical-kernel path (many) give JAX's
+    own values and gradients, for any dimension numbers, strides, padding and dilation."""
+    from jaxinterp.actmax._fastgrad import fast_input_grads
+
+    x = jax.random.normal(jax.random.key(0), xs)
+    k = jax.random.normal(jax.random.key(1), ks)
+
+    def f(x, k):
+        y = jax.lax.conv_general_dilated(
+            x, k, strides, padding, rhs_dilation=rhs_dil, dimension_numbers=dn
+        )
+        return jnp.sum(jnp.sin(y))
+
+    v0, g0 = jax.jit(jax.value_and_grad(f, (0, 1)))(x, k)
+    v1, g1 = jax.jit(jax.value_and_grad(fast_input_grads(f), (0, 1)))(x, k)
+    np.testing.assert_allclose(v1, v0, rtol=1e-4, atol=1e-4)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    gv = jax.vmap(jax.grad(fast_input_grads(f)))(x[None], k[None])  # batched over targets
+    np.testing.assert_allclose(gv[0], g0[0], rtol=1e-4, atol=1e-4)
+
+
+def test_transforms_draw_words_like_keys():
+    """``t(key, x)`` equals ``t.with_words(bits(key, (t.words,)), x)`` for built-in transforms
+    and their composition; the scale and angle are picked by ``word % choices``."""
+    t = actmax.compose(*actmax.standard_transforms())
+    assert t.words == 4  # jitter, scale, rotate, jitter
+    big = jnp.asarray(RNG.rand(1, 40, 40, 3).astype(np.float32))
+    key = jax.random.key(3)
+    words = jax.random.bits(key, (4,), jnp.uint32)
+    np.testing.assert_array_equal(t(key, big), t.with_words(words, big))
+    rot = actmax.random_rotate([0.0, 90.0])
+    w = jnp.array([1], jnp.uint32)  # 1 % 2 -> 90 degrees
+    ref = ndi.rotate(IMG, 90.0, axes=(1, 2), reshape=False, order=1, mode="nearest")
+    np.testing.assert_allclose(rot.with_words(w, IMG), ref, atol=1e-5)

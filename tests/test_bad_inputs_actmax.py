@@ -190,6 +190,19 @@ CASES = [
     ("norm_ball radius str", lambda: actmax.norm_ball((3,), "1"), TypeError, "radius"),
     ("soft_prompt 1-D table", lambda: actmax.soft_prompt(jnp.ones(3), 4), ValueError, "embedding"),
     ("soft_prompt seq_len 0", lambda: actmax.soft_prompt(jnp.eye(3), 0), ValueError, "seq_len"),
+    ("soft_prompt site int", lambda: actmax.soft_prompt(jnp.eye(3), 2, site=3), TypeError, "site"),
+    (
+        "soft_prompt site and argname",
+        lambda: actmax.soft_prompt(jnp.eye(3), 2, site="embed", argname="embeddings"),
+        ValueError,
+        "argname",
+    ),  # fmt: skip
+    (
+        "soft_prompt model_kwargs key",
+        lambda: actmax.soft_prompt(jnp.eye(3), 2, site="e", model_kwargs={1: jnp.ones(2)}),
+        TypeError,
+        "model_kwargs",
+    ),  # fmt: skip
     (
         "soft_prompt NaN table",
         lambda: actmax.soft_prompt(jnp.full((3, 2), jnp.nan), 2),
