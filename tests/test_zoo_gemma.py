@@ -21,15 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gemma import gm  # requirements-zoo.txt; imported plainly so a missing install fails
+from gemma import modules as gmod
+from gemma import positional_embeddings as gpe
+from gemma import transformer as gtr
 
 from jaxinterp.attention import attention_weights, stack_layers
 from jaxinterp.capture import capture, list_paths
 from jaxinterp.interventions import intervene, zero
-
-from gemma import gm  # noqa: I001  (the zoo requirements; imported plainly so CI fails loudly)
-from gemma import modules as gmod
-from gemma import positional_embeddings as gpe
-from gemma import transformer as gtr
 
 B, T, V, D, N, KV, H, F = 2, 7, 64, 16, 4, 2, 8, 32
 WINDOW, CAP = 3, 50.0
