@@ -111,7 +111,21 @@ ROWS = [
         ValueError,
         "^layout: cannot tell",
     ),
+    # regression: an explicit layout made any 4-D weights_at output [batch, head, q, k]; the
+    # probs are [batch, q=5, head=2, k=5] and the model declares 2 heads
+    (
+        "layout-explicit-contradicts-heads",
+        _aw(weights_at="attn/probs", layout="bhqk"),
+        ValueError,
+        "^layout: the weights of shape .*declares 2 heads",
+    ),
     # ------------------------------------------------------------------------ stack_layers
+    (
+        "stack-5d-wrong",
+        lambda: stack_layers({"a": jnp.zeros((1, 1, 1, 2, 3, 3))}),
+        ValueError,
+        r"^maps\['a'\]",
+    ),
     ("stack-empty", lambda: stack_layers({}), ValueError, "^maps"),
     ("stack-not-a-dict", lambda: stack_layers([W, W]), TypeError, "^maps"),
     ("stack-int-keys", lambda: stack_layers({0: W}), TypeError, "^maps"),

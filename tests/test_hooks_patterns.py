@@ -696,3 +696,62 @@ def test_nn_jit_methods_hooked_after_a_plain_forward():
     np.testing.assert_allclose(edited, jnp.broadcast_to(p["out"]["bias"], want.shape))
     assert list(list_paths(m, v, X)) == ["inner", "inner/d", "out"]
     np.testing.assert_allclose(m.apply(v, X), want)  # nn.jit works as before afterwards
+
+
+# ------------------------------------------------------------------------------ nnx.bridge
+
+
+class LinenMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2, name="d2")(nn.relu(nn.Dense(3, name="d1")(x)))
+
+
+class NnxOverLinen(nnx.Module):
+    """A linen model inside an nnx one (``nnx.bridge.ToNNX``)."""
+
+    def __init__(self, rngs):
+        self.inner = nnx.bridge.ToNNX(LinenMLP(), rngs=rngs)
+        nnx.bridge.lazy_init(self.inner, X)
+        self.out = nnx.Linear(2, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.inner(x))
+
+
+class NnxMLP(nnx.Module):
+    def __init__(self, rngs):
+        self.a = nnx.Linear(D, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.a(x)
+
+
+class LinenOverNnx(nn.Module):
+    """An nnx model inside a linen one (``nnx.bridge.ToLinen``)."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2, name="out")(nnx.bridge.ToLinen(NnxMLP, name="inner")(x))
+
+
+def test_bridge_to_nnx_linen_submodules_are_named_under_the_wrapper():
+    m = NnxOverLinen(nnx.Rngs(0))
+    d1 = m.inner.d1
+    want = X @ d1["kernel"][...] + d1["bias"][...]
+    for f in (capture(m), jax.jit(capture(m))):
+        out, acts = f(X)
+        assert list(acts) == ["inner", "inner/d1", "inner/d2", "out"]
+        np.testing.assert_allclose(acts["inner/d1"], want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(out, m(X), rtol=1e-6, atol=1e-6)
+    edited = intervene(m, None, {"inner/d2": lambda a: 0 * a})(X)
+    np.testing.assert_allclose(edited, jnp.broadcast_to(m.out.bias[...], edited.shape))
+
+
+def test_bridge_to_linen_names_the_pattern_and_the_route():
+    m = LinenOverNnx()
+    v = m.init(jax.random.key(0), X)
+    _, acts = capture(m, v)(X)
+    assert list(acts) == ["inner", "out"]
+    with pytest.raises(KeyError, match="^.select: path 'inner/a'.*nnx.bridge.ToLinen.*capture"):
+        capture(m, v, select="inner/a")(X)

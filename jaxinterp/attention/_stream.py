@@ -17,7 +17,6 @@ place; with a ``mesh`` the vmapped core is split over devices with
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,7 +28,7 @@ from jax.sharding import Mesh
 from jaxinterp._checks import check_int
 from jaxinterp.attention._extract import attention_weights, stack_layers
 from jaxinterp.capture import Selector
-from jaxinterp.sharding import is_stream, shard_batched, stream_reduce
+from jaxinterp.sharding import is_stream, iter_chunks, shard_batched, stream_reduce
 
 Stat = Callable[..., Any]
 
@@ -60,19 +59,17 @@ def _as_arrays(item: Any, what: str) -> tuple[np.ndarray, ...]:
 
 
 def _chunks(data: Any, chunk_size: int) -> Iterator[tuple[np.ndarray, ...]]:
-    """Cuts ``data`` into chunks of exactly ``chunk_size`` examples (the last may be short).
+    """Checks ``data`` and cuts it with :func:`jaxinterp.sharding.iter_chunks`.
 
-    Linear in the number of examples: an in-memory dataset is sliced (views, no copy); a stream
-    is buffered as a list of pieces and each example is copied at most once, when the pieces
-    that make up one chunk are joined.
+    An in-memory dataset is sliced (views, no copy). Each chunk of a stream is checked and cut
+    the same way, so no piece is longer than ``chunk_size``; shorter pieces are padded by
+    :func:`jaxinterp.sharding.stream_reduce` (same compiled shape, padding weighted out).
     """
     if not is_stream(data):
         arrays = _as_arrays(data, "data")
-        n = arrays[0].shape[0]
-        if n == 0:
+        if arrays[0].shape[0] == 0:
             raise ValueError("data: expected at least one example, got 0")
-        for start in range(0, n, chunk_size):
-            yield tuple(a[start : start + chunk_size] for a in arrays)
+        yield from iter_chunks(arrays, chunk_size)
         return
     if not (callable(data) or hasattr(data, "__iter__")):
         raise TypeError(f"data: expected arrays or a stream of chunks, got {type(data).__name__}")
@@ -84,10 +81,7 @@ def _chunks(data: Any, chunk_size: int) -> Iterator[tuple[np.ndarray, ...]]:
             f"data: the function passed as a stream returned {type(source).__name__}, "
             "not an iterable of chunks"
         ) from None
-    pieces: deque[tuple[np.ndarray, ...]] = deque()
-    buffered = 0
-    width = None
-    seen = 0
+    width, seen = None, 0
     for i, src in enumerate(iterator):
         item = _as_arrays(src, f"data: chunk {i}")
         if width is None:
@@ -97,26 +91,9 @@ def _chunks(data: Any, chunk_size: int) -> Iterator[tuple[np.ndarray, ...]]:
                 f"data: chunk {i} holds {len(item)} arrays, chunk 0 held {width}; every chunk "
                 "must hold the same model inputs"
             )
-        seen += item[0].shape[0]
-        pieces.append(item)
-        buffered += item[0].shape[0]
-        while buffered >= chunk_size:
-            take, need = [], chunk_size
-            while need:
-                head = pieces[0]
-                m = head[0].shape[0]
-                if m <= need:
-                    take.append(head)
-                    pieces.popleft()
-                    need -= m
-                else:
-                    take.append(tuple(a[:need] for a in head))
-                    pieces[0] = tuple(a[need:] for a in head)
-                    need = 0
-            buffered -= chunk_size
-            yield take[0] if len(take) == 1 else tuple(np.concatenate(p) for p in zip(*take))
-    if buffered:
-        yield tuple(np.concatenate(p) for p in zip(*pieces)) if len(pieces) > 1 else pieces[0]
+        if item[0].shape[0]:
+            seen += item[0].shape[0]
+            yield from iter_chunks(item, chunk_size)
     if seen == 0:
         raise ValueError(
             "data: the stream yielded no examples (an iterator or generator is used up after "

@@ -111,7 +111,7 @@ def capture(
         lost = tuple(k for k in recs.lost)
         if lost:
             raise _lost_error(select, lost)
-        check_selection(select, list(recs), list(dict.fromkeys(seen)))
+        check_selection(select, list(recs), list(dict.fromkeys(seen)), recs.opaque)
         return out, dict(recs)
 
     return f

@@ -86,6 +86,7 @@ _PATH_ATTR = "_jaxinterp_path"
 _RUN_ATTR = "_jaxinterp_run"
 _RUNS = itertools.count()
 _HOOKED_CLASSES: dict[tuple[type, frozenset[str]], type] = {}
+_BRIDGE_PATHS: dict[int, str] = {}  # id of a hooked nnx.bridge.ToNNX copy -> its path
 _LOCK = threading.Lock()
 
 
@@ -179,11 +180,19 @@ class Records(dict):
     Attributes:
       lost: keys recorded where values cannot be carried out (``lax.cond`` branches,
         ``jax.jit`` or ``lax.map`` inside the model); they are not in the dict.
+      opaque: paths of ``nnx.bridge.ToLinen`` modules called: the nnx module inside builds
+        its own submodules on each call, which the hook does not enter.
     """
 
-    def __init__(self, items: Mapping[str, Any] = (), lost: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        items: Mapping[str, Any] = (),
+        lost: tuple[str, ...] = (),
+        opaque: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(items)
         self.lost = lost
+        self.opaque = opaque
 
 
 class _State:
@@ -191,6 +200,8 @@ class _State:
         self.stack: list[_Frame] = []
         self.call: Call | None = None
         self.module: Any = None  # the module of ``call``
+        self.linen_prefix: list[str] = []  # paths of the nnx.bridge.ToNNX calls running
+        self.opaque: list[str] = []  # paths of nnx.bridge.ToLinen modules called
 
 
 _STATE: contextvars.ContextVar[_State | None] = contextvars.ContextVar(
@@ -507,13 +518,20 @@ def _hooked_class(cls: type, methods: frozenset[str]) -> type:
 
             def method(self, *args, **kwargs):
                 hook = _AROUND.get()
-                path = self.__dict__.get(_PATH_ATTR)
+                path = self.__dict__.get(_PATH_ATTR, _BRIDGE_PATHS.get(id(self)))
                 if hook is None or path is None or name not in hook[1]:
                     return orig(self, *args, **kwargs)
                 full = path if name == "__call__" else f"{path}.{name}"
 
                 def call_next(*a, **k):
-                    return orig(self, *a, **k)
+                    if not isinstance(self, nnx.bridge.ToNNX):
+                        return orig(self, *a, **k)
+                    state = _STATE.get()
+                    state.linen_prefix.append(path)  # its linen submodules: "path/..."
+                    try:
+                        return orig(self, *a, **k)
+                    finally:
+                        state.linen_prefix.pop()
 
                 return _run_around(hook[0], full, self, call_next, args, kwargs)
 
@@ -546,6 +564,12 @@ def _nnx_copy(model: Any, methods: frozenset[str]) -> Any:
     copy = nnx.merge(graphdef, state, copy=True)
     run = next(_RUNS)
     for raw, sub in nnx.iter_modules(copy):
+        if isinstance(sub, nnx.bridge.ToNNX):
+            # ToNNX turns every attribute into linen variables: keep the path aside
+            if raw:
+                _BRIDGE_PATHS[id(sub)] = canonical_path(raw)
+                object.__setattr__(sub, "__class__", _hooked_class(type(sub), methods))
+            continue
         # A static attribute unique to this run: JAX caches traces of functions transformed
         # once at class definition (``@nnx.remat``) keyed on the graph definition, and a
         # cache hit would skip this run's hooks.
@@ -682,17 +706,23 @@ def run_with_hook(
     tok_a = _AROUND.set((around, hooked))
     try:
         with _routed_transforms():
-            if is_linen(model):
 
-                def interceptor(next_fun, a, k, context):
-                    mod = context.module
-                    name = context.method_name
-                    if name not in hooked or not mod.path or _is_lift_wrapper(mod, name):
+            def interceptor(next_fun, a, k, context):
+                mod = context.module
+                name = context.method_name
+                if name not in hooked or not mod.path or _is_lift_wrapper(mod, name):
+                    return next_fun(*a, **k)
+                path = canonical_path(mod.path)
+                if not is_linen(model):  # a linen module inside nnx.bridge.ToNNX
+                    if not state.linen_prefix:
                         return next_fun(*a, **k)
-                    path = canonical_path(mod.path)
-                    full = path if name == "__call__" else f"{path}.{name}"
-                    return _run_around(around, full, mod, next_fun, a, k)
+                    path = f"{state.linen_prefix[-1]}/{path}"
+                full = path if name == "__call__" else f"{path}.{name}"
+                if isinstance(mod, nnx.bridge.ToLinen):
+                    state.opaque.append(full)
+                return _run_around(around, full, mod, next_fun, a, k)
 
+            if is_linen(model):
                 with nn.intercept_methods(interceptor), _unjitted_linen_methods():
                     try:
                         out = model.apply(
@@ -705,7 +735,8 @@ def run_with_hook(
                         raise new from err
             else:
                 copy = _nnx_copy(model, hooked)
-                out = _call_method(copy, method)(*args, **kwargs)
+                with nn.intercept_methods(interceptor), _unjitted_linen_methods():
+                    out = _call_method(copy, method)(*args, **kwargs)
     finally:
         _STATE.reset(tok_s)
         _AROUND.reset(tok_a)
@@ -714,7 +745,8 @@ def run_with_hook(
     # A key both lost and recorded was traced once where values cannot leave (Flax's
     # constancy check of nn.scan traces the body outside lax.scan) and once where they can.
     lost = tuple(k for k in dict.fromkeys(root.lost) if k not in root.records)
-    records = Records({k: root.records[k] for k in keys}, lost=lost)
+    opaque = tuple(dict.fromkeys(state.opaque))
+    records = Records({k: root.records[k] for k in keys}, lost=lost, opaque=opaque)
     return out, records
 
 
@@ -770,11 +802,11 @@ def apply_with_hook(
 
 def _records_flatten(r: Records):
     keys = tuple(r)
-    return [r[k] for k in keys], (keys, r.lost)
+    return [r[k] for k in keys], (keys, r.lost, r.opaque)
 
 
 jax.tree_util.register_pytree_node(
     Records,
     _records_flatten,
-    lambda aux, vals: Records(dict(zip(aux[0], vals)), lost=aux[1]),
+    lambda aux, vals: Records(dict(zip(aux[0], vals)), lost=aux[1], opaque=aux[2]),
 )

@@ -165,18 +165,33 @@ def as_matcher(select: Selector) -> Callable[[str], bool]:
     return lambda path: any(glob_match(path, p) for p in patterns)
 
 
-def check_selection(select: Selector, selected: Sequence[str], available: Sequence[str]) -> None:
+def check_selection(
+    select: Selector,
+    selected: Sequence[str],
+    available: Sequence[str],
+    opaque: Sequence[str] = (),
+) -> None:
     """Raises a clear error when a selector picked nothing, or an exact name is unknown.
 
     Args:
       select: the selector the caller passed.
       selected: the paths it matched during a forward pass.
       available: every path seen during that forward pass.
+      opaque: paths of ``nnx.bridge.ToLinen`` wrappers seen, whose nnx submodules the hook
+        cannot enter (named in the error with the route that works).
 
     Raises:
       KeyError: naming the pattern that matched nothing and listing the available paths.
     """
     listing = ", ".join(repr(p) for p in available) or "(none: the model has no submodules)"
+    if opaque:
+        listing += (
+            f". {', '.join(map(repr, opaque))}: an nnx module wrapped in nnx.bridge.ToLinen, "
+            "whose submodules are rebuilt inside each call and not visible to the hook; select "
+            "the wrapper itself, or run capture on the nnx module (capture(nnx_module)), or "
+            "wrap a linen model the other way (nnx.bridge.ToNNX, whose linen submodules are "
+            "named 'wrapper/sub')"
+        )
     if callable(select):
         if not selected:
             raise KeyError(f"select: the predicate matched no module path. Available: {listing}")
