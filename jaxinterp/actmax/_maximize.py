@@ -205,7 +205,7 @@ class _Config:
     """Everything static about one ``maximize`` program (see the module docstring)."""
 
     model: Any  # a linen module, or ("nnx", graphdef)
-    method: str | None
+    method: Any  # a method name, a function (model, *args) (by identity) or None
     param: Any
     transform: Any
     optimizer: OptKey
@@ -241,7 +241,7 @@ def maximize(
     init: jax.Array | None = None,
     chunk_size: int | None = None,
     mesh: Mesh | None = None,
-    method: str | None = None,
+    method: str | Callable[..., Any] | None = None,
     redirect_relu: int = 0,
 ) -> ActMaxResult:
     """Maximizes an objective of a model's activations over its input, for many targets.
@@ -271,7 +271,9 @@ def maximize(
         ``param.invert``); default: ``param.init`` noise.
       chunk_size: targets vmapped at a time (memory budget); ``None`` = all at once.
       mesh: split the targets over this device mesh (results are the same).
-      method: the model method to run.
+      method: the model method to run: a name, or a function ``(model, *args)`` (linen and
+        nnx alike), e.g. ``lambda m, ids: m(ids, mask, positions)`` to fill in other inputs.
+        A function is part of the compile-cache key by identity.
       redirect_relu: for the first ``redirect_relu`` steps, ReLUs pass gradient also where
         they are inactive, if it pushes their input up (Lucid's redirected ReLU), so a unit
         that starts inactive still gets a gradient. Applies to the model's ``jax.nn.relu``
