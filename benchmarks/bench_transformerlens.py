@@ -229,9 +229,18 @@ def dot_peak() -> float:
     return 2 * 2048**3 / best
 
 
-def run(repeats: int = 3, quick: bool = False, hp_sites: int = 144) -> list[dict]:
-    import torch
-    from transformer_lens import patching
+def run(quick: bool = False, repeats: int = 3, hp_sites: int = 48) -> dict:
+    """Runs the comparison; returns ``{measure_ratio, measure_tl_s, ...}`` (flat, for run.py).
+
+    Without ``transformer-lens`` installed, returns ``{"skipped": reason}`` instead.
+    """
+    try:
+        import torch
+        from transformer_lens import patching
+    except ImportError as e:
+        msg = f"transformer-lens is not installed ({e}); pip install -e '.[bench-tl]'"
+        print(msg)
+        return {"skipped": msg}
 
     torch.set_num_threads(2)
     w = make_weights()
@@ -250,6 +259,8 @@ def run(repeats: int = 3, quick: bool = False, hp_sites: int = 144) -> list[dict
     def tmetric(logits):
         return (logits[:, -1, A_TOK] - logits[:, -1, B_TOK]).mean()
 
+    if quick:
+        hp_sites = min(hp_sites, 16)
     rows = []
     peak = dot_peak()
 
@@ -462,7 +473,12 @@ def run(repeats: int = 3, quick: bool = False, hp_sites: int = 144) -> list[dict
     bad = [r["measure"] for r in rows if not r["max_abs_diff"] <= 1e-4]
     if bad:
         print(f"\nWARNING: results differ by more than 1e-4 on {bad}")
-    return rows
+    flat = {"dot_peak_gflops": peak / 1e9}
+    for r in rows:
+        key = r["measure"].split(" ")[0]
+        for field in ("ratio", "tl_s", "jax_s", "compile_s", "max_abs_diff", "jax_gflops"):
+            flat[f"{key}_{field}"] = r[field]
+    return flat
 
 
 if __name__ == "__main__":
@@ -471,4 +487,4 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="2-layer head sweep, 48 hp sites")
     parser.add_argument("--hp-sites", type=int, default=48, help="48: 4 of the 12 heads")
     args = parser.parse_args()
-    run(args.repeats, args.quick, 16 if args.quick else args.hp_sites)
+    run(args.quick, args.repeats, 16 if args.quick else args.hp_sites)
