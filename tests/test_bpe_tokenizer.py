@@ -149,3 +149,21 @@ def test_other_components_equal_tokenizers(name):
         ids = ref.encode(text).ids
         assert ours.encode(text) == ids, text
         assert ours.decode(ids) == ref.decode(ids), text
+
+
+def test_sequence_post_processor_as_llama3_ships_it():
+    spec = json.loads((FIX / "llama3.json").read_text(encoding="utf-8"))
+    template = spec["post_processor"]
+    spec["post_processor"] = {
+        "type": "Sequence",
+        "processors": [
+            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+             "use_regex": True},
+            template,
+        ],
+    }  # fmt: skip
+    text = json.dumps(spec)
+    ours, ref = BPETokenizer(json.loads(text)), Tokenizer.from_str(text)
+    for t in FIXED:
+        assert ours.encode(t) == ref.encode(t).ids
+    assert ours.encode("hi")[0] == ours.vocab["<|begin_of_text|>"]

@@ -1,4 +1,6 @@
-"""WordPiece tokenization of sentence batches through the ``tokenizers`` package.
+"""Tokenization of sentence batches: through the ``tokenizers`` package (any
+``tokenizer.json``, e.g. MiniLM's WordPiece), or :class:`BPETokenizer`, a pure-Python reader of
+BPE ``tokenizer.json`` files (GPT-2, Llama 2/3, Qwen, Gemma) that needs no extra package.
 
 ``tokenizer.json`` files shipped with sentence-transformers models often pad and truncate every
 input to a fixed length (128 for all-MiniLM-L6-v2). Here both are switched off on load; a batch
@@ -484,11 +486,13 @@ class BPETokenizer:
         self._cache[word] = out
         return out
 
-    def _post(self, ids: list[int], add_special_tokens: bool) -> list[int]:
-        pp = self.post_processor
-        if not add_special_tokens or pp is None:
+    def _post(self, ids: list[int], add_special_tokens: bool, pp: Any = False) -> list[int]:
+        pp = self.post_processor if pp is False else pp
+        if not add_special_tokens or pp is None or pp["type"] == "ByteLevel":
             return ids
-        if pp["type"] == "ByteLevel":
+        if pp["type"] == "Sequence":  # e.g. Llama 3: ByteLevel then TemplateProcessing
+            for sub in pp["processors"]:
+                ids = self._post(ids, add_special_tokens, sub)
             return ids
         if pp["type"] != "TemplateProcessing":
             raise ValueError(f"path: post_processor {pp['type']!r} is not supported")
