@@ -85,7 +85,8 @@ def tokenize(
     """Tokenizes ``sentences`` and pads the batch to its longest sentence.
 
     Args:
-      tokenizer: a ``tokenizers.Tokenizer`` (see :func:`load_tokenizer`).
+      tokenizer: a ``tokenizers.Tokenizer`` (see :func:`load_tokenizer`) or a
+        :class:`BPETokenizer`.
       sentences: the batch, ``batch`` strings.
       max_length: if given, a sentence longer than this many tokens raises (nothing is cut
         silently).
