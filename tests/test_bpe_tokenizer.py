@@ -9,6 +9,7 @@ only). Token ids and decoded text must be identical (no tolerance: both are exac
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -101,3 +102,68 @@ def test_tokenize_accepts_the_pure_python_tokenizer():
     np.testing.assert_array_equal(a.input_ids, b.input_ids)
     np.testing.assert_array_equal(a.attention_mask, b.attention_mask)
     assert a.tokens == b.tokens
+
+
+def _variant(**changes) -> str:
+    spec = json.loads((FIX / "gemma.json").read_text(encoding="utf-8"))
+    spec.update(changes)
+    return json.dumps(spec, ensure_ascii=False)
+
+
+SPLIT = {"Regex": "[▁.,]"}
+VARIANTS = {
+    **{
+        b: _variant(
+            pre_tokenizer={"type": "Split", "pattern": SPLIT, "behavior": b, "invert": False}
+        )
+        for b in ("Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous")
+    },
+    "metaspace": _variant(
+        normalizer=None,
+        pre_tokenizer={
+            "type": "Metaspace",
+            "replacement": "▁",
+            "prepend_scheme": "first",
+            "split": True,
+        },
+        decoder={"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": True},
+    ),  # fmt: skip
+    "nfkc digits": _variant(
+        normalizer={
+            "type": "Sequence",
+            "normalizers": [
+                {"type": "NFKC"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+            ],
+        },
+        pre_tokenizer={"type": "Digits", "individual_digits": True},
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_other_components_equal_tokenizers(name):
+    """Split behaviours, Metaspace (pre-tokenizer and decoder), NFKC and Digits."""
+    ours, ref = BPETokenizer(json.loads(VARIANTS[name])), Tokenizer.from_str(VARIANTS[name])
+    for text in FIXED + _random_texts(60) + ["a..b,,c . d", "x1234y 56"]:
+        ids = ref.encode(text).ids
+        assert ours.encode(text) == ids, text
+        assert ours.decode(ids) == ref.decode(ids), text
+
+
+def test_sequence_post_processor_as_llama3_ships_it():
+    spec = json.loads((FIX / "llama3.json").read_text(encoding="utf-8"))
+    template = spec["post_processor"]
+    spec["post_processor"] = {
+        "type": "Sequence",
+        "processors": [
+            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+             "use_regex": True},
+            template,
+        ],
+    }  # fmt: skip
+    text = json.dumps(spec)
+    ours, ref = BPETokenizer(json.loads(text)), Tokenizer.from_str(text)
+    for t in FIXED:
+        assert ours.encode(t) == ref.encode(t).ids
+    assert ours.encode("hi")[0] == ours.vocab["<|begin_of_text|>"]

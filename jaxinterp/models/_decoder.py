@@ -519,6 +519,11 @@ class _Unembed(nn.Module):
 class Decoder(nn.Module):
     """Causal decoder LM: ``input_ids [batch, seq] -> logits [batch, seq, vocab]``.
 
+    Canonical paths are listed in the module docstring; they are the same for every family
+    (``embed``, ``blocks_{i}``, ``blocks_{i}/attn/{q,k,v,probs,z}``, ``blocks_{i}/mlp/hidden``,
+    ``ln_f``, ``unembed``), Gemma adding ``blocks_{i}/post_ln_{1,2}`` (the terms added to the
+    residual stream) and Qwen3 / Gemma 3 ``blocks_{i}/attn/{q,k}_norm``.
+
     ``start`` (int, may be traced) is the position of the first token; ``decode=True`` reads and
     updates the ``"cache"`` collection (see :func:`init_cache`, :func:`generate`). Token ids outside
     ``[0, vocab_size)`` raise ``ValueError`` when concrete; under jit, the logits of the affected

@@ -1,4 +1,6 @@
-"""WordPiece tokenization of sentence batches through the ``tokenizers`` package.
+"""Tokenization of sentence batches: through the ``tokenizers`` package (any
+``tokenizer.json``, e.g. MiniLM's WordPiece), or :class:`BPETokenizer`, a pure-Python reader of
+BPE ``tokenizer.json`` files (GPT-2, Llama 2/3, Qwen, Gemma) that needs no extra package.
 
 ``tokenizer.json`` files shipped with sentence-transformers models often pad and truncate every
 input to a fixed length (128 for all-MiniLM-L6-v2). Here both are switched off on load; a batch
@@ -83,7 +85,8 @@ def tokenize(
     """Tokenizes ``sentences`` and pads the batch to its longest sentence.
 
     Args:
-      tokenizer: a ``tokenizers.Tokenizer`` (see :func:`load_tokenizer`).
+      tokenizer: a ``tokenizers.Tokenizer`` (see :func:`load_tokenizer`) or a
+        :class:`BPETokenizer`.
       sentences: the batch, ``batch`` strings.
       max_length: if given, a sentence longer than this many tokens raises (nothing is cut
         silently).
@@ -226,21 +229,47 @@ class Encoding(NamedTuple):
     tokens: list[str]
 
 
-def _split_isolated(text: str, regex: re.Pattern, invert: bool = False) -> list[str]:
-    """Pieces of ``text``: the matches and the text between them (``Isolated`` behaviour)."""
+def _split_flags(text: str, regex: re.Pattern) -> list[tuple[str, bool]]:
+    """``text`` cut into the regex's (non-empty) matches and the text between them."""
     pieces, last = [], 0
     for m in regex.finditer(text):
         if m.start() == m.end():
             continue
         if m.start() > last:
-            pieces.append(text[last : m.start()])
-        pieces.append(m.group())
+            pieces.append((text[last : m.start()], False))
+        pieces.append((m.group(), True))
         last = m.end()
     if last < len(text):
-        pieces.append(text[last:])
-    if invert:
-        raise ValueError("path: Split with invert=true is not supported")
+        pieces.append((text[last:], False))
     return pieces
+
+
+def _split_isolated(text: str, regex: re.Pattern) -> list[str]:
+    return [p for p, _ in _split_flags(text, regex)]
+
+
+def _split(text: str, regex: re.Pattern, behavior: str) -> list[str]:
+    """``tokenizers``' ``Split`` pre-tokenizer behaviours on one piece of text."""
+    flags = _split_flags(text, regex)
+    if behavior == "Isolated":
+        return [p for p, _ in flags]
+    if behavior == "Removed":
+        return [p for p, m in flags if not m]
+    out: list[str] = []
+    if behavior == "MergedWithNext":
+        flags = flags[::-1]
+    prev = False
+    for p, m in flags:
+        if behavior == "Contiguous":
+            merge = bool(out) and m == prev
+        else:
+            merge = m and not prev and bool(out)
+        if merge:
+            out[-1] = p + out[-1] if behavior == "MergedWithNext" else out[-1] + p
+        else:
+            out.append(p)
+        prev = m
+    return out[::-1] if behavior == "MergedWithNext" else out
 
 
 class BPETokenizer:
@@ -389,15 +418,11 @@ class BPETokenizer:
             return out
         if kind == "Split":
             behavior = comp["behavior"]
-            if behavior not in ("Isolated", "Removed"):
-                raise ValueError(f"path: Split behavior {behavior!r} is not supported")
+            known = ("Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous")
+            if behavior not in known or comp.get("invert"):
+                raise ValueError(f"path: Split behavior {behavior!r} (invert) is not supported")
             rx = self._regex(comp["pattern"])
-            for w in words:
-                pieces = _split_isolated(w, rx, comp.get("invert", False))
-                if behavior == "Removed":
-                    pieces = [p for p in pieces if not rx.fullmatch(p)]
-                out += pieces
-            return out
+            return [p for w in words for p in _split(w, rx, behavior)]
         if kind == "Digits":
             rx = re.compile(r"[0-9]" if comp.get("individual_digits") else r"[0-9]+")
             return [p for w in words for p in _split_isolated(w, rx)]
@@ -462,11 +487,13 @@ class BPETokenizer:
         self._cache[word] = out
         return out
 
-    def _post(self, ids: list[int], add_special_tokens: bool) -> list[int]:
-        pp = self.post_processor
-        if not add_special_tokens or pp is None:
+    def _post(self, ids: list[int], add_special_tokens: bool, pp: Any = False) -> list[int]:
+        pp = self.post_processor if pp is False else pp
+        if not add_special_tokens or pp is None or pp["type"] == "ByteLevel":
             return ids
-        if pp["type"] == "ByteLevel":
+        if pp["type"] == "Sequence":  # e.g. Llama 3: ByteLevel then TemplateProcessing
+            for sub in pp["processors"]:
+                ids = self._post(ids, add_special_tokens, sub)
             return ids
         if pp["type"] != "TemplateProcessing":
             raise ValueError(f"path: post_processor {pp['type']!r} is not supported")
@@ -493,7 +520,7 @@ class BPETokenizer:
                 if is_tok or rx is None:
                     new.append((p, is_tok))
                     continue
-                new += [(s, bool(rx.fullmatch(s))) for s in _split_isolated(p, rx)]
+                new += _split_flags(p, rx)
             pieces = new
         ids: list[int] = []
         for k, (p, is_tok) in enumerate(pieces):
