@@ -80,7 +80,7 @@ def top_k_examples(
     k: int = 9,
     chunk_size: int = 256,
     feed: Callable[[jax.Array], tuple[tuple, dict]] | None = None,
-    method: str | None = None,
+    method: str | Callable[..., Any] | None = None,
 ) -> TopK:
     """Finds, for each target, the ``k`` dataset examples with the largest objective.
 
@@ -96,7 +96,7 @@ def top_k_examples(
       k: examples kept per target.
       chunk_size: examples evaluated per compiled step.
       feed: how a chunk is passed to the model, ``x -> (args, kwargs)`` (default ``(x,), {}``).
-      method: the model method to run.
+      method: the model method to run: a name or a function ``(model, *args)``.
 
     Returns:
       :class:`TopK` with ``values, indices: [target, k]``, each row sorted descending.
