@@ -196,7 +196,8 @@ def test_sweep_errors(offset_tf, task):
         trace(task.clean, task.corrupted, iv.head_sites(2, 4), lambda o: o[:, 0])
     with pytest.raises(ValueError, match="^corrupted_inputs: expected the shapes"):
         trace(task.clean, task.corrupted[:, :8], iv.head_sites(2, 4), task.metric)
-    with pytest.raises(KeyError, match=r"'block_2/attn/out:input\|per_head' is not a submodule path"):
+    missing = r"'block_2/attn/out:input\|per_head' is not a submodule path"
+    with pytest.raises(KeyError, match=missing):
         trace(task.clean, task.corrupted, iv.head_sites(6, 4), task.metric)
     with pytest.raises(ValueError, match="axes must be distinct and negative"):
         iv.site_grid(["block_0"], [(2, 4)])
