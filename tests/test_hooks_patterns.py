@@ -365,7 +365,9 @@ def test_repeated_calls_one_rule():
     assert list(only) == ["mlp@2"]
     out = intervene(m, v, {"mlp@1": jnp.zeros_like})(X)
     np.testing.assert_allclose(out, jnp.tanh(0 * h1) @ k + b, rtol=1e-5, atol=1e-6)
-    first = intervene(m, v, {"mlp": jnp.zeros_like})(X)
+    with pytest.raises(ValueError, match="^edits: site 'mlp' names a module that runs several"):
+        intervene(m, v, {"mlp": jnp.zeros_like})(X)
+    first = intervene(m, v, {"mlp@0": jnp.zeros_like})(X)
     want = jnp.tanh(jnp.tanh(0 * h0) @ k + b) @ k + b
     np.testing.assert_allclose(first, want, rtol=1e-5, atol=1e-6)
     every = intervene(m, v, {"mlp@*": jnp.zeros_like})(X)
