@@ -475,12 +475,14 @@ class _MLP(nn.Module):
 
 class _Block(nn.Module):
     cfg: DecoderConfig
-    layer: int = 0
+    # Whether this layer attends through the sliding window (not the layer index: blocks of one
+    # kind stay identical modules, so patch_sweep can replay a chain of them).
+    local: bool = False
 
     @nn.compact
     def __call__(self, x, pos, decode):
         c = self.cfg
-        a = _Attention(c, c.is_local(self.layer), name="attn")(_norm(c, "ln_1")(x), pos, decode)
+        a = _Attention(c, self.local, name="attn")(_norm(c, "ln_1")(x), pos, decode)
         if c.family == "gemma":
             a = _norm(c, "post_ln_1")(a)
         x = x + a
@@ -584,7 +586,7 @@ class Decoder(nn.Module):
         pos = jnp.asarray(start, jnp.int32) + jnp.arange(seq, dtype=jnp.int32)
         x = _Embed(c, name="embed")(jnp.where(ok, ids, 0), pos, embeddings)
         for i in range(c.n_layers):
-            x = _Block(c, i, name=f"blocks_{i}")(x, pos, decode)
+            x = _Block(c, c.is_local(i), name=f"blocks_{i}")(x, pos, decode)
         x = _norm(c, "ln_f")(x)
         if c.tie_embeddings:
             tok = self.variables["params"]["embed"]["tok"]["embedding"]
