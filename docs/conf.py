@@ -81,7 +81,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Array|ArrayLike|Mesh|PartitionSpec|Figure|Module|Path|PRNGKeyArray)"),
     (r"py:.*", r"(Callable|Sequence|Mapping|Iterable|Iterator|Collection|Hashable)"),
     # type variables and private bases that appear in signatures
-    (r"py:class", r"jaxinterp\..*\._[A-Za-z_]+\.(State|T|_[A-Za-z]+)"),
+    (r"py:class", r"jaxinterp\..*\._[A-Za-z_]+\.(State|T|Encoding|_[A-Za-z]+)"),
 ]
 nitpick_ignore = [
     # Docstring text that napoleon reads as a type; reported to the module owners:

@@ -510,7 +510,7 @@ def run_sites(
       ValueError: a bad site suffix, an edit that changes structure/shape/dtype, a step out of
         range, a recorded site inside a transform values cannot leave (``lax.cond``), an
         activation without the head layout its site declares, an edit without ``@K`` on a
-        module called several times, or an array edit (:func:`zero`, ...) on a tuple output.
+        module called several times, or an array edit (``zero``, ...) on a tuple output.
 
     >>> import jax, jax.numpy as jnp, flax.linen as nn
     >>> model = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])

@@ -220,7 +220,7 @@ def head_sites(
     """(layer × head) sites on the per-head attention results; each site is one head at every
     position.
 
-    The sites declare their head layout (see :mod:`jaxinterp.capture._sites`): by default
+    The sites declare their head layout (see ``jaxinterp.capture``): by default
     ``[batch, seq, head, d_head]`` (``|per_head``: the input of the ``out`` projection of
     Flax's attention modules), and an activation with fewer than 4 axes raises
     ``ValueError`` instead of patching positions. With ``merged=True`` the heads are merged

@@ -277,7 +277,7 @@ class BPETokenizer:
 
     Matches the ``tokenizers`` package (``Tokenizer.encode(text).ids`` and
     ``Tokenizer.decode(ids)``) for the components listed in the module; others raise
-    ``ValueError`` on load naming the component. ``encode_batch`` returns :class:`Encoding`
+    ``ValueError`` on load naming the component. ``encode_batch`` returns ``Encoding``
     objects, so :func:`tokenize` accepts this tokenizer as well.
 
     >>> import jaxinterp
@@ -532,7 +532,7 @@ class BPETokenizer:
         return self._post(ids, add_special_tokens)
 
     def encode_batch(self, texts: Sequence[str]) -> list[Encoding]:
-        """:meth:`encode` of each text, as :class:`Encoding` (ids and token strings)."""
+        """:meth:`encode` of each text, as ``Encoding`` tuples (ids and token strings)."""
         out = []
         for t in texts:
             ids = self.encode(t)
