@@ -183,7 +183,9 @@ def tokenizer_jsons() -> dict[str, str]:
         trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False, limit_alphabet=60)
         tok.train_from_iterator(CORPUS, trainer)
         trained = json.loads(tok.to_str())
-        specials = ["<unk>", "<s>", "</s>"] if name == "llama2" else ["<pad>", "<eos>", "<bos>", "<unk>"]
+        specials = (
+            ["<unk>", "<s>", "</s>"] if name == "llama2" else ["<pad>", "<eos>", "<bos>", "<unk>"]
+        )
         vocab = {t: i for i, t in enumerate(specials)}
         for b in range(256):
             vocab[f"<0x{b:02X}>"] = len(vocab)
@@ -204,8 +206,15 @@ def tokenizer_jsons() -> dict[str, str]:
             "truncation": None,
             "padding": None,
             "added_tokens": [
-                {"id": vocab[t], "content": t, "single_word": False, "lstrip": False,
-                 "rstrip": False, "normalized": False, "special": True}
+                {
+                    "id": vocab[t],
+                    "content": t,
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "special": True,
+                }
                 for t in specials
             ],  # fmt: skip
             "normalizer": {"type": "Sequence", "normalizers": norm},
