@@ -406,18 +406,64 @@ def _low_precision(dtype: Any) -> bool:
     return jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
+def _contract(a: jax.Array, b: jax.Array, k: int) -> jax.Array:
+    """``a``'s last ``k`` axes against ``b``'s first ``k``, accumulated in f32, cast back."""
+    dims = ((tuple(range(a.ndim - k, a.ndim)), tuple(range(k))), ((), ()))
+    y = jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+    return y.astype(jnp.result_type(a, b))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _tensordot_lowp(x: jax.Array, w: jax.Array, k: int) -> jax.Array:
+    return _contract(x, w, k)
+
+
+def _tensordot_lowp_fwd(x, w, k):
+    return _contract(x, w, k), (x, w)
+
+
+def _tensordot_lowp_bwd(k, res, g):
+    # The automatic transpose multiplies the f32 cotangent of the f32 accumulator with the bf16
+    # weight, and XLA on CPU then converts every weight to f32 (the copies this module avoids
+    # in the forward). Here the cotangent is cast to the operand dtype and both products
+    # accumulate in f32, like the forward: no weight copies.
+    x, w = res
+    g = g.astype(x.dtype)
+    nx = x.ndim - k  # free axes of x
+    gx = jax.lax.dot_general(
+        g, w, ((tuple(range(nx, g.ndim)), tuple(range(k, w.ndim))), ((), ())),
+        preferred_element_type=jnp.float32,
+    )  # fmt: skip
+    gw = jax.lax.dot_general(
+        x, g, ((tuple(range(nx)), tuple(range(nx))), ((), ())),
+        preferred_element_type=jnp.float32,
+    )  # fmt: skip
+    return gx.astype(x.dtype), gw.astype(w.dtype)
+
+
+_tensordot_lowp.defvjp(_tensordot_lowp_fwd, _tensordot_lowp_bwd)
+
+
 def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
     """``lax.dot_general``; bf16/f16 operands accumulate in f32, the result is cast back.
 
     With bf16 weights XLA on CPU otherwise converts every weight to f32 up front and keeps the
     copies (temporaries of about twice the parameter bytes); asking for an f32 result lets it
-    convert tile by tile. f32 operands take the plain path (bit-identical to ``lax.dot_general``).
+    convert tile by tile. The contractions of the Dense layers (``lhs``'s last axes against
+    ``rhs``'s first, no batch axes) get a matching backward pass (cotangent cast to the operand
+    dtype, f32 accumulation; no forward-mode derivative for bf16/f16 models). f32 operands take
+    the plain path (bit-identical to ``lax.dot_general``).
     """
     out = jnp.result_type(lhs, rhs)
-    if preferred_element_type is None and _low_precision(out):
-        y = jax.lax.dot_general(
-            lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32
+    if preferred_element_type is None and precision is None and _low_precision(out):
+        (lc, rc), (lb, rb) = dimension_numbers
+        k = len(lc)
+        tensordot = tuple(lc) == tuple(range(lhs.ndim - k, lhs.ndim)) and tuple(rc) == tuple(
+            range(k)
         )
+        if tensordot and not lb and not rb and lhs.dtype == rhs.dtype:
+            return _tensordot_lowp(lhs, rhs, k)
+        y = jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=jnp.float32)
         return y.astype(out)
     return jax.lax.dot_general(
         lhs, rhs, dimension_numbers, precision=precision,
