@@ -18,13 +18,26 @@ wall-clock seconds, and the median process CPU seconds, which a loaded machine d
   (``VmHWM``; reset between phases through ``/proc/self/clear_refs`` where the kernel allows
   it), and on an accelerator the device's ``peak_bytes_in_use``, against the parameter bytes;
 * achieved FLOP/s of the forward (matmul FLOPs counted analytically) against a jitted bf16
-  ``jnp.dot`` of two 2048×2048 matrices measured in the same process.
+  ``jnp.dot`` of two 2048×2048 matrices (f32 accumulation, as the Decoder) measured in the
+  same process;
+* ``attribution``: :func:`jaxinterp.interventions.attribution_patch` over every (layer, head,
+  position) site of ``blocks_{i}/attn/z`` (:func:`head_position_sites`), one jitted call, on a
+  clean / corrupted pair differing in one token, metric the logit difference at the last
+  position;
+* ``sweep``: :func:`jaxinterp.interventions.patch_sweep` over every head of the layers
+  ``--sweep-layers`` (default: all of the small shape, 4 evenly spaced layers of the 1B one),
+  chunk_size "auto", prefix reuse on; a site in layer L runs layers L..end, so the time of the
+  full (layer, head) sweep is extrapolated as ``time × Σ_L (n_layers − L) / Σ_{L in subset}
+  (n_layers − L)`` (model head and patched block counted as layers, an approximation) when
+  the prefix reuse engages, else linearly in the number of sites (the table says which);
+  both report compile time, run time (attribution: best of 2 runs; sweep: one run), XLA
+  temporaries and peak RSS.
 
 Target: capture / forward <= 1.1.
 
 Usage: ``python benchmarks/bench_scale.py [--size 1b|small] [--batch B] [--seq S]
-[--repeats R]`` prints a markdown table; ``run(quick)`` is the entry point of
-``benchmarks/run.py`` (quick = the small shape).
+[--repeats R] [--sweep-layers 0,7,14,21|all|none|auto]`` prints a markdown table;
+``run(quick)`` is the entry point of ``benchmarks/run.py`` (quick = the small shape).
 """
 
 from __future__ import annotations
@@ -33,6 +46,8 @@ import argparse
 import statistics
 import time
 from typing import Any
+
+import numpy as np
 
 SIZES = {
     "1b": dict(
@@ -111,7 +126,8 @@ def _dot_peak() -> float:
     import jax.numpy as jnp
 
     a = jnp.ones((2048, 2048), jnp.bfloat16)
-    f = jax.jit(lambda a, b: a @ b)
+    # f32 accumulation, as the Decoder's bf16 matmuls (plain ``a @ b`` is ~2x slower on CPU)
+    f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
     jax.block_until_ready(f(a, a))
     best = min(_timed(lambda: f(a, a)) for _ in range(5))
     return 2 * 2048**3 / best
@@ -125,7 +141,13 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def measure(size: str = "1b", batch: int = 1, seq: int = 128, repeats: int = 3) -> dict:
+def measure(
+    size: str = "1b",
+    batch: int = 1,
+    seq: int = 128,
+    repeats: int = 3,
+    sweep_layers: str = "auto",
+) -> dict:
     """Runs the benchmark; returns a flat dict of results (seconds, bytes, ratios)."""
     import jax
     import jax.numpy as jnp
@@ -137,6 +159,7 @@ def measure(size: str = "1b", batch: int = 1, seq: int = 128, repeats: int = 3) 
     cfg = DecoderConfig(family="llama", max_positions=max(seq, 128), **SIZES[size])
     model = Decoder(cfg)
     res: dict[str, Any] = {"size": size, "batch": batch, "seq": seq}
+    res.update(n_layers=cfg.n_layers, n_heads=cfg.n_heads)
     rss0 = _status_kb("VmRSS")
     t0 = time.perf_counter()
     variables = jax.block_until_ready(random_params(cfg))
@@ -197,9 +220,93 @@ def measure(size: str = "1b", batch: int = 1, seq: int = 128, repeats: int = 3) 
     res["forward_gflop_per_s"] = flops / res["forward_best_s"] / 1e9
     res["dot_bf16_peak_gflop_per_s"] = _dot_peak() / 1e9
     res["forward_fraction_of_peak"] = res["forward_gflop_per_s"] / res["dot_bf16_peak_gflop_per_s"]
+    del calls, compiled
+    _interp(res, model, cfg, variables, ids, sweep_layers)
     dev = jax.devices()[0]
     res["device"] = f"{jax.default_backend()} / {getattr(dev, 'device_kind', dev)}"
     return res
+
+
+def _sweep_layer_list(spec: str, n_layers: int) -> list[int]:
+    if spec == "none":
+        return []
+    if spec == "all" or (spec == "auto" and n_layers <= 8):
+        return list(range(n_layers))
+    if spec == "auto":
+        return sorted({int(round(x)) for x in np.linspace(0, n_layers - 1, 4)})
+    out = sorted({int(t) for t in spec.split(",")})
+    if not out or out[0] < 0 or out[-1] >= n_layers:
+        raise ValueError(f"sweep_layers: expected layers in [0, {n_layers}), got {spec!r}")
+    return out
+
+
+def _interp(res: dict, model: Any, cfg: Any, variables: Any, ids: Any, sweep_layers: str) -> None:
+    """Attribution patching over all (layer, head, position) sites; a (layer, head) sweep."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxinterp.interventions import (
+        attribution_patch,
+        head_position_sites,
+        logit_diff,
+        patch_sweep,
+        site_grid,
+    )
+
+    n, h, seq = cfg.n_layers, cfg.n_heads, ids.shape[1]
+    corrupted = ids.at[:, seq // 2].set((ids[:, seq // 2] + 1) % cfg.vocab_size)
+    answer, wrong = ids[:, -1], (ids[:, -1] + 7) % cfg.vocab_size
+
+    def metric(logits):
+        return logit_diff(logits.astype(jnp.float32), answer, wrong)
+
+    template = "blocks_{layer}/attn/z"
+    attr_sites = head_position_sites(n, h, seq, template=template)
+    layers = _sweep_layer_list(sweep_layers, n)
+    res["sweep_layers"] = layers
+    res["attribution_sites"] = int(attr_sites.layer.shape[0])
+    calls = {
+        "attribution": lambda v, c, x: attribution_patch(model, v, c, x, attr_sites, metric),
+    }
+    if layers:
+        paths = [template.format(layer=i) + "|per_head" for i in layers]
+        sweep_sites = site_grid(paths, [(-2, h)], ("layer", "head"))
+        res["sweep_sites"] = int(sweep_sites.layer.shape[0])
+        calls["sweep"] = lambda v, c, x: patch_sweep(model, v, c, x, sweep_sites, metric)
+    base_rss = _status_kb("VmRSS")
+    for name, f in calls.items():
+        can_reset = _reset_peak()
+        t0 = time.perf_counter()
+        compiled = jax.jit(f).lower(variables, ids, corrupted).compile()
+        res[f"{name}_compile_s"] = time.perf_counter() - t0
+        mem = compiled.memory_analysis()
+        res[f"{name}_xla_temp_bytes"] = getattr(mem, "temp_size_in_bytes", None)
+        runs = []
+        for _ in range(2 if name == "attribution" else 1):  # the sweep: one run (long)
+            c0, t0 = time.process_time(), time.perf_counter()
+            out = jax.block_until_ready(compiled(variables, ids, corrupted))
+            runs.append((time.perf_counter() - t0, time.process_time() - c0))
+        res[f"{name}_s"], res[f"{name}_cpu_s"] = min(runs)
+        hwm = _status_kb("VmHWM")
+        if can_reset and hwm and base_rss:
+            res[f"{name}_peak_rss_bytes"] = hwm * 1024
+        res[f"{name}_device_peak_bytes"] = _device_peak()
+        patched = np.asarray(out.patched, np.float32)
+        assert np.isfinite(patched).all(), name
+        res[f"{name}_max_abs_effect"] = float(np.abs(patched - float(out.corrupted)).max())
+        del out, compiled
+    if layers:
+        # prefix reuse engaged? (a site in layer L then runs layers L..end only)
+        from jaxinterp.interventions._sweep import _as_args, _find_chain
+
+        chain = _find_chain(model, variables, sweep_sites, None, *_as_args("x", corrupted, None))
+        res["sweep_prefix_reuse"] = chain is not None
+        if chain is not None:
+            weight = sum(n - i for i in range(n)) / sum(n - i for i in layers)
+        else:  # every site runs a full forward: linear in the number of sites
+            weight = n / len(layers)
+        res["sweep_full_extrapolated_s"] = res["sweep_s"] * weight
+        res["sweep_per_site_s"] = res["sweep_s"] / res["sweep_sites"]
 
 
 def table(res: dict) -> str:
@@ -213,6 +320,10 @@ def table(res: dict) -> str:
         return f"{r[a]:{fmt}}{unit} / {r[b]:{fmt}}{unit}"
 
     peak = r.get("capture_peak_rss_bytes")
+
+    def ratio(key: str) -> str:
+        return "n/a" if r.get(key) is None else f"{r[key] / r['param_bytes']:.2f}"
+
     rows = [
         ("model", f"Llama-shaped {r['size']}: {r['params'] / 1e9:.3f} B params, bf16"),
         ("device", r["device"]),
@@ -233,7 +344,24 @@ def table(res: dict) -> str:
         ("device peak bytes in use (accelerators)", gb("capture_device_peak_bytes")),
         ("forward GFLOP/s / bf16 jnp.dot GFLOP/s", pair("forward_gflop_per_s", "dot_bf16_peak_gflop_per_s", ".1f", "")),  # noqa: E501
         ("capture vs forward logits, max abs diff", f"{r['capture_logits_max_diff']:.3g}"),
+        ("attribution patching: (layer, head, position) sites, one call", f"{r['attribution_sites']}"),  # noqa: E501
+        ("attribution: run / compile", pair("attribution_s", "attribution_compile_s")),
+        ("attribution: CPU time of the run", f"{r['attribution_cpu_s']:.3f} s"),
+        ("attribution: XLA temp / peak RSS", f"{gb('attribution_xla_temp_bytes')} / {gb('attribution_peak_rss_bytes')}"),  # noqa: E501
+        ("attribution: peak RSS / parameter bytes", ratio("attribution_peak_rss_bytes")),
+        ("attribution: run / forward (median)", f"{r['attribution_s'] / r['forward_median_s']:.2f}"),  # noqa: E501
     ]  # fmt: skip
+    if r.get("sweep_sites"):
+        rows += [
+            ("patch sweep: layers timed (all heads each)", f"{r['sweep_layers']} of {r['n_layers']}: {r['sweep_sites']} sites"),  # noqa: E501
+            ("patch sweep: run / compile", pair("sweep_s", "sweep_compile_s")),
+            ("patch sweep: prefix reuse engaged", str(r["sweep_prefix_reuse"])),
+            ("patch sweep: CPU time of the run", f"{r['sweep_cpu_s']:.3f} s"),
+            ("patch sweep: per site / per site ÷ forward", f"{r['sweep_per_site_s']:.3f} s / {r['sweep_per_site_s'] / r['forward_median_s']:.2f}"),  # noqa: E501
+            ("**full (layer, head) sweep**, extrapolated" if len(r["sweep_layers"]) < r["n_layers"] else "**full (layer, head) sweep**", f"{r['sweep_full_extrapolated_s']:.1f} s ({r['n_layers'] * r['n_heads']} sites)"),  # noqa: E501
+            ("patch sweep: XLA temp / peak RSS", f"{gb('sweep_xla_temp_bytes')} / {gb('sweep_peak_rss_bytes')}"),  # noqa: E501
+            ("patch sweep: peak RSS / parameter bytes", ratio("sweep_peak_rss_bytes")),
+        ]  # fmt: skip
     lines = ["| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
 
@@ -251,8 +379,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sweep-layers", default="auto", help="comma list, 'all', 'none' or 'auto'")
     args = ap.parse_args()
-    print(table(measure(args.size, args.batch, args.seq, args.repeats)))
+    print(table(measure(args.size, args.batch, args.seq, args.repeats, args.sweep_layers)))
 
 
 if __name__ == "__main__":

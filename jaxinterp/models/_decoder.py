@@ -402,6 +402,88 @@ def _rope(x: jax.Array, pos: jax.Array, inv: np.ndarray) -> jax.Array:
     return x * cos + rot * sin
 
 
+def _low_precision(dtype: Any) -> bool:
+    return jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _contract(a: jax.Array, b: jax.Array, k: int) -> jax.Array:
+    """``a``'s last ``k`` axes against ``b``'s first ``k``, accumulated in f32, cast back."""
+    dims = ((tuple(range(a.ndim - k, a.ndim)), tuple(range(k))), ((), ()))
+    y = jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+    return y.astype(jnp.result_type(a, b))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _tensordot_lowp(x: jax.Array, w: jax.Array, k: int) -> jax.Array:
+    return _contract(x, w, k)
+
+
+def _tensordot_lowp_fwd(x, w, k):
+    return _contract(x, w, k), (x, w)
+
+
+def _tensordot_lowp_bwd(k, res, g):
+    # The automatic transpose multiplies the f32 cotangent of the f32 accumulator with the bf16
+    # weight, and XLA on CPU then converts every weight to f32 (the copies this module avoids
+    # in the forward). Here the cotangent is cast to the operand dtype and both products
+    # accumulate in f32, like the forward: no weight copies.
+    x, w = res
+    g = g.astype(x.dtype)
+    nx = x.ndim - k  # free axes of x
+    gx = jax.lax.dot_general(
+        g, w, ((tuple(range(nx, g.ndim)), tuple(range(k, w.ndim))), ((), ())),
+        preferred_element_type=jnp.float32,
+    )  # fmt: skip
+    gw = jax.lax.dot_general(
+        x, g, ((tuple(range(nx)), tuple(range(nx))), ((), ())),
+        preferred_element_type=jnp.float32,
+    )  # fmt: skip
+    return gx.astype(x.dtype), gw.astype(w.dtype)
+
+
+_tensordot_lowp.defvjp(_tensordot_lowp_fwd, _tensordot_lowp_bwd)
+
+
+def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """``lax.dot_general``; bf16/f16 operands accumulate in f32, the result is cast back.
+
+    With bf16 weights XLA on CPU otherwise converts every weight to f32 up front and keeps the
+    copies (temporaries of about twice the parameter bytes); asking for an f32 result lets it
+    convert tile by tile. The contractions of the Dense layers (``lhs``'s last axes against
+    ``rhs``'s first, no batch axes) get a matching backward pass (cotangent cast to the operand
+    dtype, f32 accumulation; no forward-mode derivative for bf16/f16 models). f32 operands take
+    the plain path (bit-identical to ``lax.dot_general``).
+    """
+    out = jnp.result_type(lhs, rhs)
+    if preferred_element_type is None and precision is None and _low_precision(out):
+        (lc, rc), (lb, rb) = dimension_numbers
+        k = len(lc)
+        tensordot = tuple(lc) == tuple(range(lhs.ndim - k, lhs.ndim)) and tuple(rc) == tuple(
+            range(k)
+        )
+        if tensordot and not lb and not rb and lhs.dtype == rhs.dtype:
+            return _tensordot_lowp(lhs, rhs, k)
+        y = jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=jnp.float32)
+        return y.astype(out)
+    return jax.lax.dot_general(
+        lhs, rhs, dimension_numbers, precision=precision,
+        preferred_element_type=preferred_element_type,
+    )  # fmt: skip
+
+
+def _einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """``jnp.einsum`` of two operands, accumulating bf16/f16 in f32 (see :func:`_dot_general`)."""
+    out = jnp.result_type(a, b)
+    if _low_precision(out):
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out)
+    return jnp.einsum(spec, a, b)
+
+
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` for ``b [d, n]``, accumulating bf16/f16 in f32 (see :func:`_dot_general`)."""
+    return _dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())))
+
+
 def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
     return x if cap is None else jnp.tanh(x / cap) * cap
 
@@ -415,7 +497,9 @@ class _Attention(nn.Module):
         c = self.cfg
 
         def proj(n, name):
-            return nn.DenseGeneral((n, c.d_head), use_bias=c.qkv_bias, name=name)(x)
+            return nn.DenseGeneral(
+                (n, c.d_head), use_bias=c.qkv_bias, dot_general=_dot_general, name=name
+            )(x)
 
         q, k, v = proj(c.n_heads, "q"), proj(c.n_kv_heads, "k"), proj(c.n_kv_heads, "v")
         if c.qk_norm:
@@ -433,7 +517,7 @@ class _Attention(nn.Module):
             ck.value, cv.value = k, v
         rep = c.n_heads // c.n_kv_heads
         kk, vv = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, kk)
+        scores = _einsum("bqhd,bkhd->bhqk", q, kk)
         if c.family == "gpt2":
             scores = scores / jnp.sqrt(jnp.float32(c.d_head)).astype(scores.dtype)
         else:
@@ -445,8 +529,10 @@ class _Attention(nn.Module):
             mask &= kpos[None, :] > pos[:, None] - c.sliding_window
         scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
         p = _Softmax(name="probs")(scores)
-        z = _Id(name="z")(jnp.einsum("bhqk,bkhd->bqhd", p.astype(vv.dtype), vv))
-        out = nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=c.o_bias, name="o")(z)
+        z = _Id(name="z")(_einsum("bhqk,bkhd->bqhd", p.astype(vv.dtype), vv))
+        out = nn.DenseGeneral(
+            c.d_model, axis=(-2, -1), use_bias=c.o_bias, dot_general=_dot_general, name="o"
+        )(z)
         return out
 
 
@@ -463,14 +549,14 @@ class _MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.cfg
-        act = _ACT_FNS[c.mlp_act]
+        act, dg = _ACT_FNS[c.mlp_act], _dot_general
         if c.family == "gpt2":
-            h = act(nn.Dense(c.d_mlp, name="fc_in")(x))
+            h = act(nn.Dense(c.d_mlp, dot_general=_dot_general, name="fc_in")(x))
         else:
-            g = nn.Dense(c.d_mlp, use_bias=c.mlp_bias, name="gate")(x)
-            h = act(g) * nn.Dense(c.d_mlp, use_bias=c.mlp_bias, name="up")(x)
+            g = nn.Dense(c.d_mlp, use_bias=c.mlp_bias, dot_general=dg, name="gate")(x)
+            h = act(g) * nn.Dense(c.d_mlp, use_bias=c.mlp_bias, dot_general=dg, name="up")(x)
         h = _Id(name="hidden")(h)
-        return nn.Dense(c.d_model, use_bias=c.mlp_bias, name="fc_out")(h)
+        return nn.Dense(c.d_model, use_bias=c.mlp_bias, dot_general=_dot_general, name="fc_out")(h)
 
 
 class _Block(nn.Module):
@@ -515,7 +601,7 @@ class _Unembed(nn.Module):
         w = self.param(
             "kernel", nn.initializers.normal(0.02), (self.cfg.d_model, self.cfg.vocab_size)
         )
-        return x @ w.astype(x.dtype)
+        return _matmul(x, w.astype(x.dtype))
 
 
 class Decoder(nn.Module):
@@ -590,7 +676,7 @@ class Decoder(nn.Module):
         x = _norm(c, "ln_f")(x)
         if c.tie_embeddings:
             tok = self.variables["params"]["embed"]["tok"]["embedding"]
-            logits = _Id(name="unembed")(x @ tok.T.astype(x.dtype))
+            logits = _Id(name="unembed")(_matmul(x, tok.T.astype(x.dtype)))
         else:
             logits = _Unembed(c, name="unembed")(x)
         logits = _softcap(logits, c.final_softcap)
