@@ -132,6 +132,30 @@ def test_bf16_loading(name):
     assert (out.argmax(-1) == ref["logits"].argmax(-1)).mean() > 0.8
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_bf16_gradients_match_f32(name):
+    # bf16 matmuls accumulate in f32 with a hand-written backward pass: the parameter
+    # gradients must equal f32 autodiff on the same (bf16-rounded) weights, to bf16 precision
+    ids = jnp.asarray(np.load(FIX / name / "reference.npz")["input_ids"])
+    d16 = load_decoder(FIX / name, dtype=jnp.bfloat16)
+    v32 = jax.tree.map(lambda x: x.astype(jnp.float32), d16.variables)
+    w = jax.random.normal(jax.random.key(0), (d16.config.vocab_size,))
+
+    def loss(v):
+        logits = d16.model.apply(v, ids)
+        return (logits[:, -1].astype(jnp.float32) @ w).sum()
+
+    g16 = jax.jit(jax.grad(loss))(d16.variables)
+    g32 = jax.jit(jax.grad(loss))(v32)
+    flat16 = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(g16)])
+    flat32 = np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(g32)])
+    assert np.linalg.norm(flat32) > 1e-3
+    # 8 mantissa bits (relative rounding 2^-9 per op, activations re-rounded after every
+    # op) over a few layers: measured 0.014 (gpt2) and 0.035 (llama); a wrong transpose or a
+    # dropped term gives an O(1) relative error
+    assert np.linalg.norm(flat16 - flat32) / np.linalg.norm(flat32) < 0.1
+
+
 def _write_safetensors(path, tensors):
     header, off, blobs = {}, 0, []
     for k, v in tensors.items():
