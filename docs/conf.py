@@ -83,21 +83,7 @@ nitpick_ignore_regex = [
     # type variables and private bases that appear in signatures
     (r"py:class", r"jaxinterp\..*\._[A-Za-z_]+\.(State|T|Encoding|_[A-Za-z]+)"),
 ]
-nitpick_ignore = [
-    # Docstring text that napoleon reads as a type; reported to the module owners:
-    # actmax.maximize "Raises: ValueError / TypeError / KeyError:", and
-    # interventions.capture_sites "Returns: ... (per-head results: ...".
-    ("py:exc", "ValueError / TypeError / KeyError"),
-    ("py:class", "A pure function; activations keep the shapes the model gives them"),
-    ("py:class", "per-head results"),
-    # jaxinterp.viz (being written in parallel; reported to its owner, remove once fixed):
-    # NamedArray.to_html ":attr:`title`", _page.embed_json ":func:`floats`" (private helper),
-    # index_page "Returns: The HTML document (static: no script)." read as a type.
-    ("py:attr", "title"),
-    ("py:func", "floats"),
-    ("py:class", "The HTML document"),
-    ("py:class", "static"),
-]
+nitpick_ignore: list[tuple[str, str]] = []
 
 # ------------------------------------------------------------------- build-time inputs
 HAVE_VIZ = importlib.util.find_spec("jaxinterp.viz") is not None

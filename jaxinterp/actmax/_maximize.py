@@ -284,7 +284,7 @@ def maximize(
       and ``values [target]``.
 
     Raises:
-      ValueError / TypeError / KeyError: inconsistent ``targets``, ``key``, ``init`` or
+      ValueError, TypeError, KeyError: inconsistent ``targets``, ``key``, ``init`` or
         arguments; an out-of-range unit or position (checked against the activation shapes
         before anything is compiled; a traced unit under jit gives NaN instead, see
         :func:`jaxinterp.checked`).

@@ -167,7 +167,7 @@ def capture_sites(
       methods: submodule methods hooked besides ``__call__`` (sites ``"path.method"``).
 
     Returns:
-      A pure function; activations keep the shapes the model gives them (per-head results:
+      A pure function; activations keep the shapes the model gives them (per-head results are
       ``[batch, seq, head, d_head]``; residual stream: ``[batch, seq, d_model]``; inside a
       scan ``[layer, ...]`` unless the site names a layer). ``"path"`` is the module's first
       call, ``"path@k"`` its call ``k``: the same keys as :func:`jaxinterp.capture.capture`.

@@ -118,7 +118,7 @@ def embed_json(data: Any) -> str:
     """JSON text safe inside a ``<script>`` element: ``<``, ``>``, ``&`` as ``\\u`` escapes.
 
     NaN and infinities are refused (``JSON.parse`` cannot read them): convert them to
-    ``None`` first (:func:`floats` does).
+    ``None`` first (``floats`` does).
 
     >>> embed_json({"t": "</script>"})
     '{"t": "\\\\u003c/script\\\\u003e"}'
@@ -268,7 +268,7 @@ def index_page(entries: Sequence[tuple[str, str, str]], title: str = "jaxinterp 
       title: the page heading.
 
     Returns:
-      The HTML document (static: no script).
+      The HTML document (static, no script).
 
     >>> "a.html" in index_page([("a.html", "A", "the A view")])
     True

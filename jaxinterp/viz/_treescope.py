@@ -91,7 +91,7 @@ class NamedArray:
         """A self-contained HTML document of the figure (treescope's own inline JS/CSS).
 
         Args:
-          title: the page title (default: :attr:`title`).
+          title: the page title (default: ``self.title``).
         """
         title = title or self.title
         return (
