@@ -205,12 +205,12 @@ def layer_features(
         if token_mask.shape[0] != n:
             raise ValueError(f"token_mask: expected {n} rows (batch), got shape {token_mask.shape}")
 
+    # variables are an argument, not a closure: closed-over arrays would be baked into the
+    # compiled program as constants (a second copy of the weights, replicated when sharded)
     @jax.jit
-    def run(chunk, mask, dyn):
+    def run(vs, chunk, mask, dyn):
         try:
-            _, acts = run_sites(
-                model, variables, *chunk, sites=paths, method=method, **static, **dyn
-            )
+            _, acts = run_sites(model, vs, *chunk, sites=paths, method=method, **static, **dyn)
         except (KeyError, ValueError) as err:
             raise _as_paths_error(err) from None
         for p in paths:
@@ -223,7 +223,8 @@ def layer_features(
         return [_pool(acts[p], pool, mask).astype(dtype) for p in paths]
 
     parts = [
-        run(chunk, mask, dynamic) for chunk, mask in iter_chunks((args, token_mask), chunk_size)
+        run(variables, chunk, mask, dynamic)
+        for chunk, mask in iter_chunks((args, token_mask), chunk_size)
     ]
     per_layer = [jnp.concatenate([p[i] for p in parts]) for i in range(len(paths))]
     d = max(a.shape[-1] for a in per_layer)
