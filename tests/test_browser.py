@@ -277,6 +277,11 @@ def test_gallery_counts_filter_and_sort(open_page):
     assert page.locator("#jx-gallery .jx-opt img").count() == n
     assert page.locator("#jx-gallery .jx-fig:not(.jx-opt) img").count() == n * k - 1
     assert page.locator("#jx-gallery svg.jx-spark").count() == n
+    # the target with one example fewer keeps its trace in the same column as the others
+    lefts = page.eval_on_selector_all(
+        "#jx-gallery svg.jx-spark", "es => es.map(e => e.getBoundingClientRect().left)"
+    )
+    assert max(lefts) - min(lefts) < 8, lefts
     # images decode: their natural size is the 8×8 input
     sizes = page.eval_on_selector_all(
         "#jx-gallery img", "es => es.map(e => [e.complete, e.naturalWidth, e.naturalHeight])"

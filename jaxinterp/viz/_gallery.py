@@ -41,6 +41,7 @@ const style = el("style", null,
   ".jx-text { margin: 2px 0; }");
 document.head.append(style);
 
+const K_MAX = Math.max(0, ...ITEMS.map(it => it.examples.length));
 function imageFig(src, caption, opt) {
   const f = el("div", "jx-fig" + (opt ? " jx-opt" : ""));
   const img = el("img"); img.src = src; img.alt = caption;
@@ -103,6 +104,14 @@ function card(it) {
     const cap = fmt(e.value, 2) + (e.index !== null ? " (#" + e.index + ")" : "");
     if (e.src) ex.append(imageFig(e.src, cap, false));
     else ex.append(tokenLine(e.tokens, e.acts, lim, cap));
+  }
+  // a target with fewer examples keeps its trace in the same column as the others
+  if (it.examples.length && it.examples[0].src) {
+    for (let i = it.examples.length; i < K_MAX; i++) {
+      const pad = el("div", "jx-fig jx-pad");
+      pad.style.width = (DATA.image_px + 2) + "px";
+      ex.append(pad);
+    }
   }
   if (it.optimized && it.optimized.tokens) {
     row.append(tokenLine(it.optimized.tokens, it.optimized.acts, lim, "optimized"));
@@ -251,7 +260,9 @@ def feature_gallery(
         items.append(item)
     data = {"items": items, "image_px": image_px}
     k = 0 if examples is None else len(examples[0])
-    sub = f"{n} targets" + (f", top-{k} dataset examples each" if k else "")
+    sub = f"{n} target{'s' if n != 1 else ''}" + (
+        f", top-{k} dataset example{'s' if k != 1 else ''} each" if k else ""
+    )
     return View("gallery", title, sub, data, _SCRIPT)
 
 
