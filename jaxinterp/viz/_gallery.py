@@ -17,6 +17,10 @@ from jaxinterp.viz._page import View, as_float_array, as_labels, floats, png_dat
 
 _SCRIPT = r"""
 const ITEMS = DATA.items;
+// image figures share one width (captions such as "11.66 (#1589)" are wider than small
+// images), so images, examples and traces line up from one target to the next
+const FIG_PX = Math.max(DATA.image_px + 4, 84);
+const K_MAX = Math.max(0, ...ITEMS.map(it => it.examples.length));
 const controls = el("div", "jx-controls");
 const filter = el("input"); filter.id = "jx-filter"; filter.placeholder = "filter by label";
 const sort = el("select"); sort.id = "jx-sort";
@@ -35,15 +39,16 @@ const style = el("style", null,
   ".jx-row { display: flex; gap: 8px; align-items: flex-start; flex-wrap: wrap; }" +
   ".jx-fig { text-align: center; font-size: 11px; flex: none; }" +
   ".jx-row > * { flex: none; }" +
-  ".jx-fig img { width: " + DATA.image_px + "px; height: " + DATA.image_px + "px;" +
+  ".jx-fig.jx-img { width: " + FIG_PX + "px; }" +
+  ".jx-fig.jx-trace { max-width: 200px; }" +
+  ".jx-fig img { margin: 0 auto; width: " + DATA.image_px + "px; height: " + DATA.image_px + "px;" +
   " image-rendering: pixelated; display: block; border: 1px solid var(--line); }" +
   ".jx-fig.jx-opt img { border: 2px solid var(--accent); }" +
   ".jx-text { margin: 2px 0; }");
 document.head.append(style);
 
-const K_MAX = Math.max(0, ...ITEMS.map(it => it.examples.length));
 function imageFig(src, caption, opt) {
-  const f = el("div", "jx-fig" + (opt ? " jx-opt" : ""));
+  const f = el("div", "jx-fig jx-img" + (opt ? " jx-opt" : ""));
   const img = el("img"); img.src = src; img.alt = caption;
   f.append(img, el("div", null, caption));
   return f;
@@ -108,9 +113,7 @@ function card(it) {
   // a target with fewer examples keeps its trace in the same column as the others
   if (it.examples.length && it.examples[0].src) {
     for (let i = it.examples.length; i < K_MAX; i++) {
-      const pad = el("div", "jx-fig jx-pad");
-      pad.style.width = (DATA.image_px + 2) + "px";
-      ex.append(pad);
+      ex.append(el("div", "jx-fig jx-img jx-pad"));
     }
   }
   if (it.optimized && it.optimized.tokens) {
@@ -118,7 +121,7 @@ function card(it) {
   }
   row.append(ex);
   if (it.trace) {
-    const f = el("div", "jx-fig");
+    const f = el("div", "jx-fig jx-trace");
     f.append(sparkline(it.trace, it.examples.length ? it.examples[0].value : null));
     f.append(el("div", "jx-muted", "objective during the ascent" +
                 (it.examples.length ? " (dashed: best example)" : "")));
