@@ -40,7 +40,7 @@ const style = el("style", null,
   ".jx-fig { text-align: center; font-size: 11px; flex: none; }" +
   ".jx-row > * { flex: none; }" +
   ".jx-fig.jx-img { width: " + FIG_PX + "px; }" +
-  ".jx-fig.jx-trace { max-width: 200px; }" +
+  ".jx-fig.jx-trace { max-width: 200px; margin-left: auto; }" +
   ".jx-fig img { margin: 0 auto; width: " + DATA.image_px + "px; height: " + DATA.image_px + "px;" +
   " image-rendering: pixelated; display: block; border: 1px solid var(--line); }" +
   ".jx-fig.jx-opt img { border: 2px solid var(--accent); }" +
