@@ -12,15 +12,19 @@ the arrays:
 * the metric and the inputs: split as pytrees. Array leaves are traced (new data of the same
   shapes reuses the program), other leaves (ints, strings, modules) are part of the key. A
   metric that is a bound method of a pytree (``task.metric`` of a :class:`PatchTask`), a
-  ``functools.partial`` or a Python function is opened the same way: its ``self``, arguments,
-  closed-over values and defaults are split like inputs, and the function is keyed on its code,
-  so a ``lambda`` written anew at every call, closing over new arrays of the same shapes,
-  reuses the program. Anything that cannot be hashed is keyed by identity.
+  ``functools.partial`` or a Python function of your own is opened the same way: its
+  ``self``, arguments, closed-over values, defaults and the globals its code reads are split
+  like inputs, and the function is keyed on its code, so a ``lambda`` written anew at every
+  call (at the same place in the source), reading new arrays of the same shapes, reuses the
+  program and sees the new values. Library functions (jaxinterp, JAX, NumPy, Flax) and
+  anything that is neither a pytree nor hashable are keyed by identity.
 
 The program runs under :func:`jax.experimental.checkify.checkify`, so the value checks that an
 eager call raised at once (a metric index out of range, equal clean and corrupted metrics)
 still raise the same ``ValueError`` after the call, never a silent NaN. Inside the caller's own
-``jit``/``vmap``/``grad`` (any traced input) the sweep is traced inline as before.
+``jit``/``vmap``/``grad`` (any traced input) the sweep is traced inline as before; so is a
+sweep over a ``mesh`` (checkify does not run through ``shard_map``): jit it yourself, passing
+the data as arguments, to compile it once.
 """
 
 from __future__ import annotations
@@ -38,6 +42,16 @@ from jax.experimental import checkify
 from jaxinterp._checks import is_traced
 
 _ARRAYS = (jax.Array, np.ndarray)
+_LIBRARIES = {"jaxinterp", "jax", "jaxlib", "numpy", "flax", "optax", "functools", "builtins"}
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """Names a code object (and the functions defined in it) may read from its globals."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
 
 
 class _ById:
@@ -85,16 +99,20 @@ def split(obj: Any, dyn: list, depth: int = 0) -> tuple:
             tuple((k, split(v, dyn, depth + 1)) for k, v in kw),
         )
     if isinstance(obj, types.FunctionType):
+        if (obj.__module__ or "").split(".")[0] in _LIBRARIES:
+            return _static(obj)  # library code: module-level, keyed by identity
         try:
             contents = [c.cell_contents for c in obj.__closure__ or ()]
         except ValueError:  # an empty cell (a name assigned later)
             return _static(obj)
         if obj.__dict__:  # attributes the rebuilt function would lose
             return _static(obj)
+        names = sorted(n for n in _global_names(obj.__code__) if n in obj.__globals__)
         return (
             "fn",
             obj.__code__,
             _ById(obj.__globals__),
+            tuple((n, split(obj.__globals__[n], dyn, depth + 1)) for n in names),
             obj.__name__,
             split(obj.__defaults__, dyn, depth + 1),
             split(obj.__kwdefaults__, dyn, depth + 1),
@@ -126,10 +144,12 @@ def merge(spec: tuple, dyn: Any) -> Any:
         args = [merge(a, dyn) for a in spec[2]]
         return functools.partial(fn, *args, **{k: merge(v, dyn) for k, v in spec[3]})
     if kind == "fn":
-        code, globs, name, defaults, kwdefaults, cells = spec[1:]
+        code, globs, used, name, defaults, kwdefaults, cells = spec[1:]
+        namespace = dict(globs.obj)
+        namespace.update({n: merge(v, dyn) for n, v in used})
         fn = types.FunctionType(
             code,
-            globs.obj,
+            namespace,
             name,
             merge(defaults, dyn),
             tuple(types.CellType(merge(c, dyn)) for c in cells),
@@ -210,10 +230,11 @@ def run(
 ) -> Any:
     """``impl(model, variables, *rest, sites, **options)``, compiled once per configuration.
 
-    Traced inputs or sites (the caller's own transform) run ``impl`` inline; otherwise the
-    cached program runs and its failed value checks raise ``ValueError``.
+    Traced inputs or sites (the caller's own transform) and a ``mesh`` (checkify cannot see
+    through ``shard_map``) run ``impl`` inline; otherwise the cached program runs and its
+    failed value checks raise ``ValueError``.
     """
-    if is_traced((variables, rest, sites)):
+    if is_traced((variables, rest, sites)) or options.get("mesh") is not None:
         return impl(model, variables, *rest, sites, **options)
     if isinstance(model, nnx.Module):
         graphdef, state = nnx.split(model)
