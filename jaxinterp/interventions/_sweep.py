@@ -753,6 +753,13 @@ def patch_sweep(
     traced arrays, ``reuse_prefix=False``) each site runs a full forward pass. Both give the
     same effects up to float32 rounding (operations fused in another order).
 
+    **Compiled once.** A plain call (concrete inputs) runs as one program cached on the
+    model, sites, metric structure, options and input shapes (see
+    :mod:`jaxinterp.interventions._compiled`): repeated calls with new data of the same shapes
+    compile nothing, a new batch shape compiles once. Inside your own ``jit``, pass the data
+    as arguments (``jax.jit(lambda v, task: patch_sweep(model, v, task.clean, ...))``), not
+    as closed-over constants. Value checks of a plain call still raise ``ValueError``.
+
     Args:
       model: a linen module (with ``variables``) or an nnx module (``variables=None``).
       variables: linen variables, or ``None``.
@@ -761,7 +768,10 @@ def patch_sweep(
       corrupted_inputs: the same for the corrupted run (same shapes).
       sites: :class:`Sites` (:func:`head_sites`, :func:`position_sites`, :func:`site_grid`).
       metric: ``metric(output) -> scalar`` for the whole batch, e.g.
-        ``lambda logits: logit_diff(logits, answer, wrong, position)``.
+        ``lambda logits: logit_diff(logits, answer, wrong, position)``, or ``-> [batch]``
+        per-example values (``logit_diff(..., reduce="none")``,
+        :meth:`PatchTask.per_example_metric`; at least 2 examples), which adds per-example
+        effects and standard errors to the result.
       chunk_size: sites in flight at once (memory ≈ ``chunk_size`` forward passes on the
         batch); ``"auto"`` (default) picks a fast one from the shapes and the backend (module
         docstring), ``None`` vmaps all sites at once.
@@ -771,13 +781,18 @@ def patch_sweep(
       reuse_prefix: reuse the corrupted run's layers before each site's block (see above).
 
     Returns:
-      :class:`PatchResult` with ``patched, normalized: [site]``; ``sites.unflatten`` turns
-      them into ``[*sites.grid]`` with axes ``sites.names`` (``[layer, head]`` etc.).
+      :class:`PatchResult` with ``patched, normalized: [site]`` (batch means), and for a
+      per-example metric ``per_example: [site, batch]``, ``normalized_se: [site]``,
+      ``clean_per_example, corrupted_per_example: [batch]``. ``sites.unflatten`` turns
+      ``[site, ...]`` into ``[*sites.grid, ...]`` with axes ``sites.names``: ``[layer, head]``,
+      ``[layer, position]``, ``[layer, head, position]`` (TransformerLens:
+      ``[layer, pos, head]``, ``jnp.moveaxis(x, 2, 1)``).
 
     Raises:
       TypeError, ValueError: bad ``sites`` (a layer or index outside the activations),
         ``corrupted_inputs`` of other shapes than ``clean_inputs``, a metric that is not
-        callable or does not return a scalar, ``chunk_size`` not an int >= 1 (or None,
+        callable or does not return a scalar or ``[batch]`` values (at least 2), ``chunk_size``
+        not an int >= 1 (or None,
         ``"auto"``), ``kwargs`` not a mapping or repeating a keyword input, ``reuse_prefix``
         not a bool, or equal clean and corrupted metrics (normalization undefined).
       KeyError: a site path is not in the model.
@@ -797,6 +812,12 @@ def patch_sweep(
     >>> res = f(task.clean, task.corrupted)
     >>> round(float(res.normalized[8]), 4)  # the whole residual at the read-out position
     1.0
+    >>> per = patch_sweep(model, variables, task.clean, task.corrupted, position_sites(1, 16),
+    ...                   task.per_example_metric)  # plain call: compiled once, cached
+    >>> per.per_example.shape, per.normalized_se.shape  # [site, batch], [site]
+    ((16, 4), (16,))
+    >>> bool(jnp.allclose(per.normalized, res.normalized, atol=1e-5))
+    True
     """
     _check_sites(sites)
     _check_call(metric, chunk_size)
@@ -912,17 +933,25 @@ def attribution_patch(
     table per layer that the sites index: memory and time O(activations + sites), not
     O(activations × sites).
 
+    With a per-example metric (``[batch]`` values) the gradient of their sum is taken: each
+    example's gradient lies in its own slice of the activations as long as examples do not
+    interact (no batch statistics, e.g. BatchNorm in training mode), and the tables keep the
+    batch axis (the activations' leading axis), ``[batch, *site axes]``. Compiled once per
+    configuration like :func:`patch_sweep`.
+
     Args:
       model, variables, clean_inputs, corrupted_inputs, sites, metric, method, kwargs: as in
         :func:`patch_sweep`.
 
     Returns:
       :class:`PatchResult` whose ``patched = corrupted + effect`` is the estimate ``[site]``
-      (``sites.unflatten`` names the axes, as in :func:`patch_sweep`).
+      (for a per-example metric also ``per_example [site, batch]``, ``normalized_se [site]``;
+      ``sites.unflatten`` names the axes, as in :func:`patch_sweep`).
 
     Raises:
-      As :func:`patch_sweep`; under jit, out-of-range traced sites give NaN likewise (see
-      ``jaxinterp.checked``).
+      As :func:`patch_sweep`, and ``ValueError`` for a per-example metric when a site
+      activation has no leading ``[batch]`` axis; under jit, out-of-range traced sites give
+      NaN likewise (see ``jaxinterp.checked``).
 
     >>> import jaxinterp.models as zoo
     >>> from jaxinterp.interventions import offset_patching_task
@@ -936,6 +965,10 @@ def attribution_patch(
     >>> sites_after_8 = res.patched[9:] - res.corrupted  # causal: later positions do nothing
     >>> float(jnp.abs(sites_after_8).max())
     0.0
+    >>> per = attribution_patch(model, variables, task.clean, task.corrupted,
+    ...                         position_sites(1, 16), task.per_example_metric)
+    >>> per.per_example.shape, bool(jnp.allclose(per.patched, res.patched, atol=1e-5))
+    ((16, 4), True)
     """
     _check_sites(sites)
     _check_call(metric)
