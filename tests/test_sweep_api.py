@@ -207,6 +207,23 @@ def test_plain_calls_reuse_the_compiled_program(setup):
         np.testing.assert_allclose(first.patched, inline.patched, rtol=1e-5, atol=1e-5)
 
 
+def test_nnx_reuses_and_traces_run_inline(setup, offset_nnx):
+    model, variables, task = setup
+    sites = iv.head_sites(2, 4)
+    other = iv.offset_patching_task(jax.random.key(9), BATCH, model.cfg, offset=3)
+    ref = iv.patch_sweep(model, variables, other.clean, other.corrupted, sites, other.metric)
+    iv.patch_sweep(offset_nnx, None, task.clean, task.corrupted, sites, task.metric)
+    n = _compiled.cache_size()
+    got = iv.patch_sweep(offset_nnx, None, other.clean, other.corrupted, sites, other.metric)
+    assert _compiled.cache_size() == n  # the nnx state is traced, the graph is the key
+    np.testing.assert_allclose(got.patched, ref.patched, rtol=1e-5, atol=1e-5)
+    # under a trace with closed-over data (eval_shape, the caller's jit) it runs inline
+    shape = jax.eval_shape(
+        lambda: iv.patch_sweep(model, variables, task.clean, task.corrupted, sites, task.metric)
+    )
+    assert shape.patched.shape == (8,) and _compiled.cache_size() == n
+
+
 def test_readme_jit_idiom_compiles_once_per_batch_shape(setup):
     model, variables, _ = setup
     sites = iv.head_sites(2, 4)

@@ -22,7 +22,7 @@ the arrays:
 The program runs under :func:`jax.experimental.checkify.checkify`, so the value checks that an
 eager call raised at once (a metric index out of range, equal clean and corrupted metrics)
 still raise the same ``ValueError`` after the call, never a silent NaN. Inside the caller's own
-``jit``/``vmap``/``grad`` (any traced input) the sweep is traced inline as before; so is a
+``jit``/``vmap``/``grad``/``eval_shape`` the sweep is traced inline as before; so is a
 sweep over a ``mesh`` (checkify does not run through ``shard_map``): jit it yourself, passing
 the data as arguments, to compile it once.
 """
@@ -220,6 +220,11 @@ def cache_size() -> int:
     return _compiled._cache_size()
 
 
+def _under_trace() -> bool:
+    """Whether a JAX transform is tracing now (closed-over inputs look concrete there)."""
+    return isinstance(jax.lax.add(np.int32(0), np.int32(0)), jax.core.Tracer)
+
+
 def run(
     impl: Callable[..., Any],
     model: Any,
@@ -230,11 +235,11 @@ def run(
 ) -> Any:
     """``impl(model, variables, *rest, sites, **options)``, compiled once per configuration.
 
-    Traced inputs or sites (the caller's own transform) and a ``mesh`` (checkify cannot see
-    through ``shard_map``) run ``impl`` inline; otherwise the cached program runs and its
-    failed value checks raise ``ValueError``.
+    Under the caller's own transform (traced inputs, or any trace running) and with a
+    ``mesh`` (checkify cannot see through ``shard_map``) ``impl`` runs inline; otherwise the
+    cached program runs and its failed value checks raise ``ValueError``.
     """
-    if is_traced((variables, rest, sites)) or options.get("mesh") is not None:
+    if _under_trace() or is_traced((variables, rest, sites)) or options.get("mesh") is not None:
         return impl(model, variables, *rest, sites, **options)
     if isinstance(model, nnx.Module):
         graphdef, state = nnx.split(model)
