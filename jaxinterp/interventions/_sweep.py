@@ -322,7 +322,7 @@ class PatchResult(NamedTuple):
     ``m_i`` (e.g. ``logit_diff(..., reduce="none")``, :meth:`PatchTask.per_example_metric`)
     fills all of them; the scalar fields are then batch means, ``D = clean - corrupted``, and
     with ``d_i = per_example[s, i] - corrupted_per_example[i]`` (the paired per-example
-    effect):
+    effect)::
 
         normalized[s]    = mean_i(d_i) / D
         normalized_se[s] = std_i(d_i, ddof=1) / sqrt(batch) / |D|
@@ -754,11 +754,12 @@ def patch_sweep(
     same effects up to float32 rounding (operations fused in another order).
 
     **Compiled once.** A plain call (concrete inputs) runs as one program cached on the
-    model, sites, metric structure, options and input shapes (see
-    :mod:`jaxinterp.interventions._compiled`): repeated calls with new data of the same shapes
-    compile nothing, a new batch shape compiles once. Inside your own ``jit``, pass the data
-    as arguments (``jax.jit(lambda v, task: patch_sweep(model, v, task.clean, ...))``), not
-    as closed-over constants. Value checks of a plain call still raise ``ValueError``.
+    model, sites, metric structure, options and input shapes (the rules are in the
+    docstring of the private module ``jaxinterp.interventions._compiled``): repeated calls
+    with new data of the same shapes compile nothing, a new batch shape compiles once.
+    Inside your own ``jit``, pass the data as arguments
+    (``jax.jit(lambda v, task: patch_sweep(model, v, task.clean, ...))``), not as
+    closed-over constants. Value checks of a plain call still raise ``ValueError``.
 
     Args:
       model: a linen module (with ``variables``) or an nnx module (``variables=None``).

@@ -35,7 +35,7 @@ class PatchTask(NamedTuple):
           logits: ``[batch, seq, vocab]``.
 
         Returns:
-          A scalar: the mean over the batch.
+          The mean over the batch (a scalar).
 
         >>> from jaxinterp.models import TransformerConfig
         >>> t = offset_patching_task(jax.random.key(0), 2, TransformerConfig(), position=5)
