@@ -198,8 +198,11 @@ def test_plain_calls_reuse_the_compiled_program(setup):
         np.testing.assert_allclose(got[1].patched, again.patched, rtol=1e-6)  # not stale
         # a new batch shape compiles once, then is reused
         fn(model, variables, bigger.clean, bigger.corrupted, sites, bigger.metric)
+        k = _compiled.cache_size()
+        assert k == n + 2, fn.__name__
         fn(model, variables, bigger.corrupted, bigger.clean, sites, bigger.metric)
-        assert _compiled.cache_size() == n + 2, fn.__name__
+        fn(model, variables, task.clean, task.corrupted, sites, task.metric)
+        assert _compiled.cache_size() == k, fn.__name__
         # the compiled result equals the sweep traced inline under the caller's jit
         inline = jax.jit(lambda v, t, fn=fn: fn(model, v, t.clean, t.corrupted, sites, t.metric))(
             variables, task
@@ -281,4 +284,32 @@ def test_metric_reading_a_global_sees_its_new_value(setup):
             lambda o: _TASK.metric(o),  # noqa: B023
         )
         ref = iv.attribution_patch(model, variables, t.clean, t.corrupted, sites, t.metric)
+        np.testing.assert_allclose(got.patched, ref.patched, rtol=1e-6)
+
+
+class _Metric:
+    """A metric object of one's own class, hashed by identity and mutated between calls."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def __call__(self, logits):
+        return self.task.metric(logits)
+
+
+def test_metric_object_mutated_between_calls_is_not_stale(setup):
+    model, variables, task = setup
+    sites = iv.head_sites(2, 4)
+    other = iv.offset_patching_task(jax.random.key(9), BATCH, model.cfg, offset=3)
+    metric = _Metric(task)
+    for fn in (metric, metric.__call__):
+        metric.task = task
+        iv.attribution_patch(model, variables, task.clean, task.corrupted, sites, fn)
+        n = _compiled.cache_size()
+        metric.task = other  # same object, new arrays: the program is reused, not its values
+        got = iv.attribution_patch(model, variables, task.clean, task.corrupted, sites, fn)
+        assert _compiled.cache_size() == n
+        ref = iv.attribution_patch(
+            model, variables, task.clean, task.corrupted, sites, other.metric
+        )
         np.testing.assert_allclose(got.patched, ref.patched, rtol=1e-6)

@@ -16,8 +16,10 @@ the arrays:
   ``self``, arguments, closed-over values, defaults and the globals its code reads are split
   like inputs, and the function is keyed on its code, so a ``lambda`` written anew at every
   call (at the same place in the source), reading new arrays of the same shapes, reuses the
-  program and sees the new values. Library functions (jaxinterp, JAX, NumPy, Flax) and
-  anything that is neither a pytree nor hashable are keyed by identity.
+  program and sees the new values. An instance of your own class (a callable metric object,
+  the ``self`` of a bound method) that hashes by identity is opened through its attributes
+  the same way. Library functions (jaxinterp, JAX, NumPy, Flax) and anything else that is
+  neither a pytree nor hashable by value are keyed by identity.
 
 The program runs under :func:`jax.experimental.checkify.checkify`, so the value checks that an
 eager call raised at once (a metric index out of range, equal clean and corrupted metrics)
@@ -120,12 +122,25 @@ def split(obj: Any, dyn: list, depth: int = 0) -> tuple:
         )
     leaves, treedef = jax.tree_util.tree_flatten(obj)
     if treedef.num_leaves == 1 and treedef.num_nodes == 1:  # obj is a leaf
+        if _plain_object(obj):  # compared by identity: open its attributes (never stale)
+            return ("obj", type(obj), split(dict(vars(obj)), dyn, depth + 1))
         return _static(obj)
     try:
         hash(treedef)
     except TypeError:
         return _static(obj)
     return ("tree", treedef, tuple(split(x, dyn, depth + 1) for x in leaves))
+
+
+def _plain_object(obj: Any) -> bool:
+    """An instance of a Python class of your own that hashes by identity, with a ``__dict__``."""
+    cls = type(obj)
+    return (
+        cls.__hash__ is object.__hash__
+        and (cls.__module__ or "").split(".")[0] not in _LIBRARIES
+        and isinstance(getattr(obj, "__dict__", None), dict)
+        and not hasattr(cls, "__slots__")
+    )
 
 
 def merge(spec: tuple, dyn: Any) -> Any:
@@ -139,6 +154,10 @@ def merge(spec: tuple, dyn: Any) -> Any:
         return spec[1].obj
     if kind == "method":
         return types.MethodType(merge(spec[1], dyn), merge(spec[2], dyn))
+    if kind == "obj":
+        new = object.__new__(spec[1])
+        new.__dict__.update(merge(spec[2], dyn))
+        return new
     if kind == "partial":
         fn = merge(spec[1], dyn)
         args = [merge(a, dyn) for a in spec[2]]
