@@ -107,8 +107,6 @@ def split(obj: Any, dyn: list, depth: int = 0) -> tuple:
             contents = [c.cell_contents for c in obj.__closure__ or ()]
         except ValueError:  # an empty cell (a name assigned later)
             return _static(obj)
-        if obj.__dict__:  # attributes the rebuilt function would lose
-            return _static(obj)
         names = sorted(n for n in _global_names(obj.__code__) if n in obj.__globals__)
         return (
             "fn",
@@ -119,6 +117,7 @@ def split(obj: Any, dyn: list, depth: int = 0) -> tuple:
             split(obj.__defaults__, dyn, depth + 1),
             split(obj.__kwdefaults__, dyn, depth + 1),
             tuple(split(c, dyn, depth + 1) for c in contents),
+            split(dict(obj.__dict__), dyn, depth + 1),  # attributes (functools.wraps, ...)
         )
     leaves, treedef = jax.tree_util.tree_flatten(obj)
     if treedef.num_leaves == 1 and treedef.num_nodes == 1:  # obj is a leaf
@@ -163,7 +162,7 @@ def merge(spec: tuple, dyn: Any) -> Any:
         args = [merge(a, dyn) for a in spec[2]]
         return functools.partial(fn, *args, **{k: merge(v, dyn) for k, v in spec[3]})
     if kind == "fn":
-        code, globs, used, name, defaults, kwdefaults, cells = spec[1:]
+        code, globs, used, name, defaults, kwdefaults, cells, attrs = spec[1:]
         namespace = dict(globs.obj)
         namespace.update({n: merge(v, dyn) for n, v in used})
         fn = types.FunctionType(
@@ -174,6 +173,7 @@ def merge(spec: tuple, dyn: Any) -> Any:
             tuple(types.CellType(merge(c, dyn)) for c in cells),
         )
         fn.__kwdefaults__ = merge(kwdefaults, dyn)
+        fn.__dict__.update(merge(attrs, dyn))
         return fn
     return spec[1].unflatten([merge(s, dyn) for s in spec[2]])
 
