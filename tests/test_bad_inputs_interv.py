@@ -6,7 +6,9 @@ value under ``jax.jit`` through :func:`jaxinterp.checked`; :func:`test_traced_ba
 checks that the same calls under a plain ``jit`` give NaN instead of a clamped or wrapped
 answer (the value-check policy). Regression rows for the silent wrong answers of issue 10
 are marked ``regression``; those of issue 11 (head idioms on other layouts, edits on shared
-modules, array edits on tuple outputs) ``regression-11``.
+modules, array edits on tuple outputs) ``regression-11``. Issue 14 added globs in
+``capture_sites``, per-example metrics and compiled plain sweeps (whose value checks still
+raise).
 """
 
 from __future__ import annotations
@@ -652,6 +654,97 @@ def _rows():
             KeyError,
             "sites",
         ),
+        # ------------------------------------------- issue 14: globs, per-example metrics
+        (
+            "capture_sites-glob-matches-nothing",
+            lambda t: iv.capture_sites(m(t), v(t), ["blocks_*:input"])(task(t).clean),
+            KeyError,
+            "sites",
+        ),
+        (
+            "capture_sites-glob-every-call",
+            lambda t: iv.capture_sites(m(t), v(t), ["block_*@*:input"]),
+            ValueError,
+            "sites",
+        ),
+        (
+            "logit_diff-reduce-sum",
+            lambda t: iv.logit_diff(logits, 1, 2, reduce="sum"),
+            ValueError,
+            "reduce",
+        ),
+        (
+            "sweep-per-example-not-batch",  # [seq] values, not [batch]
+            lambda t: iv.patch_sweep(
+                m(t),
+                v(t),
+                task(t).clean,
+                task(t).corrupted,
+                iv.head_sites(2, 4),
+                lambda o: o[0, :, 0],
+            ),
+            ValueError,
+            "metric",
+        ),
+        (
+            "sweep-per-example-one-example",  # no standard error from one example
+            lambda t: iv.patch_sweep(
+                m(t),
+                v(t),
+                task(t).clean[:1],
+                task(t).corrupted[:1],
+                iv.head_sites(2, 4),
+                lambda o: o[:, 0, 0],
+            ),
+            ValueError,
+            "metric",
+        ),
+        (
+            "attribution-per-example-not-batch",
+            lambda t: iv.attribution_patch(
+                m(t),
+                v(t),
+                task(t).clean,
+                task(t).corrupted,
+                iv.head_sites(2, 4),
+                lambda o: o[0, :, 0],
+            ),
+            ValueError,
+            "metric",
+        ),
+        (
+            "sweep-per-example-position-out-of-range",  # a plain (compiled) call still raises
+            lambda t: iv.patch_sweep(
+                m(t),
+                v(t),
+                task(t).clean,
+                task(t).corrupted,
+                iv.head_sites(2, 4),
+                lambda o: iv.logit_diff(o, 1, 2, jnp.array([3, 20]), reduce="none"),
+            ),
+            ValueError,
+            "position",
+        ),
+        (
+            "attribution-same-clean-and-corrupted",  # a plain (compiled) call still raises
+            lambda t: iv.attribution_patch(
+                m(t), v(t), task(t).clean, task(t).clean, iv.head_sites(2, 4), task(t).metric
+            ),
+            ValueError,
+            "corrupted",
+        ),
+        (
+            "sweep-checked-traced-per-example-heads-4-7",
+            lambda t: jaxinterp.checked(
+                lambda s: (
+                    iv.patch_sweep(
+                        m(t), v(t), task(t).clean, task(t).corrupted, s, task(t).per_example_metric
+                    ).per_example
+                )
+            )(iv.head_sites(2, 8)),
+            ValueError,
+            "sites",
+        ),
         # ------------------------------------------------------ attention analysis
         ("head_entropy-rank-1", lambda t: at.head_entropy(jnp.ones(3)), ValueError, "weights"),
         (
@@ -856,3 +949,12 @@ def test_traced_bad_values_poison(tiny):
     )
     got = iv.head_sites(2, 8).unflatten(attrib(iv.head_sites(2, 8)))
     assert np.isnan(got[:, 4:]).all() and not np.isnan(got[:, :4]).any()
+    # per-example values (issue 14): the out-of-range heads are NaN for every example
+    for fn in (iv.patch_sweep, iv.attribution_patch):
+        per = jax.jit(
+            lambda s, fn=fn: fn(m, v, task.clean, task.corrupted, s, task.per_example_metric)
+        )(iv.head_sites(2, 8))
+        grid = iv.head_sites(2, 8).unflatten(per.per_example)  # [layer, head, batch]
+        assert np.isnan(grid[:, 4:]).all() and not np.isnan(grid[:, :4]).any(), fn.__name__
+        se = iv.head_sites(2, 8).unflatten(per.normalized_se)
+        assert np.isnan(se[:, 4:]).all() and not np.isnan(se[:, :4]).any(), fn.__name__

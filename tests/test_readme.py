@@ -76,6 +76,25 @@ def _check_interventions(ns):  # block 4
     ablated = ns["ablated"](task.clean)
     assert ablated.shape == clean.shape
     assert float(task.metric(ablated)) < float(task.metric(clean))
+    # per-example values: [site, batch]; the standard error is numpy's, of the paired effect
+    res = ns["res"]
+    assert res.per_example.shape == (8, 64)
+    d = np.asarray(res.per_example, np.float64) - np.asarray(res.corrupted_per_example)[None]
+    se = d.std(1, ddof=1) / np.sqrt(64) / abs(float(res.clean) - float(res.corrupted))
+    np.testing.assert_allclose(res.normalized_se, se, rtol=1e-3)
+    assert restored[0].min() > 2 * float(np.max(res.normalized_se[:4]))  # clear of the noise
+    # the globbed residual sites are the exact ones
+    iv = ns["iv"]
+    exact = ["block_0:input", "block_1:input", "block_0/ln_2:input", "block_1/ln_2:input"]
+    assert sorted(ns["resid"]) == sorted(exact)
+    _, ref = iv.capture_sites(tf.model, tf.variables, exact)(task.clean)
+    for k in exact:
+        np.testing.assert_allclose(ns["resid"][k], ref[k], rtol=1e-6)
+    # "compiles once per batch shape and reuses the program for new data of that shape"
+    sweep = ns["sweep"]
+    for seed, batch in [(1, 64), (2, 32), (3, 32)]:
+        sweep(tf.variables, iv.offset_patching_task(jax.random.key(seed), batch, tf.model.cfg))
+    assert sweep._cache_size() == 2
 
 
 def _check_policy(ns):  # block 5

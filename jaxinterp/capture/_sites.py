@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.capture._hooks import LOST_PATTERNS, Call, current_call, record, run_with_hook
-from jaxinterp.capture._paths import Site, as_matcher, parse_site
+from jaxinterp.capture._paths import _GLOB_CHARS, Site, as_matcher, parse_site
 
 
 def _is_array(x: Any) -> bool:
@@ -409,6 +409,16 @@ class _Rec(NamedTuple):
     text: str
     site: Site
     layout: Layout | None
+    match: Callable[[str], bool] | None = None  # for a glob path: matches concrete paths
+
+    def hits(self, path: str, call: Call) -> bool:
+        if self.site.call != call.index:
+            return False
+        return self.site.path == path if self.match is None else self.match(path)
+
+    def concrete(self, path: str) -> str:
+        """The site text with the glob path replaced by the concrete ``path``."""
+        return path + self.text[len(self.site.path) :]
 
 
 def _check_edits(edits: Mapping[str, Any]) -> list[_Edit]:
@@ -434,15 +444,18 @@ def _check_rec(sites: Any) -> list[_Rec]:
         raise TypeError(
             f"sites: expected a sequence of site strings, got {type(sites).__name__}"
         ) from None
-    parsed = [_Rec(t, *parse_layout_site(t)) for t in sites]
-    for r in parsed:
-        if r.site.call is None:
-            raise ValueError(f"sites: {r.text!r}: name one call ('@0', '@1', ...), not '@*'")
+    parsed = []
+    for t in sites:
+        site, layout = parse_layout_site(t)
+        if site.call is None:
+            raise ValueError(f"sites: {t!r}: name one call ('@0', '@1', ...), not '@*'")
+        glob = bool(set(site.path) & _GLOB_CHARS)
+        parsed.append(_Rec(t, site, layout, as_matcher(site.path) if glob else None))
     return parsed
 
 
 def check_sites(sites: Any) -> list[Site]:
-    """Parses the sites to record (exact paths, one call each; a head layout is allowed).
+    """Parses the sites to record (paths or globs, one call each; a head layout is allowed).
 
     Returns:
       The parsed sites, without their head layouts.
@@ -495,18 +508,23 @@ def run_sites(
         ``|heads=N`` site the ``[..., N, d_head]`` view) and must return the same pytree
         structure, shapes and dtypes. A site without ``@K`` on a module called several times
         raises (name ``@K`` or ``@*``).
-      sites: exact sites to record (see :mod:`jaxinterp.capture._paths` for the syntax; a
-        head layout ``|per_head`` / ``|heads=N`` may follow, see the module docstring).
+      sites: sites to record (see :mod:`jaxinterp.capture._paths` for the syntax; a
+        head layout ``|per_head`` / ``|heads=N`` may follow, see the module docstring). The
+        path may be a glob (``"block_*:input"``): it expands to every matching module's call
+        (``@K``, default the first) in call order, recorded under the concrete site
+        (``"block_0:input"``, ...).
       method: the model method to run.
       methods: submodule methods hooked besides ``__call__``.
       **kwargs: the model's keyword inputs.
 
     Returns:
-      ``(output, {site: activation})``; an activation is taken after the edits at that site;
-      inside a scan it is stacked ``[step, ...]`` unless the site names a step.
+      ``(output, {site: activation})``, concrete sites in the order given (a glob's matches
+      in call order); an activation is taken after the edits at that site; inside a scan it
+      is stacked ``[step, ...]`` unless the site names a step.
 
     Raises:
-      KeyError: a site matches no module call; the message lists the available call keys.
+      KeyError: a site (or glob) matches no module call; the message lists the available
+        call keys.
       ValueError: a bad site suffix, an edit that changes structure/shape/dtype, a step out of
         range, a recorded site inside a transform values cannot leave (``lax.cond``), an
         activation without the head layout its site declares, an edit without ``@K`` on a
@@ -527,6 +545,7 @@ def run_sites(
     seen: list[str] = []
     depth: dict[str, int] = {}
     ambiguous: dict[str, list[str]] = {}
+    expanded: dict[str, dict[str, str]] = {}  # glob site -> {concrete site: record key}
 
     def wanted(e: _Edit, call) -> bool:
         if e.site.call is not None and e.site.call != call.index:
@@ -559,7 +578,10 @@ def run_sites(
         return new
 
     def rec(r: _Rec, value, call):
-        key = _base_key(r.site, r.layout)
+        site = r.site if r.match is None else r.site._replace(path=call.path)
+        key = _base_key(site, r.layout)
+        if r.match is not None:
+            expanded.setdefault(r.text, {}).setdefault(r.concrete(call.path), key)
         depth[key] = len(call.steps)
         record(key, to_view(get_element(value, r.site.element, r.site), r.layout, r.text, "sites"))
 
@@ -577,7 +599,7 @@ def run_sites(
                 where, a, k, set_element(old, e.site.element, edit(e, el, call), e.site)
             )
         for r in parsed_rec:
-            if r.site.part == "input" and r.site.path == path and r.site.call == call.index:
+            if r.site.part == "input" and r.hits(path, call):
                 rec(r, get_input(find_input(r.site, module, path, a, k), a, k), call)
         out = call_next(*a, **k)
         for e in mine:
@@ -585,7 +607,7 @@ def run_sites(
                 old = get_element(out, e.site.element, e.site)
                 out = set_element(out, e.site.element, edit(e, old, call), e.site)
         for r in parsed_rec:
-            if r.site.part == "output" and r.site.path == path and r.site.call == call.index:
+            if r.site.part == "output" and r.hits(path, call):
                 rec(r, out, call)
         return out
 
@@ -618,14 +640,25 @@ def run_sites(
             )
     result = {}
     for r in parsed_rec:
-        key = _base_key(r.site, r.layout)
-        if key in recs.lost:
-            raise ValueError(
-                f"sites: {r.text!r} is called inside a JAX transform whose values jaxinterp "
-                f"cannot carry out: {LOST_PATTERNS}. Record the enclosing module instead "
-                "(edits at this site still apply)"
-            )
-        if key not in recs:
-            raise KeyError(f"sites: {r.text!r} is not a submodule path. Available paths: {listing}")
-        result[r.text] = select_steps(r.site, recs[key], depth[key])
+        if r.match is None:
+            found = {r.text: _base_key(r.site, r.layout)}
+        else:
+            found = expanded.get(r.text, {})
+            if not found:
+                raise KeyError(
+                    f"sites: pattern {r.text!r} matches no submodule call. Available paths: "
+                    f"{listing}"
+                )
+        for text, key in found.items():
+            if key in recs.lost:
+                raise ValueError(
+                    f"sites: {text!r} is called inside a JAX transform whose values jaxinterp "
+                    f"cannot carry out: {LOST_PATTERNS}. Record the enclosing module instead "
+                    "(edits at this site still apply)"
+                )
+            if key not in recs:
+                raise KeyError(
+                    f"sites: {text!r} is not a submodule path. Available paths: {listing}"
+                )
+            result[text] = select_steps(r.site, recs[key], depth[key])
     return out, result

@@ -7,7 +7,12 @@
 * :func:`patch_sweep` patches clean → corrupted at every site of a :class:`Sites` set
   (:func:`head_sites`, :func:`position_sites`, :func:`head_position_sites`) in one vmap,
   chunked and optionally sharded; :func:`attribution_patch` estimates the same with
-  2 forwards + 1 backward. Metrics: :func:`logit_diff`, :func:`normalize`, :func:`spearman`.
+  2 forwards + 1 backward. Plain calls compile once per configuration and input shapes.
+  Metrics: :func:`logit_diff`, :func:`normalize`, :func:`spearman`; a metric returning
+  ``[batch]`` values (``logit_diff(..., reduce="none")``, ``task.per_example_metric``) adds
+  per-example effects ``[site, batch]`` and standard errors ``[site]`` to the result.
+* :func:`capture_sites` records sites, globs included (``"block_*:input"``: the residual
+  stream entering each block; ``"block_*/ln_2:input"``: between attention and MLP).
 * :func:`offset_patching_task` builds clean/corrupted pairs for the reference offset task.
 
 Bad arguments raise errors naming the argument; indices are never clamped or wrapped. Under
@@ -15,7 +20,8 @@ Bad arguments raise errors naming the argument; indices are never clamped or wra
 undefined metrics (``normalize`` with clean == corrupted, ``spearman`` of NaN) give NaN results
 and register the check, so :func:`jaxinterp.checked` raises it (the package's value-check
 policy). Per-site results are ``[site]``; ``sites.unflatten`` gives ``[*sites.grid]`` with axes
-named ``sites.names`` (``[layer, head]``, ``[layer, head, position]``).
+named ``sites.names`` (``[layer, head]``, ``[layer, position]``, ``[layer, head, position]``;
+TransformerLens orders the last ``[layer, pos, head]``: ``jnp.moveaxis(x, 2, 1)``).
 
 Example (head 1 of layer 0 zero-ablated)::
 

@@ -158,9 +158,13 @@ def capture_sites(
     Args:
       model: a linen module (with ``variables``) or an nnx module (``variables=None``).
       variables: linen variables, or ``None``.
-      sites: exact sites: module outputs, elements (``"block_0:output[1]"``), inputs
+      sites: sites: module outputs, elements (``"block_0:output[1]"``), inputs
         (``"block_0/attn/out:input"``), later calls (``"mlp@2"``), single scan layers
-        (``"layers/attn[3]"``).
+        (``"layers/attn[3]"``). The path may be a glob, as in :func:`intervene` and
+        :func:`jaxinterp.capture.capture`: ``"block_*:input"`` (the residual stream entering
+        every block), ``"block_*/ln_2:input"`` (between attention and MLP),
+        ``"block_*/attn/out:input|per_head"``; it expands to every matching module call
+        (``@K``, default the first call of each) in call order.
       edits: optional ``{site: edit}`` applied during the same run; recorded activations are
         the values after the edits at that site.
       method: the model method to run.
@@ -169,12 +173,16 @@ def capture_sites(
     Returns:
       A pure function; activations keep the shapes the model gives them (per-head results are
       ``[batch, seq, head, d_head]``; residual stream: ``[batch, seq, d_model]``; inside a
-      scan ``[layer, ...]`` unless the site names a layer). ``"path"`` is the module's first
-      call, ``"path@k"`` its call ``k``: the same keys as :func:`jaxinterp.capture.capture`.
+      scan ``[layer, ...]`` unless the site names a layer). Keys are the concrete sites: a
+      glob's matches appear as ``"block_0:input"``, ``"block_1:input"``, ... (the keys the
+      exact sites would have), in call order (``jax.jit`` sorts dict keys). ``"path"`` is
+      the module's first call, ``"path@k"`` its call ``k``: the same keys as
+      :func:`jaxinterp.capture.capture`.
 
     Raises:
       TypeError, ValueError: a site that cannot be read, or ``@*`` (name one call).
-      KeyError: (when ``f`` is traced) a site is not a submodule call (lists the calls).
+      KeyError: (when ``f`` is traced) a site, or a glob, matches no submodule call (lists
+        the calls).
 
     >>> import flax.linen as nn
     >>> model = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
@@ -182,6 +190,9 @@ def capture_sites(
     >>> _, acts = capture_sites(model, variables, ["layers_2:input"])(jnp.ones((5, 4)))
     >>> acts["layers_2:input"].shape
     (5, 3)
+    >>> _, acts = capture_sites(model, variables, ["layers_*:input"])(jnp.ones((5, 4)))
+    >>> {site: a.shape for site, a in acts.items()}
+    {'layers_0:input': (5, 4), 'layers_2:input': (5, 3)}
     """
     check_model(model, variables)
     sites = [sites] if isinstance(sites, str) else sites

@@ -1,9 +1,11 @@
 """Metrics for patching: logit difference, normalization to clean/corrupted, rank correlation.
 
-A patching metric maps the model output of a whole batch to one scalar; sweeps call it once
-per site. The usual choice is the logit difference between the clean answer and the
-corrupted answer at the position that is read out, averaged over the batch; it is linear in
-the logits, so it is well suited to attribution patching. Effects are reported normalized:
+A patching metric maps the model output of a whole batch to one scalar, or to a ``[batch]``
+vector of per-example values (then sweeps also report per-example effects and standard
+errors); sweeps call it once per site. The usual choice is the logit difference between the
+clean answer and the corrupted answer at the position that is read out, averaged over the
+batch; it is linear in the logits, so it is well suited to attribution patching. Effects are
+reported normalized:
 
     normalized = (patched - corrupted) / (clean - corrupted)
 
@@ -47,8 +49,14 @@ def _per_item(name: str, x: Any, batch: int, lo: int, hi: int) -> tuple[jax.Arra
     return x, ok
 
 
-def logit_diff(logits: jax.Array, answer: Any, wrong: Any, position: Any = -1) -> jax.Array:
+def logit_diff(
+    logits: jax.Array, answer: Any, wrong: Any, position: Any = -1, *, reduce: str = "mean"
+) -> jax.Array:
     """Mean over the batch of ``logits[b, position_b, answer_b] - logits[b, position_b, wrong_b]``.
+
+    With ``reduce="none"`` the per-example differences ``[batch]``: as a sweep metric they
+    give per-example effects and standard errors (see
+    :class:`~jaxinterp.interventions.PatchResult`).
 
     Args:
       logits: ``[batch, seq, vocab]`` (or ``[batch, vocab]``, then ``position`` is ignored).
@@ -56,20 +64,26 @@ def logit_diff(logits: jax.Array, answer: Any, wrong: Any, position: Any = -1) -
       wrong: the competing token (e.g. the corrupted run's answer), an int or ``[batch]``.
       position: the read-out position, an int or ``[batch]`` ints in ``[-seq, seq)`` (negative
         counts from the end).
+      reduce: ``"mean"`` (default) or ``"none"``.
 
     Returns:
-      A scalar.
+      A scalar, or ``[batch]`` for ``reduce="none"``.
 
     Raises:
       TypeError: ``logits`` is not floating, an index is not integer.
-      ValueError: a bad shape, or a concrete index out of range (never wrapped or clamped).
+      ValueError: a bad shape, ``reduce`` not ``"mean"``/``"none"``, or a concrete index out
+        of range (never wrapped or clamped).
         Under jit, an out-of-range traced index makes the result NaN; see
         ``jaxinterp.checked``.
 
     >>> logits = jnp.zeros((2, 3, 4)).at[:, 1, 2].set(5.0)
     >>> float(logit_diff(logits, answer=2, wrong=0, position=1))
     5.0
+    >>> logit_diff(logits, answer=jnp.array([2, 0]), wrong=0, position=1, reduce="none").tolist()
+    [5.0, 0.0]
     """
+    if reduce not in ("mean", "none"):
+        raise ValueError(f'reduce: expected "mean" or "none", got {reduce!r}')
     logits = check_array(logits, "logits", ndim=(2, 3), kind="floating")
     ok: Any = True
     if logits.ndim == 3:
@@ -81,7 +95,8 @@ def logit_diff(logits: jax.Array, answer: Any, wrong: Any, position: Any = -1) -
     a, ok_a = _per_item("answer", answer, batch, 0, vocab)
     w, ok_w = _per_item("wrong", wrong, batch, 0, vocab)
     pick = lambda i: jnp.take_along_axis(logits, i[:, None], axis=1, mode="clip")[:, 0]
-    out = (pick(a) - pick(w)).mean()
+    out = pick(a) - pick(w)
+    out = out.mean() if reduce == "mean" else out
     for o in (ok, ok_a, ok_w):
         if o is not True:
             out = poison(out, o)

@@ -66,6 +66,7 @@ from jax.sharding import Mesh
 
 from jaxinterp._checks import check_int, is_traced, poison, value_check
 from jaxinterp.capture import current_call, run_sites, run_with_hook
+from jaxinterp.interventions import _compiled
 from jaxinterp.interventions._edits import _selection
 from jaxinterp.interventions._intervene import _run, split_site
 from jaxinterp.interventions._metrics import normalize
@@ -306,24 +307,64 @@ def head_position_sites(
 
 
 class PatchResult(NamedTuple):
-    """Result of a sweep over sites.
+    """Result of a sweep over sites, with per-example values when the metric gives them.
 
-    Per-site fields are flat ``[site]`` in the order of the :class:`Sites` used (layer-major);
-    ``sites.unflatten(x)`` gives ``[*sites.grid]`` with axes named ``sites.names``, e.g.
-    ``[layer, head]`` or ``[layer, head, position]``.
+    **Axes.** Per-site fields are flat ``[site]`` in the order of the :class:`Sites` used
+    (layer-major); ``sites.unflatten(x)`` gives ``[*sites.grid]`` with axes named
+    ``sites.names``: ``[layer, head]`` (:func:`head_sites`), ``[layer, position]``
+    (:func:`position_sites`), ``[layer, head, position]`` (:func:`head_position_sites`).
+    TransformerLens orders the last ``[layer, pos, head]``: ``jnp.moveaxis(x, 2, 1)``
+    converts (on ``[site, batch]`` fields, ``sites.unflatten(x)`` gives
+    ``[layer, head, position, batch]``).
+
+    **Per-example values.** A metric returning a scalar for the whole batch fills the first
+    four fields only. A metric returning a ``[batch]`` vector of per-example values
+    ``m_i`` (e.g. ``logit_diff(..., reduce="none")``, :meth:`PatchTask.per_example_metric`)
+    fills all of them; the scalar fields are then batch means, ``D = clean - corrupted``, and
+    with ``d_i = per_example[s, i] - corrupted_per_example[i]`` (the paired per-example
+    effect)::
+
+        normalized[s]    = mean_i(d_i) / D
+        normalized_se[s] = std_i(d_i, ddof=1) / sqrt(batch) / |D|
+
+    the standard error of the mean effect, scaled like ``normalized`` (``D`` held fixed), so
+    ``normalized ± 1.96 · normalized_se`` is the usual normal-approximation 95% interval over
+    examples.
 
     Attributes:
       patched: ``[site]`` metric of the corrupted run with the site patched (for attribution
-        patching: its first-order estimate).
+        patching: its first-order estimate); the batch mean for a per-example metric.
       normalized: ``[site]`` ``(patched - corrupted) / (clean - corrupted)``.
-      clean: scalar metric of the clean run.
-      corrupted: scalar metric of the corrupted run.
+      clean: scalar metric of the clean run (batch mean for a per-example metric).
+      corrupted: scalar metric of the corrupted run (likewise).
+      per_example: ``[site, batch]`` patched metric of each example, or ``None``.
+      normalized_se: ``[site]`` standard error of ``normalized`` (above), or ``None``.
+      clean_per_example: ``[batch]`` clean metric of each example, or ``None``.
+      corrupted_per_example: ``[batch]`` corrupted metric of each example, or ``None``.
     """
 
     patched: jax.Array
     normalized: jax.Array
     clean: jax.Array
     corrupted: jax.Array
+    per_example: jax.Array | None = None
+    normalized_se: jax.Array | None = None
+    clean_per_example: jax.Array | None = None
+    corrupted_per_example: jax.Array | None = None
+
+
+def _result(patched: jax.Array, clean: jax.Array, corrupted: jax.Array) -> PatchResult:
+    """The :class:`PatchResult` of patched metrics ``[site]`` or ``[site, batch]``."""
+    if clean.ndim == 0:
+        return PatchResult(patched, normalize(patched, clean, corrupted), clean, corrupted)
+    n = clean.shape[0]
+    clean_m, corr_m = clean.mean(), corrupted.mean()
+    mean = patched.mean(-1)
+    se = (patched - corrupted).std(-1, ddof=1) / np.sqrt(n)
+    denom = jnp.abs(clean_m - corr_m)
+    nse = se / jnp.where(denom > 0, denom, jnp.nan)
+    normalized = normalize(mean, clean_m, corr_m)
+    return PatchResult(mean, normalized, clean_m, corr_m, patched, nse, clean, corrupted)
 
 
 def _as_args(name: str, inputs: Any, kwargs: Any = None) -> tuple[tuple, dict]:
@@ -410,10 +451,30 @@ def _auto_chunk(n_sites: int, acts: dict, mesh: Mesh | None) -> int | None:
     return int(max(1, _ACCEL_BYTES // per_site))
 
 
-def _scalar_metric(metric: Callable, out: Any, what: str) -> jax.Array:
+def _batch_size(run: tuple) -> int | None:
+    """The common leading size of the input arrays of one run, or None if they disagree."""
+    sizes = {jnp.shape(x)[0] for x in jax.tree_util.tree_leaves(run) if jnp.ndim(x) >= 1}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _metric_value(metric: Callable, out: Any, what: str, batch: int | None) -> jax.Array:
+    """``metric(out)``: a scalar, or ``[batch]`` per-example values (at least 2)."""
     value = jnp.asarray(metric(out))
-    if value.shape != ():
-        raise ValueError(f"metric: must return a scalar, got shape {value.shape} on the {what} run")
+    if value.ndim > 1:
+        raise ValueError(
+            f"metric: must return a scalar or a [batch] vector of per-example values, got "
+            f"shape {value.shape} on the {what} run"
+        )
+    if value.ndim == 1 and batch is not None and value.shape[0] != batch:
+        raise ValueError(
+            f"metric: a per-example metric must return [batch] = ({batch},) values (the "
+            f"inputs' leading axis), got shape {value.shape} on the {what} run"
+        )
+    if value.ndim == 1 and value.shape[0] < 2:
+        raise ValueError(
+            f"metric: per-example values need at least 2 examples for a standard error, got "
+            f"shape {value.shape} on the {what} run; return a scalar instead"
+        )
     if not jnp.issubdtype(value.dtype, jnp.number):
         raise TypeError(f"metric: must return a number, got dtype {value.dtype} on the {what} run")
     return value
@@ -607,7 +668,7 @@ def _chain_sweep(
     method: Any,
     chunk_size: int | None,
 ) -> jax.Array:
-    """Patched metrics ``[site]`` running, for a site in block ``L``, only blocks ``L..end``.
+    """Patched metrics ``[site]`` (``[site, batch]`` per example) running only blocks ``L..end``.
 
     Sites are grouped by layer (padded to equal groups); ONE program maps over the groups: the
     patched block ``L`` (variables, corrupted input and clean source indexed by ``L``), then a
@@ -657,9 +718,10 @@ def _chain_sweep(
 
         return chunked(one_site, chunk_size)(gsites)
 
-    vals = jax.lax.map(group, (path_i, block_i, grouped))  # [group, size]
-    flat = jnp.zeros(layer.shape[0], vals.dtype)
-    return flat.at[idx.ravel()].set(vals.ravel())
+    vals = jax.lax.map(group, (path_i, block_i, grouped))  # [group, size] (+ [batch])
+    rest = vals.shape[2:]
+    flat = jnp.zeros((layer.shape[0], *rest), vals.dtype)
+    return flat.at[idx.ravel()].set(vals.reshape(-1, *rest))
 
 
 def patch_sweep(
@@ -691,6 +753,14 @@ def patch_sweep(
     traced arrays, ``reuse_prefix=False``) each site runs a full forward pass. Both give the
     same effects up to float32 rounding (operations fused in another order).
 
+    **Compiled once.** A plain call (concrete inputs) runs as one program cached on the
+    model, sites, metric structure, options and input shapes (the rules are in the
+    docstring of the private module ``jaxinterp.interventions._compiled``): repeated calls
+    with new data of the same shapes compile nothing, a new batch shape compiles once.
+    Inside your own ``jit``, pass the data as arguments
+    (``jax.jit(lambda v, task: patch_sweep(model, v, task.clean, ...))``), not as
+    closed-over constants. Value checks of a plain call still raise ``ValueError``.
+
     Args:
       model: a linen module (with ``variables``) or an nnx module (``variables=None``).
       variables: linen variables, or ``None``.
@@ -699,7 +769,10 @@ def patch_sweep(
       corrupted_inputs: the same for the corrupted run (same shapes).
       sites: :class:`Sites` (:func:`head_sites`, :func:`position_sites`, :func:`site_grid`).
       metric: ``metric(output) -> scalar`` for the whole batch, e.g.
-        ``lambda logits: logit_diff(logits, answer, wrong, position)``.
+        ``lambda logits: logit_diff(logits, answer, wrong, position)``, or ``-> [batch]``
+        per-example values (``logit_diff(..., reduce="none")``,
+        :meth:`PatchTask.per_example_metric`; at least 2 examples), which adds per-example
+        effects and standard errors to the result.
       chunk_size: sites in flight at once (memory ≈ ``chunk_size`` forward passes on the
         batch); ``"auto"`` (default) picks a fast one from the shapes and the backend (module
         docstring), ``None`` vmaps all sites at once.
@@ -709,13 +782,18 @@ def patch_sweep(
       reuse_prefix: reuse the corrupted run's layers before each site's block (see above).
 
     Returns:
-      :class:`PatchResult` with ``patched, normalized: [site]``; ``sites.unflatten`` turns
-      them into ``[*sites.grid]`` with axes ``sites.names`` (``[layer, head]`` etc.).
+      :class:`PatchResult` with ``patched, normalized: [site]`` (batch means), and for a
+      per-example metric ``per_example: [site, batch]``, ``normalized_se: [site]``,
+      ``clean_per_example, corrupted_per_example: [batch]``. ``sites.unflatten`` turns
+      ``[site, ...]`` into ``[*sites.grid, ...]`` with axes ``sites.names``: ``[layer, head]``,
+      ``[layer, position]``, ``[layer, head, position]`` (TransformerLens:
+      ``[layer, pos, head]``, ``jnp.moveaxis(x, 2, 1)``).
 
     Raises:
       TypeError, ValueError: bad ``sites`` (a layer or index outside the activations),
         ``corrupted_inputs`` of other shapes than ``clean_inputs``, a metric that is not
-        callable or does not return a scalar, ``chunk_size`` not an int >= 1 (or None,
+        callable or does not return a scalar or ``[batch]`` values (at least 2), ``chunk_size``
+        not an int >= 1 (or None,
         ``"auto"``), ``kwargs`` not a mapping or repeating a keyword input, ``reuse_prefix``
         not a bool, or equal clean and corrupted metrics (normalization undefined).
       KeyError: a site path is not in the model.
@@ -735,6 +813,12 @@ def patch_sweep(
     >>> res = f(task.clean, task.corrupted)
     >>> round(float(res.normalized[8]), 4)  # the whole residual at the read-out position
     1.0
+    >>> per = patch_sweep(model, variables, task.clean, task.corrupted, position_sites(1, 16),
+    ...                   task.per_example_metric)  # plain call: compiled once, cached
+    >>> per.per_example.shape, per.normalized_se.shape  # [site, batch], [site]
+    ((16, 4), (16,))
+    >>> bool(jnp.allclose(per.normalized, res.normalized, atol=1e-5))
+    True
     """
     _check_sites(sites)
     _check_call(metric, chunk_size)
@@ -743,6 +827,31 @@ def patch_sweep(
     clean = _as_args("clean_inputs", clean_inputs, kwargs)
     corr = _as_args("corrupted_inputs", corrupted_inputs, kwargs)
     _check_pair(clean, corr)
+    options = {
+        "chunk_size": chunk_size,
+        "mesh": mesh,
+        "method": method,
+        "reuse_prefix": bool(reuse_prefix),
+        "batch": _batch_size((clean_inputs,)),
+    }
+    return _compiled.run(_patch_sweep, model, variables, (clean, corr, metric), sites, options)
+
+
+def _patch_sweep(
+    model: Any,
+    variables: Any,
+    clean: tuple[tuple, dict],
+    corr: tuple[tuple, dict],
+    metric: Callable,
+    sites: Sites,
+    *,
+    chunk_size: int | str | None,
+    mesh: Mesh | None,
+    method: Any,
+    reuse_prefix: bool,
+    batch: int | None,
+) -> PatchResult:
+    """:func:`patch_sweep` on checked arguments (traced inline or compiled by ``_compiled``)."""
     clean_out, clean_acts = _run(model, variables, {}, sites.paths, method, *clean)
     ok = _sites_ok(sites, clean_acts)
     corr_out, corr_acts = _run(model, variables, {}, sites.paths, method, *corr)
@@ -752,9 +861,9 @@ def patch_sweep(
                 f"corrupted_inputs: activation {p!r} has shape {corr_acts[p].shape} on the "
                 f"corrupted run but {clean_acts[p].shape} on the clean run"
             )
-    clean_m = _scalar_metric(metric, clean_out, "clean")
-    corr_m = _scalar_metric(metric, corr_out, "corrupted")
-    normalize(clean_m, clean_m, corr_m)  # equal or non-finite metrics: raise before the sweep
+    clean_m = _metric_value(metric, clean_out, "clean", batch)
+    corr_m = _metric_value(metric, corr_out, "corrupted", batch)
+    normalize(clean_m.mean(), clean_m.mean(), corr_m.mean())  # equal or non-finite: raise now
 
     chain = None
     if reuse_prefix and mesh is None and ok is True:
@@ -768,7 +877,7 @@ def patch_sweep(
 
         edits = {p: make_edit(i, p) for i, p in enumerate(site.paths)}
         out, _ = _run(model, variables, edits, (), method, *run)
-        return metric(out)
+        return jnp.asarray(metric(out))
 
     if isinstance(chunk_size, str):
         n_sites = sites.layer.shape[0]
@@ -782,7 +891,7 @@ def patch_sweep(
         patched = _chain_sweep(
             chain, model, variables, sites, clean_acts, corr, metric, method, chunk_size
         )
-        return PatchResult(patched, normalize(patched, clean_m, corr_m), clean_m, corr_m)
+        return _result(patched, clean_m, corr_m)
 
     def batched(site_batch: Sites, src: dict, run: tuple) -> jax.Array:
         return chunked(lambda s: one_site(s, src, run), chunk_size)(site_batch)
@@ -792,13 +901,14 @@ def patch_sweep(
     patched = batched(sites, clean_acts, corr)
     if ok is not True:
         patched = poison(patched, ok)
-    return PatchResult(patched, normalize(patched, clean_m, corr_m), clean_m, corr_m)
+    return _result(patched, clean_m, corr_m)
 
 
-def _reduce_to_grid(contrib: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """Sums ``contrib`` over every axis but ``axes``; the result's axes are in ``axes`` order."""
+def _reduce_to_grid(contrib: jax.Array, axes: tuple[int, ...], batch: bool = False) -> jax.Array:
+    """Sums ``contrib`` over every axis but ``axes`` (and axis 0 if ``batch``); the result's
+    axes are ``[batch]`` first if kept, then ``axes`` in order."""
     nd = contrib.ndim
-    keep = [a % nd for a in axes]
+    keep = ([0] if batch else []) + [a % nd for a in axes]
     r = contrib.sum(tuple(i for i in range(nd) if i not in keep))
     order = sorted(keep)
     return jnp.transpose(r, [order.index(k) for k in keep])
@@ -824,17 +934,25 @@ def attribution_patch(
     table per layer that the sites index: memory and time O(activations + sites), not
     O(activations × sites).
 
+    With a per-example metric (``[batch]`` values) the gradient of their sum is taken: each
+    example's gradient lies in its own slice of the activations as long as examples do not
+    interact (no batch statistics, e.g. BatchNorm in training mode), and the tables keep the
+    batch axis (the activations' leading axis), ``[batch, *site axes]``. Compiled once per
+    configuration like :func:`patch_sweep`.
+
     Args:
       model, variables, clean_inputs, corrupted_inputs, sites, metric, method, kwargs: as in
         :func:`patch_sweep`.
 
     Returns:
       :class:`PatchResult` whose ``patched = corrupted + effect`` is the estimate ``[site]``
-      (``sites.unflatten`` names the axes, as in :func:`patch_sweep`).
+      (for a per-example metric also ``per_example [site, batch]``, ``normalized_se [site]``;
+      ``sites.unflatten`` names the axes, as in :func:`patch_sweep`).
 
     Raises:
-      As :func:`patch_sweep`; under jit, out-of-range traced sites give NaN likewise (see
-      ``jaxinterp.checked``).
+      As :func:`patch_sweep`, and ``ValueError`` for a per-example metric when a site
+      activation has no leading ``[batch]`` axis; under jit, out-of-range traced sites give
+      NaN likewise (see ``jaxinterp.checked``).
 
     >>> import jaxinterp.models as zoo
     >>> from jaxinterp.interventions import offset_patching_task
@@ -848,33 +966,81 @@ def attribution_patch(
     >>> sites_after_8 = res.patched[9:] - res.corrupted  # causal: later positions do nothing
     >>> float(jnp.abs(sites_after_8).max())
     0.0
+    >>> per = attribution_patch(model, variables, task.clean, task.corrupted,
+    ...                         position_sites(1, 16), task.per_example_metric)
+    >>> per.per_example.shape, bool(jnp.allclose(per.patched, res.patched, atol=1e-5))
+    ((16, 4), True)
     """
     _check_sites(sites)
     _check_call(metric)
     clean = _as_args("clean_inputs", clean_inputs, kwargs)
     corr = _as_args("corrupted_inputs", corrupted_inputs, kwargs)
     _check_pair(clean, corr)
+    options = {"method": method, "batch": _batch_size((clean_inputs,))}
+    return _compiled.run(
+        _attribution_patch, model, variables, (clean, corr, metric), sites, options
+    )
+
+
+def _attribution_patch(
+    model: Any,
+    variables: Any,
+    clean: tuple[tuple, dict],
+    corr: tuple[tuple, dict],
+    metric: Callable,
+    sites: Sites,
+    *,
+    method: Any,
+    batch: int | None,
+) -> PatchResult:
+    """:func:`attribution_patch` on checked arguments (traced inline or compiled)."""
     clean_out, clean_acts = _run(model, variables, {}, sites.paths, method, *clean)
     ok = _sites_ok(sites, clean_acts)
-    clean_m = _scalar_metric(metric, clean_out, "clean")
+    clean_m = _metric_value(metric, clean_out, "clean", batch)
+    per_example = clean_m.ndim == 1
+    if per_example:
+        n = clean_m.shape[0]
+        for p, a in clean_acts.items():
+            lead = [ax % a.ndim for ax in sites.axes]
+            if a.ndim < 1 or a.shape[0] != n or 0 in lead:
+                raise ValueError(
+                    f"metric: per-example attribution needs site activations with a leading "
+                    f"[batch] = ({n},) axis that the sites do not select; {p!r} has shape "
+                    f"{a.shape} and the sites select axes {sites.axes}"
+                )
     zeros = {p: jnp.zeros_like(a) for p, a in clean_acts.items()}
 
-    def corrupted_metric(deltas: dict) -> tuple[jax.Array, dict]:
+    def corrupted_metric(deltas: dict) -> tuple[jax.Array, tuple]:
         edits = {p: (lambda a, p=p: a + deltas[p]) for p in sites.paths}
         out, acts = _run(model, variables, edits, sites.paths, method, *corr)
-        return _scalar_metric(metric, out, "corrupted"), acts
+        value = _metric_value(metric, out, "corrupted", batch)
+        if value.shape != clean_m.shape:
+            raise ValueError(
+                f"metric: returned shape {value.shape} on the corrupted run but "
+                f"{clean_m.shape} on the clean run"
+            )
+        # per example: the gradient of the sum is each example's own gradient, in its slice
+        return value.sum(), (value, acts)
 
-    (corr_m, corr_acts), grads = jax.value_and_grad(corrupted_metric, has_aux=True)(zeros)
-    effect = jnp.zeros(sites.layer.shape, jnp.result_type(corr_m, jnp.float32))
+    grads, (corr_m, corr_acts) = jax.grad(corrupted_metric, has_aux=True)(zeros)
+    shape = sites.layer.shape + clean_m.shape  # [site] or [site, batch]
+    effect = jnp.zeros(shape, jnp.result_type(corr_m, jnp.float32))
     for i, p in enumerate(sites.paths):
-        table = _reduce_to_grid(grads[p] * (clean_acts[p] - corr_acts[p]), sites.axes)
+        contrib = grads[p] * (clean_acts[p] - corr_acts[p])
+        table = _reduce_to_grid(contrib, sites.axes, batch=per_example)
+        grid = table.shape[1:] if per_example else table.shape
         idx = tuple(
-            jnp.where(sites.index[:, j] < 0, sites.index[:, j] + table.shape[j], sites.index[:, j])
+            jnp.where(sites.index[:, j] < 0, sites.index[:, j] + grid[j], sites.index[:, j])
             for j in range(len(sites.axes))
         )
-        picked = table.at[idx].get(mode="fill", fill_value=0)
-        effect = effect + jnp.where(sites.layer == i, picked, 0).astype(effect.dtype)
+        if per_example:
+            picked = table.at[(slice(None), *idx)].get(mode="fill", fill_value=0).T
+            mask = (sites.layer == i)[:, None]
+        else:
+            picked = table.at[idx].get(mode="fill", fill_value=0)
+            mask = sites.layer == i
+        effect = effect + jnp.where(mask, picked, 0).astype(effect.dtype)
     patched = corr_m + effect
     if ok is not True:
         patched = poison(patched, ok)
-    return PatchResult(patched, normalize(patched, clean_m, corr_m), clean_m, corr_m)
+    return _result(patched, clean_m, corr_m)

@@ -29,8 +29,41 @@ class PatchTask(NamedTuple):
     position: jax.Array
 
     def metric(self, logits: jax.Array) -> jax.Array:
-        """Logit difference clean answer − corrupted answer at the read-out positions."""
+        """Logit difference clean answer − corrupted answer at the read-out positions.
+
+        Args:
+          logits: ``[batch, seq, vocab]``.
+
+        Returns:
+          The mean over the batch (a scalar).
+
+        >>> from jaxinterp.models import TransformerConfig
+        >>> t = offset_patching_task(jax.random.key(0), 2, TransformerConfig(), position=5)
+        >>> float(t.metric(jnp.zeros((2, 16, 16))))
+        0.0
+        """
         return logit_diff(logits, self.answer, self.wrong, self.position)
+
+    def per_example_metric(self, logits: jax.Array) -> jax.Array:
+        """The logit difference of each pair, ``[batch]``: per-example effects in sweeps.
+
+        Passed to :func:`~jaxinterp.interventions.patch_sweep` or
+        :func:`~jaxinterp.interventions.attribution_patch` instead of :meth:`metric`, it fills
+        ``PatchResult.per_example`` ``[site, batch]`` and ``normalized_se`` ``[site]``; the
+        other fields are those :meth:`metric` gives.
+
+        Args:
+          logits: ``[batch, seq, vocab]``.
+
+        Returns:
+          ``[batch]``.
+
+        >>> from jaxinterp.models import TransformerConfig
+        >>> t = offset_patching_task(jax.random.key(0), 2, TransformerConfig(), position=5)
+        >>> t.per_example_metric(jnp.zeros((2, 16, 16))).shape
+        (2,)
+        """
+        return logit_diff(logits, self.answer, self.wrong, self.position, reduce="none")
 
 
 def offset_patching_task(
