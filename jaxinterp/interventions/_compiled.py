@@ -42,6 +42,7 @@ from flax import nnx
 from jax.experimental import checkify
 
 from jaxinterp._checks import is_traced
+from jaxinterp._keys import ById
 
 _ARRAYS = (jax.Array, np.ndarray)
 _LIBRARIES = {"jaxinterp", "jax", "jaxlib", "numpy", "flax", "optax", "functools", "builtins"}
@@ -56,24 +57,11 @@ def _global_names(code: types.CodeType) -> set[str]:
     return names
 
 
-class _ById:
-    """A key part compared by identity."""
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ById) and other.obj is self.obj
-
-
 def _static(obj: Any) -> tuple:
     try:
         hash(obj)
     except TypeError:
-        return ("id", _ById(obj))
+        return ("id", ById(obj))
     return ("static", obj)
 
 
@@ -111,7 +99,7 @@ def split(obj: Any, dyn: list, depth: int = 0) -> tuple:
         return (
             "fn",
             obj.__code__,
-            _ById(obj.__globals__),
+            ById(obj.__globals__),
             tuple((n, split(obj.__globals__[n], dyn, depth + 1)) for n in names),
             obj.__name__,
             split(obj.__defaults__, dyn, depth + 1),
