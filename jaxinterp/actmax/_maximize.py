@@ -366,8 +366,6 @@ def maximize(
 
     seen = jax.eval_shape(transform, jax.random.key(0), jax.ShapeDtypeStruct(x_shape, "f4"))
     fit_shape = None if seen.shape == x_shape else tuple(seen.shape)
-    if fit_shape is not None:
-        _check_model_takes(model, None, param, seen, x_shape, method, model_key, variables)
 
     # the objective: a traced pytree (cached by structure) or, with user functions, the factory
     if fixed:
@@ -379,11 +377,14 @@ def maximize(
         factory = None if obj.structural else by_id(objective)
     penalty = sum(regularizers) if regularizers else None
     penalty_static = None if penalty is None or penalty.structural else penalty
-    if factory is None or penalty is not None:
-        _check_objectives(
-            model, variables, model_key, param, method, seen, x_shape,
-            obj if factory is None else None, penalty,
-        )  # fmt: skip
+    # one shape evaluation of the model checks the objectives and, when the transforms resize
+    # the input, that the model takes the new shape
+    ran = (factory is None or penalty is not None) and _check_objectives(
+        model, variables, model_key, param, method, seen, x_shape,
+        obj if factory is None else None, penalty, fit_shape is not None,
+    )  # fmt: skip
+    if fit_shape is not None and not ran:
+        _check_model_takes(model, param, seen, x_shape, method, model_key, variables)
 
     # split and the transforms' words on the host when the key is concrete (see _draws)
     per_step = transform.words if draws_words(transform) else 2  # threefry: 2-word keys
@@ -582,22 +583,31 @@ def _act_shapes(model, variables, model_key, param, method, seen, x_shape, paths
     return {p: tuple(resolve(acts, p).shape) for p in paths}
 
 
-def _check_objectives(model, variables, model_key, param, method, seen, x_shape, obj, penalty):
+def _check_objectives(
+    model, variables, model_key, param, method, seen, x_shape, obj, penalty, resized
+) -> bool:
     """Static and (for concrete unit indices) value checks of the objective and regularizers
-    against the activation shapes, before anything is compiled."""
+    against the activation shapes, before anything is compiled. Returns whether it ran the
+    model (on the transformed shape ``seen``; a failure there is reported as the transforms'
+    when they ``resized`` the input)."""
     objs = [o for o in (obj, penalty) if o is not None and o.structural]
     if not objs:
-        return
+        return False
     paths = tuple(dict.fromkeys(p for o in objs for p in o.paths))
     try:
         shapes = _act_shapes(model, variables, model_key, param, method, seen, x_shape, paths)
     except KeyError as err:
         raise KeyError(f"objective: reads paths {list(paths)}; {err.args[0]}") from None
+    except Exception as err:
+        if resized:
+            raise _resize_error(err, x_shape, seen) from None
+        raise
     for o in objs:
         o.check(shapes)
+    return True
 
 
-def _check_model_takes(model, variables, param, seen, x_shape, method, model_key, state) -> None:
+def _check_model_takes(model, param, seen, x_shape, method, model_key, state) -> None:
     """Fails early, and clearly, when transforms resize inputs to a shape the model rejects."""
 
     def forward(x, state):
@@ -607,12 +617,16 @@ def _check_model_takes(model, variables, param, seen, x_shape, method, model_key
     try:
         jax.eval_shape(forward, seen, state)
     except Exception as err:  # any failure here is the shape change, reported as such
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"transforms: they turn inputs of shape {x_shape} into {seen.shape}, and the model "
-            f"fails on that shape ({type(err).__name__}: {first}). Crop-based transforms such "
-            "as jitter(d) shrink the image by d: pad(d) first, as standard_transforms() does."
-        ) from None
+        raise _resize_error(err, x_shape, seen) from None
+
+
+def _resize_error(err: Exception, x_shape, seen) -> ValueError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ValueError(
+        f"transforms: they turn inputs of shape {x_shape} into {seen.shape}, and the model "
+        f"fails on that shape ({type(err).__name__}: {first}). Crop-based transforms such "
+        "as jitter(d) shrink the image by d: pad(d) first, as standard_transforms() does."
+    )
 
 
 def _center_fit(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
