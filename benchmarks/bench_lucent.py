@@ -30,13 +30,21 @@ and for one thread XLA's Eigen pool is switched off.
   reused);
 * ``jax_first_call_persistent_cache_s``: the first call of a second fresh process that finds
   the program in JAX's persistent compilation cache written by the first;
+* ``jax_first_call_cpu_s``: that first call's process CPU seconds (less sensitive to load);
+  ``jax_first_call_lower_s`` / ``jax_first_call_compile_s``: the wall seconds of lowering to
+  MLIR and of XLA compilation within it (JAX's own compile-time events);
 * ``jax_compile_s`` / ``jax_compile_cpu_s``: ``jax.jit(job, compiler_options=<maximize's CPU
-  options>).lower(key).compile()`` alone (wall and process CPU seconds);
+  options>).lower(key).compile()`` alone (wall and process CPU seconds). Under ``jit`` the key
+  is traced, so this program draws its random words itself: it is a little larger than the
+  first call's (see ``jaxinterp.actmax._draws``);
 * ``jax_flops_fraction``: the ascent's FLOPs (counted analytically: forward and input-gradient
   convolutions and matrix products, per target and step) per second of the second call, over
   a jitted ``jnp.dot`` of two 2048² f32 matrices timed in the same process (median of 5);
 * ``lucent_batched_s``: ``render_vis`` with one parameterization holding all images and one
   objective summing the per-image objectives (Lucent's fast path), median of 3;
+* ``lucent_batched_cpu_s``: its process CPU seconds (median of the same runs), compared with
+  ``jax_first_call_cpu_s`` in ``speedup_first_call_cpu_vs_lucent_batched_cpu`` (both sides run
+  on one core, so on a loaded machine the CPU-time ratio is the steadier one);
 * ``lucent_loop_s``: ``render_vis`` once per unit, scaled to 64 units;
 * ``units_jax_ge_lucent``: units where jaxinterp's activation (evaluated by the torch port on the
   final images, no transforms) is at least Lucent's batched one (per unit, the median over
@@ -95,8 +103,14 @@ else:
             param=actmax.fourier((bench_lucent.BIG_SIZE, bench_lucent.BIG_SIZE, 3)),
             steps=bench_lucent.BIG_STEPS, transforms=[actmax.pad(2), actmax.jitter(4)],
         )
-t = time.perf_counter(); r = job(jax.random.key(0)); jax.block_until_ready(r.values)
-first = time.perf_counter() - t
+events = {{}}
+def listen(name, secs, **kw):
+    events[name] = events.get(name, 0.0) + secs
+jax.monitoring.register_event_duration_secs_listener(listen)
+t, c = time.perf_counter(), time.process_time()
+r = job(jax.random.key(0)); jax.block_until_ready(r.values)
+first, first_cpu = time.perf_counter() - t, time.process_time() - c
+first_events = dict(events)
 inputs = jax.device_get(r.inputs).tolist()
 seconds = []
 for i in range({repeats}):
@@ -109,7 +123,10 @@ a = jax.random.normal(jax.random.key(0), (2048, 2048))
 dot = jax.jit(jnp.dot); jax.block_until_ready(dot(a, a)); ts = []
 for _ in range(5):
     t = time.perf_counter(); jax.block_until_ready(dot(a, a)); ts.append(time.perf_counter() - t)
-print(json.dumps({{"first": first, "second": statistics.median(seconds), "compile": compile_s,
+ev = lambda k: first_events.get("/jax/core/compile/" + k + "_duration", 0.0)
+print(json.dumps({{"first": first, "first_cpu": first_cpu,
+                  "first_lower": ev("jaxpr_to_mlir_module"), "first_compile": ev("backend_compile"),
+                  "second": statistics.median(seconds), "compile": compile_s,
                   "compile_cpu": compile_cpu, "peak": 2 * 2048**3 / statistics.median(ts),
                   "inputs": inputs}}))
 """
@@ -361,10 +378,12 @@ def run(quick: bool = False, threads: int = 1, big: bool = True) -> dict:
 
     units = np.arange(UNITS)
     reps = 1 if quick else 3
-    t_batched, lucent_runs = [], []
+    t_batched, cpu_batched, lucent_runs = [], [], []
     for _ in range(reps):
+        c = time.process_time()
         batched_imgs, t = _lucent_run(model, units, batched=True)
         t_batched.append(t)
+        cpu_batched.append(time.process_time() - c)
         lucent_runs.append(_unit_values(model, "act_2", batched_imgs))
     t_batched = statistics.median(t_batched)
     # per unit, the median over Lucent's runs: in one batched run every unit shares one jitter
@@ -379,15 +398,21 @@ def run(quick: bool = False, threads: int = 1, big: bool = True) -> dict:
     out = {
         "threads": len(cores),
         "jax_first_call_s": jx["first"],
+        "jax_first_call_cpu_s": jx["first_cpu"],
+        "jax_first_call_lower_s": jx["first_lower"],
+        "jax_first_call_compile_s": jx["first_compile"],
         "jax_compile_s": jx["compile"],
         "jax_compile_cpu_s": jx["compile_cpu"],
         "jax_second_call_s": jx["second"],
         "jax_first_call_persistent_cache_s": warm["first"],
         "lucent_batched_s": t_batched,
+        "lucent_batched_cpu_s": statistics.median(cpu_batched),
         "lucent_loop_s": t_loop,
         "loop_units": loop_units,
         "speedup_first_call_vs_lucent_batched": t_batched / total_jax,
         "speedup_first_call_vs_lucent_loop": t_loop / total_jax,
+        "speedup_first_call_cpu_vs_lucent_batched_cpu": statistics.median(cpu_batched)
+        / jx["first_cpu"],
         "speedup_second_call_vs_lucent_batched": t_batched / jx["second"],
         "jax_gflops_per_s": flops / jx["second"] / 1e9,
         "dot_peak_gflops_per_s": jx["peak"] / 1e9,

@@ -294,3 +294,43 @@ def test_transforms_draw_words_like_keys():
     w = jnp.array([1], jnp.uint32)  # 1 % 2 -> 90 degrees
     ref = ndi.rotate(IMG, 90.0, axes=(1, 2), reshape=False, order=1, mode="nearest")
     np.testing.assert_allclose(rot.with_words(w, IMG), ref, atol=1e-5)
+
+
+def test_host_draws_are_jax_random_bit_for_bit():
+    from jaxinterp.actmax._draws import host_draws
+
+    for seed, n, words in [(0, 5, 7), (3, 64, 258), (2**31 - 1, 1, 0)]:
+        key = jax.random.key(seed)
+        keys = jax.random.split(key, n)
+        kd, bits = host_draws(key, n, words)
+        np.testing.assert_array_equal(kd, jax.random.key_data(keys))
+        ref = jax.vmap(lambda k, w=words: jax.random.bits(k, (w,), jnp.uint32))(keys)
+        np.testing.assert_array_equal(bits, ref)
+        kd2, bits2 = host_draws(keys, n, words)  # [target] keys given: no split
+        np.testing.assert_array_equal(kd2, kd)
+        np.testing.assert_array_equal(bits2, bits)
+    # traced keys and other implementations are left to the program
+    seen = []
+    jax.jit(lambda k: seen.append(host_draws(k, 3, 4)) or 0)(jax.random.key(0))
+    assert seen == [None]
+    assert host_draws(jax.random.key(0, impl="rbg"), 3, 4) is None
+
+
+def test_maximize_host_draws_equal_program_draws(cnn, monkeypatch):
+    # with a concrete key the words are drawn on the host; the program's own draws (traced keys)
+    # give the same results
+    from jaxinterp.actmax import _maximize
+
+    def run(seed):
+        return actmax.maximize(
+            jax.random.key(seed), cnn.model, cnn.variables, lambda u: actmax.neuron("act_2", u),
+            jnp.arange(3), param=actmax.pixel((8, 8, 1)), steps=5,
+            transforms=[actmax.pad(1), actmax.jitter(1)],
+        )  # fmt: skip
+
+    host = run(4)
+    monkeypatch.setattr(_maximize, "host_draws", lambda *args: None)
+    program = run(4)
+    np.testing.assert_array_equal(host.inputs, program.inputs)
+    np.testing.assert_array_equal(host.traces, program.traces)
+    assert not np.array_equal(run(5).inputs, host.inputs)

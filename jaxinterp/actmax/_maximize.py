@@ -16,7 +16,9 @@ results. Within a target, all randomness is drawn before the loop by one
 default threefry keys): the first ``k`` words are the init key, then ``w`` words per step for the
 transforms (built-in transforms take them as words, see :mod:`._transforms`; a transform of
 your own gets them as a key, ``w = k``). With no random transform the key itself is the init
-key.
+key. For a concrete key the split and these words are computed on the host before the program
+(bit for bit the same, see :mod:`._draws`): the program then holds no threefry hash but the
+parameterization's own ``init`` draw, which shortens its compilation.
 
 Non-finite values: from the first step whose loss or gradient is NaN/inf no step is applied;
 ``nonfinite_step`` records that step, and the results hold the parameters of the step before it
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -61,6 +64,7 @@ from jax.sharding import Mesh
 
 from jaxinterp._checks import check_array, check_int, check_key, is_traced, value_check
 from jaxinterp.actmax._cache import OptKey, by_id, static, unwrap
+from jaxinterp.actmax._draws import host_draws
 from jaxinterp.actmax._fastgrad import fast_input_grads
 from jaxinterp.actmax._objectives import (
     INPUT,
@@ -220,6 +224,7 @@ class _Config:
     fit_shape: tuple[int, ...] | None
     redirect: int
     split: int  # 0: keys given per target; n: one key, split into n inside the program
+    host_draws: bool  # the per-target key data and random words come drawn (see _draws)
     fast_conv: bool  # CPU: convolutions with fast input gradients (see _fastgrad)
 
 
@@ -361,8 +366,6 @@ def maximize(
 
     seen = jax.eval_shape(transform, jax.random.key(0), jax.ShapeDtypeStruct(x_shape, "f4"))
     fit_shape = None if seen.shape == x_shape else tuple(seen.shape)
-    if fit_shape is not None:
-        _check_model_takes(model, None, param, seen, x_shape, method, model_key, variables)
 
     # the objective: a traced pytree (cached by structure) or, with user functions, the factory
     if fixed:
@@ -374,12 +377,18 @@ def maximize(
         factory = None if obj.structural else by_id(objective)
     penalty = sum(regularizers) if regularizers else None
     penalty_static = None if penalty is None or penalty.structural else penalty
-    if factory is None or penalty is not None:
-        _check_objectives(
-            model, variables, model_key, param, method, seen, x_shape,
-            obj if factory is None else None, penalty,
-        )  # fmt: skip
+    # one shape evaluation of the model checks the objectives and, when the transforms resize
+    # the input, that the model takes the new shape
+    ran = (factory is None or penalty is not None) and _check_objectives(
+        model, variables, model_key, param, method, seen, x_shape,
+        obj if factory is None else None, penalty, fit_shape is not None,
+    )  # fmt: skip
+    if fit_shape is not None and not ran:
+        _check_model_takes(model, param, seen, x_shape, method, model_key, variables)
 
+    # split and the transforms' words on the host when the key is concrete (see _draws)
+    per_step = transform.words if draws_words(transform) else 2  # threefry: 2-word keys
+    drawn = host_draws(keys, n, 2 + steps * per_step if per_step else 0)
     cfg = _Config(
         model=model_key,
         method=method,
@@ -396,11 +405,13 @@ def maximize(
         has_penalty=penalty is not None,
         fit_shape=fit_shape,
         redirect=redirect_relu,
-        split=n if keys.ndim == 0 else 0,
+        split=n if keys.ndim == 0 and drawn is None else 0,
+        host_draws=drawn is not None,
         fast_conv=jax.default_backend() == "cpu",
     )
     traced_obj = obj if factory is None else None
-    items = (jax.random.key_data(keys), targets if factory is not None else traced_obj, init)
+    items = (drawn if drawn is not None else jax.random.key_data(keys),
+             targets if factory is not None else traced_obj, init)  # fmt: skip
     if fixed:
         items = (items[0], None, init)
     shared = (traced_obj if fixed else None, penalty if penalty_static is None else None)
@@ -449,12 +460,17 @@ def _run_impl(items: Any, variables: Any, shared: Any, *, cfg: _Config) -> ActMa
 # loops. XLA's older elemental emitters (``xla_cpu_use_fusion_emitters: false``) and LLVM's -O1
 # pipeline generate them in about half the CPU time of the defaults (README example: ~0.7 s
 # instead of ~1.4 s of compile CPU time), with run times within measurement noise, since the
-# heavy work is in the library calls.
+# heavy work is in the library calls. XLA splits the generated code into modules compiled in
+# parallel; with one or two cores to run on that only adds per-module work (one module: ~0.1 s
+# less compile CPU time on one core, and less wall time on two busy cores), so there it is one.
 _CPU_COMPILER_OPTIONS = {
     "xla_backend_optimization_level": 1,
     "xla_llvm_disable_expensive_passes": True,
     "xla_cpu_use_fusion_emitters": False,
 }
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+if (_CORES or 1) <= 2:
+    _CPU_COMPILER_OPTIONS["xla_cpu_parallel_codegen_split_count"] = 1
 _run_jit = jax.jit(_run_impl, static_argnames=("cfg",))
 _run_jit_cpu = jax.jit(_run_impl, static_argnames=("cfg",), compiler_options=_CPU_COMPILER_OPTIONS)
 
@@ -497,12 +513,15 @@ def _ascent(cfg, model, variables, obj, penalty, kd, x0) -> ActMaxResult:
     # The randomness of all steps is drawn before the loop, in one call, so the compiled loop
     # holds no random-number generator: built-in transforms take their words directly; a
     # transform of your own gets a key made of ``key_words`` words per step.
+    if cfg.host_draws:  # drawn before the program, the same words (see _draws)
+        kd, words = kd
     key = jax.random.wrap_key_data(kd, impl=cfg.impl)
     key_words = kd.shape[-1]
     words_api = draws_words(transform)
     per_step = transform.words if words_api else key_words
     if per_step:
-        words = jax.random.bits(key, (key_words + cfg.steps * per_step,), jnp.uint32)
+        if not cfg.host_draws:
+            words = jax.random.bits(key, (key_words + cfg.steps * per_step,), jnp.uint32)
         init_key = jax.random.wrap_key_data(words[:key_words], impl=cfg.impl)
         draws = words[key_words:].reshape(cfg.steps, per_step)
     else:
@@ -564,22 +583,31 @@ def _act_shapes(model, variables, model_key, param, method, seen, x_shape, paths
     return {p: tuple(resolve(acts, p).shape) for p in paths}
 
 
-def _check_objectives(model, variables, model_key, param, method, seen, x_shape, obj, penalty):
+def _check_objectives(
+    model, variables, model_key, param, method, seen, x_shape, obj, penalty, resized
+) -> bool:
     """Static and (for concrete unit indices) value checks of the objective and regularizers
-    against the activation shapes, before anything is compiled."""
+    against the activation shapes, before anything is compiled. Returns whether it ran the
+    model (on the transformed shape ``seen``; a failure there is reported as the transforms'
+    when they ``resized`` the input)."""
     objs = [o for o in (obj, penalty) if o is not None and o.structural]
     if not objs:
-        return
+        return False
     paths = tuple(dict.fromkeys(p for o in objs for p in o.paths))
     try:
         shapes = _act_shapes(model, variables, model_key, param, method, seen, x_shape, paths)
     except KeyError as err:
         raise KeyError(f"objective: reads paths {list(paths)}; {err.args[0]}") from None
+    except Exception as err:
+        if resized:
+            raise _resize_error(err, x_shape, seen) from None
+        raise
     for o in objs:
         o.check(shapes)
+    return True
 
 
-def _check_model_takes(model, variables, param, seen, x_shape, method, model_key, state) -> None:
+def _check_model_takes(model, param, seen, x_shape, method, model_key, state) -> None:
     """Fails early, and clearly, when transforms resize inputs to a shape the model rejects."""
 
     def forward(x, state):
@@ -589,12 +617,16 @@ def _check_model_takes(model, variables, param, seen, x_shape, method, model_key
     try:
         jax.eval_shape(forward, seen, state)
     except Exception as err:  # any failure here is the shape change, reported as such
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"transforms: they turn inputs of shape {x_shape} into {seen.shape}, and the model "
-            f"fails on that shape ({type(err).__name__}: {first}). Crop-based transforms such "
-            "as jitter(d) shrink the image by d: pad(d) first, as standard_transforms() does."
-        ) from None
+        raise _resize_error(err, x_shape, seen) from None
+
+
+def _resize_error(err: Exception, x_shape, seen) -> ValueError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ValueError(
+        f"transforms: they turn inputs of shape {x_shape} into {seen.shape}, and the model "
+        f"fails on that shape ({type(err).__name__}: {first}). Crop-based transforms such "
+        "as jitter(d) shrink the image by d: pad(d) first, as standard_transforms() does."
+    )
 
 
 def _center_fit(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:

@@ -135,8 +135,8 @@ class _Jitter(_Builtin):
             return x
         # one word of 32 random bits gives both offsets (uniform in [0, d], d + 1 << 2**16)
         bits = words[0]
-        oy = ((bits & 0xFFFF) % (d + 1)).astype(jnp.int32)
-        ox = ((bits >> 16) % (d + 1)).astype(jnp.int32)
+        oy = jax.lax.rem(bits & 0xFFFF, jnp.uint32(d + 1)).astype(jnp.int32)
+        ox = jax.lax.rem(bits >> 16, jnp.uint32(d + 1)).astype(jnp.int32)
         return jax.lax.dynamic_slice(x, (0, oy, ox, 0), (b, h - d, w - d, c))
 
 
