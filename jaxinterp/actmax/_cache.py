@@ -12,26 +12,14 @@ import numpy as np
 import optax
 
 from jaxinterp._checks import is_traced
-
-
-class _ById:
-    """Hashes and compares by identity (a key part that cannot be compared by value)."""
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ById) and other.obj is self.obj
+from jaxinterp._keys import ById
 
 
 def static(obj: Any) -> Any:
     try:
         hash(obj)
     except TypeError:
-        return _ById(obj)
+        return ById(obj)
     return obj
 
 
@@ -88,11 +76,11 @@ class OptKey:
         return isinstance(other, OptKey) and other.key == self.key
 
 
-def by_id(obj: Any) -> _ById:
+def by_id(obj: Any) -> ById:
     """``obj`` as a key part compared by identity."""
-    return _ById(obj)
+    return ById(obj)
 
 
 def unwrap(part: Any) -> Any:
     """The object behind a key part."""
-    return part.obj if isinstance(part, _ById) else part
+    return part.obj if isinstance(part, ById) else part
