@@ -133,6 +133,16 @@ def test_fourier_matches_numpy_irfft_and_inverts():
     pd = actmax.fourier((h, w, c), batch=2)  # with colour decorrelation
     x = jnp.asarray(RNG.uniform(0.05, 0.95, (2, h, w, c)).astype(np.float32))
     np.testing.assert_allclose(pd.apply(pd.invert(x)), x, atol=1e-4)
+    # Lucid's colour matrix (square root of ImageNet's colour covariance), columns scaled to
+    # a largest norm of 1, applied to each pixel's channels
+    m = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+    m = m / np.linalg.norm(m, axis=0).max()
+    ref = 1 / (1 + np.exp(-np.moveaxis(img, 1, -1) @ m.T))
+    np.testing.assert_allclose(jax.jit(pd.apply)(jnp.asarray(params)), ref, atol=1e-5)
+    m5 = RNG.randn(5, 5).astype(np.float32) + 3 * np.eye(5, dtype=np.float32)  # any matrix
+    p5 = actmax.pixel((2, 3, 5), decorrelate=m5)
+    t = RNG.randn(1, 2, 3, 5).astype(np.float32)
+    np.testing.assert_allclose(p5.apply(jnp.asarray(t)), 1 / (1 + np.exp(-t @ m5.T)), atol=1e-5)
 
 
 def test_norm_ball_and_soft_prompt():
@@ -256,6 +266,17 @@ def test_resizing_transforms_the_model_rejects_fail_clearly(cnn):
             [(1, 2), (0, 1)],
             (2, 1),
         ),
+        # strided, many features: the input gradient by phases (stride 3 with a 3-dilated
+        # kernel leaves two phases of one axis without taps; odd sizes; zero padding)
+        (
+            ("NHWC", "HWIO", "NHWC"),
+            (3, 11, 10, 32),
+            (3, 3, 32, 16),
+            (3, 2),
+            [(2, 1), (0, 0)],
+            (3, 1),
+        ),
+        (("NHWC", "HWIO", "NHWC"), (2, 8, 9, 64), (3, 3, 64, 24), (2, 2), [(1, 1), (1, 1)], (1, 1)),
     ],
 )
 def test_fast_conv_gradients_match_jax(dn, xs, ks, strides, padding, rhs_dil):

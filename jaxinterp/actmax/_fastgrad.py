@@ -39,6 +39,7 @@ from jax.extend.core.primitives import conv_general_dilated_p, jit_p
 
 _IM2COL_MAX_PATCH = 256  # kh * kw * in_features up to which im2col is used
 _MODE = "im2col"
+_PHASES = True  # strided convolutions: input gradient by phases (_phase_input_grad)
 
 
 def fast_input_grads(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -131,6 +132,13 @@ def _conv_bwd(p, res, g):
     if _patch_size(rhs, p) <= _IM2COL_MAX_PATCH and _MODE == "im2col":
         _, vjp = jax.vjp(lambda a, b: _im2col(a, b, p), lhs, rhs)
         return vjp(g)
+    if (
+        _PHASES
+        and any(st > 1 for st in p.params["window_strides"])
+        and all(lo >= 0 and hi >= 0 for lo, hi in p.params["padding"])
+    ):
+        _, vjp_r = jax.vjp(lambda b: _plain(lhs, b, p), rhs)
+        return _phase_input_grad(g, rhs, lhs.shape, p), vjp_r(g)[0]
     dn = p.params["dimension_numbers"]
     o_ax, i_ax = dn.rhs_spec[0], dn.rhs_spec[1]
     # the same kernel, its feature axes physically swapped and described as swapped: JAX's
@@ -145,6 +153,60 @@ def _conv_bwd(p, res, g):
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _axis_phases(size: int, dilation: int, stride: int) -> list[list[tuple[int, int]]]:
+    """Per output phase ``a`` of one spatial axis: the kernel taps ``(i, t)`` whose padded
+    position ``i * dilation`` is ``a`` mod ``stride``, ``t`` its offset in stride units."""
+    out: list[list[tuple[int, int]]] = [[] for _ in range(stride)]
+    for i in range(size):
+        out[(i * dilation) % stride].append((i, (i * dilation) // stride))
+    return out
+
+
+def _phase_input_grad(g, rhs, lhs_shape, p: _Params):
+    """The input gradient of a strided convolution as stride-1 convolutions, one per output
+    phase, interleaved.
+
+    JAX writes it as one convolution of ``g`` dilated by the stride (``lhs_dilation``), which
+    XLA:CPU runs as a generic loop nest. With ``xp`` the padded input and ``y[o] = sum_i xp[s o
+    + d i] k[i]``, the padded positions ``P = s q + a`` of phase ``a`` receive ``sum_t g[q - t]
+    k[i_t]`` over the taps ``i_t`` with ``d i_t = s t + a``: a plain correlation of ``g`` with
+    those taps reversed. All phases come out at ``ceil(padded / s)`` positions, interleave to
+    the padded input and are cropped to it. Same values as JAX's rule up to summation order.
+    """
+    q = p.params
+    dn = q["dimension_numbers"]
+    gt = jnp.moveaxis(jnp.transpose(g, dn.out_spec), 1, -1)  # [b, oh, ow, out]
+    k = jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[0], dn.rhs_spec[1]))  # [kh, kw, o, i]
+    b, oh, ow, co = gt.shape
+    kh, kw, _, ci = k.shape
+    h, w = lhs_shape[dn.lhs_spec[2]], lhs_shape[dn.lhs_spec[3]]
+    (sy, sx), (dy, dx) = q["window_strides"], q["rhs_dilation"]
+    (pt, pb), (pl, pr) = q["padding"]
+    nq, nr = -(-(h + pt + pb) // sy), -(-(w + pl + pr) // sx)
+    py, px = _axis_phases(kh, dy, sy), _axis_phases(kw, dx, sx)
+    rows = []
+    for a in range(sy):
+        cols = []
+        for c in range(sx):
+            if not py[a] or not px[c]:
+                cols.append(jnp.zeros((b, nq, nr, ci), gt.dtype))
+                continue
+            ty, tx = py[a][-1][1] + 1, px[c][-1][1] + 1
+            sub = jnp.zeros((ty, tx, co, ci), k.dtype)
+            for i, ti in py[a]:
+                for j, tj in px[c]:
+                    sub = sub.at[ty - 1 - ti, tx - 1 - tj].set(k[i, j])
+            cols.append(
+                lax.conv_general_dilated(
+                    gt, sub, (1, 1), ((ty - 1, nq - oh), (tx - 1, nr - ow)),
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=q["precision"],
+                )
+            )  # fmt: skip
+        rows.append(jnp.stack(cols, 3))
+    full = jnp.stack(rows, 2).reshape(b, nq * sy, nr * sx, ci)[:, pt : pt + h, pl : pl + w]
+    return jnp.transpose(jnp.moveaxis(full, -1, 1), _inverse(dn.lhs_spec))
 
 
 def _patch_size(rhs, p: _Params) -> int:

@@ -100,6 +100,18 @@ class _Frozen:
         )
 
 
+def _mix(t: jax.Array, m: np.ndarray) -> jax.Array:
+    """``t @ m.T`` over the last (colour) axis. For a few channels as broadcast multiply-adds,
+    which XLA fuses with the neighbouring elementwise work; as a matrix product, a ``[pixels,
+    3] x [3, 3]`` product is a separate library call costing as much as a convolution layer."""
+    c = m.shape[0]
+    if c > 4:
+        return t @ m.T
+    chans = [t[..., j] for j in range(c)]  # slices and scalar weights: the transpose is
+    mixed = [sum(float(m[i, j]) * chans[j] for j in range(c)) for i in range(c)]  # elementwise
+    return jnp.stack(mixed, -1)
+
+
 def _mat(m: _Frozen | None) -> np.ndarray | None:
     return None if m is None else m.a
 
@@ -179,7 +191,7 @@ class _Pixel:
 
     def apply(self, params):
         m = _mat(self.m)
-        t = params if m is None else params @ m.T
+        t = params if m is None else _mix(params, m)
         return _squash_fwd(t, self.lo, self.hi, self.sigmoid)
 
     def invert(self, x):
@@ -254,7 +266,7 @@ class _Fourier:
         coeffs = (params[..., 0] + 1j * params[..., 1]) * scale
         img = jnp.fft.irfft2(coeffs, s=(h, w)).astype(jnp.float32) / 4.0  # [batch, c, h, w]
         t = jnp.moveaxis(img, 1, -1)
-        t = t if m is None else t @ m.T
+        t = t if m is None else _mix(t, m)
         return _squash_fwd(t, self.lo, self.hi, True)
 
     def invert(self, x):
