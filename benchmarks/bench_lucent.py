@@ -476,10 +476,69 @@ def run(quick: bool = False, threads: int = 1, big: bool = True) -> dict:
     return out
 
 
+def jitter_spread(units: int = 16, steps: int = BIG_STEPS, runs: int = 8) -> dict:
+    """The bigger convnet's unit values after ``steps`` Adam steps, from one fixed start, with
+    one jitter sequence shared by all units (Lucent's batched way) or one per unit
+    (jaxinterp's), ``runs`` sequences each: the mean and the run-to-run spread of the unit
+    mean. Plain JAX (``jax.grad`` + optax), so the two differ only in the sequences."""
+    import jax.numpy as jnp
+    import optax
+
+    from jaxinterp import actmax
+
+    model, variables = big_convnet()
+    p = actmax.fourier((BIG_SIZE, BIG_SIZE, 3))
+    d = 4
+
+    def act(pp, c, oy, ox):
+        x = p.apply(pp)
+        x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=0.5)
+        x = jax.lax.dynamic_slice(x, (0, oy, ox, 0), (1, BIG_SIZE, BIG_SIZE, 3))
+        _, st = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+        return st["intermediates"]["act_3"]["__call__"][0][..., c].mean()
+
+    opt = optax.adam(LR)
+
+    def one(pp, c, offsets):
+        def step(carry, o):
+            pp, s = carry
+            g = jax.grad(lambda q: -act(q, c, o[0], o[1]))(pp)
+            u, s = opt.update(g, s, pp)
+            return (optax.apply_updates(pp, u), s), None
+
+        (pp, _), _ = jax.lax.scan(step, (pp, opt.init(pp)), offsets)
+        x = p.apply(pp)  # the value without transforms
+        _, st = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+        return st["intermediates"]["act_3"]["__call__"][0][..., c].mean()
+
+    f = jax.jit(jax.vmap(one))
+    p0 = jnp.stack([p.init(k) for k in jax.random.split(jax.random.key(100), units)])
+    means: dict[str, list[float]] = {"shared": [], "per_unit": []}
+    for seed in range(runs):
+        shared = np.random.default_rng(1000 + seed).integers(0, d + 1, (1, steps, 2))
+        per_unit = np.random.default_rng(2000 + seed).integers(0, d + 1, (units, steps, 2))
+        for name, o in (("shared", np.broadcast_to(shared, (units, steps, 2))),
+                        ("per_unit", per_unit)):  # fmt: skip
+            means[name].append(float(np.mean(f(p0, jnp.arange(units), jnp.asarray(o)))))
+    out = {}
+    for name, m in means.items():
+        out[f"unit_mean_{name}"] = float(np.mean(m))
+        out[f"unit_mean_spread_{name}"] = float(np.std(m))
+    print_table(out)
+    return out
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-big", action="store_true", help="skip the bigger convnet")
+    parser.add_argument(
+        "--jitter-spread", action="store_true",
+        help="only: unit values with one jitter sequence shared by all units vs one per unit",
+    )  # fmt: skip
     args = parser.parse_args()
-    run(args.quick, args.threads, big=not args.no_big)
+    if args.jitter_spread:
+        jitter_spread()
+    else:
+        run(args.quick, args.threads, big=not args.no_big)
