@@ -1,5 +1,6 @@
 """Act-max on models written by other people: soft prompts through the embedding module,
-``method=`` callables on linen and nnx, output objectives on dataclass and tuple outputs.
+``method=`` callables on linen and nnx, output objectives on dataclass and tuple outputs, and
+the CPU ascent's convolution gradients on Hugging Face's Flax ResNet.
 
 Every reported value is checked against the model's own forward pass: the optimized soft
 prompt is written into the model's embedding table (rows the objective does not read) and the
@@ -153,3 +154,35 @@ def test_output_objectives_on_tuple_outputs_by_element_path():
             jax.random.key(4), model, v, actmax.class_logit, jnp.arange(3),
             param=actmax.norm_ball((5,), 1.0), steps=2,
         )  # fmt: skip
+
+
+def test_fast_conv_gradients_on_hf_flax_resnet():
+    """The CPU ascent's convolution gradients (im2col, canonical kernel, strided phases) on a
+    model we did not write: Hugging Face's Flax ResNet (random weights, batch norm in inference,
+    max pooling, 3x3 stride-2 convolutions and 1x1 stride-2 shortcuts) give ``jax.grad``'s
+    input gradient and value."""
+    from unittest import mock
+
+    from transformers import FlaxResNetModel, ResNetConfig
+
+    from jaxinterp.actmax import _fastgrad
+
+    cfg = ResNetConfig(
+        num_channels=3, embedding_size=32, hidden_sizes=[32, 64], depths=[1, 1],
+        layer_type="basic", downsample_in_first_stage=False,
+    )  # fmt: skip
+    m = FlaxResNetModel(cfg, seed=0)
+    x = jax.random.uniform(jax.random.key(0), (2, 3, 32, 32))  # HF's wrapper takes NCHW
+
+    def f(x):
+        out = m(x).last_hidden_state  # [batch, channels, h, w]
+        return jnp.sum(jnp.sin(out[:, 5])) + 0.1 * jnp.sum(out**2)
+
+    phases = mock.patch.object(_fastgrad, "_phase_input_grad", wraps=_fastgrad._phase_input_grad)
+    with phases as spy:
+        v1, g1 = jax.jit(jax.value_and_grad(_fastgrad.fast_input_grads(f)))(x)
+    assert spy.call_count >= 1  # a strided 3x3 convolution with 64 inputs took that path
+    v0, g0 = jax.jit(jax.value_and_grad(f))(x)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    scale = float(jnp.abs(g0).max())
+    np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-5 * scale)
