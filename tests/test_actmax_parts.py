@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -300,6 +301,52 @@ def test_fast_conv_gradients_match_jax(dn, xs, ks, strides, padding, rhs_dil):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     gv = jax.vmap(jax.grad(fast_input_grads(f)))(x[None], k[None])  # batched over targets
     np.testing.assert_allclose(gv[0], g0[0], rtol=1e-4, atol=1e-4)
+
+
+class _ConvStack(nn.Module):
+    """Two 3x3 convolutions (the second strided) with ReLUs, a 1x1 head, and a residual-style
+    branch that reads the whole first activation."""
+
+    @nn.compact
+    def __call__(self, x):
+        a = nn.relu(nn.Conv(24, (3, 3), name="conv_0")(x))
+        b = nn.relu(nn.Conv(32, (3, 3), strides=(2, 2), name="conv_1")(a))
+        self.sow("intermediates", "a", a)
+        self.sow("intermediates", "b", b)
+        return nn.Conv(4, (1, 1), name="head")(b).mean((1, 2))
+
+
+@pytest.mark.parametrize("whole_too", [False, True])
+def test_one_channel_read_computes_that_channel_only(whole_too):
+    """A loss reading one channel of ``relu(conv + bias)`` (a different channel per target
+    under ``vmap``) gets the same value and input gradient when only that channel's
+    convolution runs; when the loss also reads the whole activation, nothing is pruned."""
+    from unittest import mock
+
+    from jaxinterp.actmax import _fastgrad
+
+    model = _ConvStack()
+    x = jnp.asarray(RNG.rand(3, 1, 12, 12, 5).astype(np.float32))
+    variables = model.init(jax.random.key(0), x[0])
+    leaves, tree = jax.tree.flatten(variables)  # biases start at zero: give them values
+    noise = [0.1 * RNG.randn(*np.shape(v)).astype(np.float32) for v in leaves]
+    variables = jax.tree.unflatten(tree, [v + n for v, n in zip(leaves, noise)])
+
+    def f(x, c):
+        _, st = model.apply(variables, x, mutable=["intermediates"])
+        b = st["intermediates"]["b"][0]
+        value = b[..., c].mean() + jnp.sin(st["intermediates"]["a"][0][..., 3]).sum()
+        return value + (0.01 * jnp.sum(b**2) if whole_too else 0.0)
+
+    cs = jnp.array([0, 17, 31])
+    spy = mock.patch.object(_fastgrad, "_eval_one_channel", wraps=_fastgrad._eval_one_channel)
+    with spy as one:
+        v1, g1 = jax.jit(jax.vmap(jax.value_and_grad(_fastgrad.fast_input_grads(f))))(x, cs)
+    # b: read once; a: 24 channels, read at channel 3 and by conv_1
+    assert one.call_count == (0 if whole_too else 1)
+    v0, g0 = jax.jit(jax.vmap(jax.value_and_grad(f)))(x, cs)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-6 * float(jnp.abs(g0).max()))
 
 
 def test_transforms_draw_words_like_keys():
