@@ -42,9 +42,11 @@ transform or parameterization functions, or a custom optimizer are compared by i
 the same objects again to reuse the program. The cache is JAX's own ``jit`` cache of one
 module-level function (it lives as long as the process; JAX's persistent compilation cache, when
 configured, also serves new processes). On CPU the program is compiled with LLVM's -O1 pipeline
-and XLA's elemental loop emitters (see ``_CPU_COMPILER_OPTIONS``), and convolutions get input
-gradients that XLA:CPU runs as fast library calls (see :mod:`._fastgrad`); called inside the
-caller's own ``jit``, it is part of that program and compiled with the caller's options.
+and XLA's elemental loop emitters (see ``_CPU_COMPILER_OPTIONS``), convolutions get input
+gradients that XLA:CPU runs as fast library calls, and a channel objective on
+``relu(conv + bias)`` computes only the channel it reads (see :mod:`._fastgrad`; same values);
+called inside the caller's own ``jit``, it is part of that program and compiled with the
+caller's options.
 """
 
 from __future__ import annotations
