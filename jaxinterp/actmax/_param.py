@@ -101,9 +101,10 @@ class _Frozen:
 
 
 def _mix(t: jax.Array, m: np.ndarray) -> jax.Array:
-    """``t @ m.T`` over the last (colour) axis. For a few channels as broadcast multiply-adds,
-    which XLA fuses with the neighbouring elementwise work; as a matrix product, a ``[pixels,
-    3] x [3, 3]`` product is a separate library call costing as much as a convolution layer."""
+    """``t @ m.T`` over the last (colour) axis. For a few channels as sums of channel slices
+    times scalars, which XLA fuses with the neighbouring elementwise work (and whose gradient
+    is elementwise too); as a matrix product, a ``[pixels, 3] x [3, 3]`` product is a separate
+    library call costing as much as a convolution layer, forward and backward."""
     c = m.shape[0]
     if c > 4:
         return t @ m.T
