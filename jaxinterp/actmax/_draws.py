@@ -19,6 +19,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from jaxinterp._checks import is_traced
+
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _MAX_WORDS = 1 << 24  # above this many words the program draws them (memory, host time)
 
@@ -66,8 +68,6 @@ def host_draws(keys: jax.Array, n: int, words: int) -> tuple[np.ndarray, np.ndar
     >>> bool((bits[1] == jax.random.bits(ref[1], (4,), jax.numpy.uint32)).all())
     True
     """
-    from jaxinterp._checks import is_traced
-
     if (
         is_traced(keys)
         or str(jax.random.key_impl(keys)) != "threefry2x32"

@@ -67,8 +67,6 @@ from jax.extend.core.primitives import (
 
 _IM2COL_MAX_PATCH = 256  # kh * kw * in_features up to which im2col is used
 _MODE = "im2col"
-_PHASES = True  # strided convolutions: input gradient by phases (_phase_input_grad)
-_PRUNE = True  # one feature read from relu(conv + bias): compute that feature only
 _PRUNE_MIN_FEATURES = 16  # below this many features the full convolution is as cheap
 
 
@@ -95,12 +93,12 @@ def _eval(jaxpr: Any, consts: Any, args: Any) -> list[Any]:
     for v, x in zip(jaxpr.invars, args):
         env[v] = x
     live = _live(jaxpr)
-    pruned, skip = _one_channel_reads(jaxpr, live) if _PRUNE else ({}, set())
+    pruned, skip = _one_channel_reads(jaxpr, live)
     for n, eqn in enumerate(jaxpr.eqns):
         if not live[n] or n in skip:
             continue
         if n in pruned:
-            env[eqn.outvars[0]] = _eval_one_channel(jaxpr, eqn, pruned[n], read)
+            env[eqn.outvars[0]] = _eval_one_channel(eqn, pruned[n], read)
             continue
         invals = [read(v) for v in eqn.invars]
         prim = eqn.primitive
@@ -135,8 +133,8 @@ def _live(jaxpr: Any) -> list[bool]:
 def _one_channel_reads(jaxpr: Any, live: list[bool]) -> tuple[dict[int, tuple], set[int]]:
     """Finds activations of which the loss reads one feature: ``dynamic_slice`` of size 1 on
     the feature axis of ``relu?(conv(x, k) + bias?)``, every value on the way read by nothing
-    else. Returns ``{slice equation: (feature axis, conv equation, chain)}`` and the equations
-    that then need not run (the convolution and its chain)."""
+    else. Returns ``{slice equation index: (feature axis, conv equation, chain)}`` and the
+    indices of the equations that then need not run (the convolution and its chain)."""
     producer: dict[Any, int] = {}
     uses: dict[Any, int] = {}
     for n, eqn in enumerate(jaxpr.eqns):
@@ -188,7 +186,7 @@ def _one_channel_reads(jaxpr: Any, live: list[bool]) -> tuple[dict[int, tuple], 
                 and all(d == 1 for d in e.params["lhs_dilation"])
                 and e.params["preferred_element_type"] is None
             ):
-                found[n] = (ax, m, chain[::-1])
+                found[n] = (ax, e, chain[::-1])
                 skip.update(eqns + [m])
             break
     return found, skip
@@ -214,7 +212,7 @@ def _bias_side(e: Any, ax: int) -> int | None:
         a, b = e.invars[side], e.invars[1 - side]
         if not isinstance(a, jcore.Var) or tuple(a.aval.shape) != out:
             continue
-        bshape = tuple(getattr(b, "aval", b).shape) if hasattr(b, "aval") else np.shape(b.val)
+        bshape = tuple(b.aval.shape)  # a Var or a Literal
         if bshape == () or (
             len(bshape) == len(out) and all(d == 1 for i, d in enumerate(bshape) if i != ax)
         ):
@@ -222,14 +220,13 @@ def _bias_side(e: Any, ax: int) -> int | None:
     return None
 
 
-def _eval_one_channel(jaxpr: Any, sl: Any, plan: tuple, read: Callable[[Any], Any]) -> Any:
+def _eval_one_channel(sl: Any, plan: tuple, read: Callable[[Any], Any]) -> Any:
     """The sliced activation computed for its one feature: the convolution with that output
     feature of the kernel (input patches times the kernel's column, so a different feature
     per target under ``vmap`` is a batched matrix-vector product, not a grouped
     convolution), then the bias's entry and the ReLU. ``dynamic_slice`` clamps the index;
     slicing the kernel and the bias with the same index clamps it the same way."""
-    ax, m, chain = plan
-    conv = jaxpr.eqns[m]
+    ax, conv, chain = plan
     q = conv.params
     dn = q["dimension_numbers"]
     c = read(sl.invars[1 + ax])  # the slice's start index on the feature axis
@@ -298,12 +295,10 @@ def _conv_bwd(p, res, g):
     if _patch_size(rhs, p) <= _IM2COL_MAX_PATCH and _MODE == "im2col":
         _, vjp = jax.vjp(lambda a, b: _im2col(a, b, p), lhs, rhs)
         return vjp(g)
-    if (
-        _PHASES
-        and any(st > 1 for st in p.params["window_strides"])
-        and all(lo >= 0 and hi >= 0 for lo, hi in p.params["padding"])
+    _, vjp_r = jax.vjp(lambda b: _plain(lhs, b, p), rhs)  # the kernel gradient: JAX's rule
+    if any(st > 1 for st in p.params["window_strides"]) and all(
+        lo >= 0 and hi >= 0 for lo, hi in p.params["padding"]
     ):
-        _, vjp_r = jax.vjp(lambda b: _plain(lhs, b, p), rhs)
         return _phase_input_grad(g, rhs, lhs.shape, p), vjp_r(g)[0]
     dn = p.params["dimension_numbers"]
     o_ax, i_ax = dn.rhs_spec[0], dn.rhs_spec[1]
@@ -314,7 +309,6 @@ def _conv_bwd(p, res, g):
     spec[0], spec[1] = i_ax, o_ax
     q = dict(p.params, dimension_numbers=dn._replace(rhs_spec=tuple(spec)))
     _, vjp_l = jax.vjp(lambda a: conv_general_dilated_p.bind(a, swapped, **q), lhs)
-    _, vjp_r = jax.vjp(lambda b: _plain(lhs, b, p), rhs)
     return vjp_l(g)[0], vjp_r(g)[0]
 
 
@@ -343,8 +337,8 @@ def _phase_input_grad(g, rhs, lhs_shape, p: _Params):
     """
     q = p.params
     dn = q["dimension_numbers"]
-    gt = jnp.moveaxis(jnp.transpose(g, dn.out_spec), 1, -1)  # [b, oh, ow, out]
-    k = jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[0], dn.rhs_spec[1]))  # [kh, kw, o, i]
+    gt = _to_nhwc(g, dn.out_spec)  # [b, oh, ow, out]
+    k = jnp.swapaxes(_to_hwio(rhs, dn.rhs_spec), 2, 3)  # [kh, kw, out, in]
     b, oh, ow, co = gt.shape
     kh, kw, _, ci = k.shape
     h, w = lhs_shape[dn.lhs_spec[2]], lhs_shape[dn.lhs_spec[3]]
@@ -372,7 +366,7 @@ def _phase_input_grad(g, rhs, lhs_shape, p: _Params):
             )  # fmt: skip
         rows.append(jnp.stack(cols, 3))
     full = jnp.stack(rows, 2).reshape(b, nq * sy, nr * sx, ci)[:, pt : pt + h, pl : pl + w]
-    return jnp.transpose(jnp.moveaxis(full, -1, 1), _inverse(dn.lhs_spec))
+    return _from_nhwc(full, dn.lhs_spec)
 
 
 def _patch_size(rhs, p: _Params) -> int:
@@ -387,9 +381,8 @@ def _im2col(lhs, rhs, p: _Params):
     """The convolution as one matrix product of input patches with the reshaped kernel."""
     q = p.params
     dn = q["dimension_numbers"]
-    x = jnp.transpose(lhs, dn.lhs_spec)  # [batch, in, h, w]
-    x = jnp.moveaxis(x, 1, -1)  # [batch, h, w, in]
-    k = jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))  # [kh, kw, in, out]
+    x = _to_nhwc(lhs, dn.lhs_spec)  # [batch, h, w, in]
+    k = _to_hwio(rhs, dn.rhs_spec)  # [kh, kw, in, out]
     kh, kw, ci, co = k.shape
     (sy, sx), (dy, dx) = q["window_strides"], q["rhs_dilation"]
     x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*q["padding"][0], 0),
@@ -409,8 +402,22 @@ def _im2col(lhs, rhs, p: _Params):
     ]
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, -1)
     out = jnp.dot(patches, k.reshape(kh * kw * ci, co), precision=q["precision"])
-    out = jnp.moveaxis(out, -1, 1)  # [batch, out, oh, ow]
-    return jnp.transpose(out, _inverse(dn.out_spec))
+    return _from_nhwc(out, dn.out_spec)
+
+
+def _to_nhwc(x, spec):
+    """An array laid out as ``spec`` (batch, feature, spatial axes) as ``[b, h, w, feature]``."""
+    return jnp.moveaxis(jnp.transpose(x, spec), 1, -1)
+
+
+def _from_nhwc(x, spec):
+    """The inverse of :func:`_to_nhwc`."""
+    return jnp.transpose(jnp.moveaxis(x, -1, 1), _inverse(spec))
+
+
+def _to_hwio(rhs, spec):
+    """A kernel laid out as ``spec`` (out, in, spatial axes) as ``[kh, kw, in, out]``."""
+    return jnp.transpose(rhs, (*spec[2:], spec[1], spec[0]))
 
 
 def _inverse(perm):

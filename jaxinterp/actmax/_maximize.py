@@ -389,7 +389,7 @@ def maximize(
         _check_model_takes(model, param, seen, x_shape, method, model_key, variables)
 
     # split and the transforms' words on the host when the key is concrete (see _draws)
-    per_step = transform.words if draws_words(transform) else 2  # threefry: 2-word keys
+    per_step = _step_words(transform, 2)  # host draws are threefry: 2-word keys
     drawn = host_draws(keys, n, 2 + steps * per_step if per_step else 0)
     cfg = _Config(
         model=model_key,
@@ -486,6 +486,12 @@ def _run(items: Any, variables: Any, shared: Any, *, cfg: _Config) -> ActMaxResu
     return (_run_jit_cpu if cpu else _run_jit)(items, variables, shared, cfg=cfg)
 
 
+def _step_words(transform: Any, key_words: int) -> int:
+    """Random 32-bit words one step draws: a built-in transform's own count (0 when it draws
+    nothing), or a key's worth (``key_words``) for a transform of your own."""
+    return transform.words if draws_words(transform) else key_words
+
+
 def _ascent(cfg, model, variables, obj, penalty, kd, x0) -> ActMaxResult:
     """The single-target core: ``steps`` optimizer steps in one ``lax.scan``."""
     param = unwrap(cfg.param)
@@ -520,7 +526,7 @@ def _ascent(cfg, model, variables, obj, penalty, kd, x0) -> ActMaxResult:
     key = jax.random.wrap_key_data(kd, impl=cfg.impl)
     key_words = kd.shape[-1]
     words_api = draws_words(transform)
-    per_step = transform.words if words_api else key_words
+    per_step = _step_words(transform, key_words)
     if per_step:
         if not cfg.host_draws:
             words = jax.random.bits(key, (key_words + cfg.steps * per_step,), jnp.uint32)
