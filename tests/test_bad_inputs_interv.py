@@ -40,18 +40,25 @@ def tiny():
     return model, variables, task
 
 
-def _sweep(sites, **kw):
+def _sweep(sites, metric=None, n=None, **kw):
+    """patch_sweep on the task's first ``n`` examples (all: None) with ``metric`` (the task's
+    scalar metric: None)."""
+
     def call(t):
         m, v, task = t
-        return iv.patch_sweep(m, v, task.clean, task.corrupted, sites, task.metric, **kw)
+        metric_ = task.metric if metric is None else metric
+        return iv.patch_sweep(m, v, task.clean[:n], task.corrupted[:n], sites, metric_, **kw)
 
     return call
 
 
-def _attrib(sites, **kw):
+def _attrib(sites, metric=None, **kw):
+    """attribution_patch with ``metric`` (the task's scalar metric: None)."""
+
     def call(t):
         m, v, task = t
-        return iv.attribution_patch(m, v, task.clean, task.corrupted, sites, task.metric, **kw)
+        metric_ = task.metric if metric is None else metric
+        return iv.attribution_patch(m, v, task.clean, task.corrupted, sites, metric_, **kw)
 
     return call
 
@@ -527,20 +534,11 @@ def _rows():
         ("sweep-unknown-path", _sweep(iv.head_sites(3, 4)), KeyError, "sites"),
         (
             "sweep-metric-not-scalar",
-            lambda t: iv.patch_sweep(
-                m(t), v(t), task(t).clean, task(t).corrupted, iv.head_sites(2, 4), lambda o: o[:, 0]
-            ),
+            _sweep(iv.head_sites(2, 4), lambda o: o[:, 0]),
             ValueError,
             "metric",
         ),
-        (
-            "sweep-metric-not-callable",
-            lambda t: iv.patch_sweep(
-                m(t), v(t), task(t).clean, task(t).corrupted, iv.head_sites(2, 4), 3.0
-            ),
-            TypeError,
-            "metric",
-        ),
+        ("sweep-metric-not-callable", _sweep(iv.head_sites(2, 4), 3.0), TypeError, "metric"),
         (
             "sweep-corrupted-shape",
             lambda t: iv.patch_sweep(
@@ -598,14 +596,7 @@ def _rows():
         ("attribution-heads-4-7-of-4", _attrib(iv.head_sites(2, 8)), ValueError, "sites"),
         (
             "attribution-metric-not-scalar",
-            lambda t: iv.attribution_patch(
-                m(t),
-                v(t),
-                task(t).clean,
-                task(t).corrupted,
-                iv.head_sites(2, 4),
-                lambda o: o.sum(-1),
-            ),
+            _attrib(iv.head_sites(2, 4), lambda o: o.sum(-1)),
             ValueError,
             "metric",
         ),
@@ -675,50 +666,25 @@ def _rows():
         ),
         (
             "sweep-per-example-not-batch",  # [seq] values, not [batch]
-            lambda t: iv.patch_sweep(
-                m(t),
-                v(t),
-                task(t).clean,
-                task(t).corrupted,
-                iv.head_sites(2, 4),
-                lambda o: o[0, :, 0],
-            ),
+            _sweep(iv.head_sites(2, 4), lambda o: o[0, :, 0]),
             ValueError,
             "metric",
         ),
         (
             "sweep-per-example-one-example",  # no standard error from one example
-            lambda t: iv.patch_sweep(
-                m(t),
-                v(t),
-                task(t).clean[:1],
-                task(t).corrupted[:1],
-                iv.head_sites(2, 4),
-                lambda o: o[:, 0, 0],
-            ),
+            _sweep(iv.head_sites(2, 4), lambda o: o[:, 0, 0], n=1),
             ValueError,
             "metric",
         ),
         (
             "attribution-per-example-not-batch",
-            lambda t: iv.attribution_patch(
-                m(t),
-                v(t),
-                task(t).clean,
-                task(t).corrupted,
-                iv.head_sites(2, 4),
-                lambda o: o[0, :, 0],
-            ),
+            _attrib(iv.head_sites(2, 4), lambda o: o[0, :, 0]),
             ValueError,
             "metric",
         ),
         (
             "sweep-per-example-position-out-of-range",  # a plain (compiled) call still raises
-            lambda t: iv.patch_sweep(
-                m(t),
-                v(t),
-                task(t).clean,
-                task(t).corrupted,
+            _sweep(
                 iv.head_sites(2, 4),
                 lambda o: iv.logit_diff(o, 1, 2, jnp.array([3, 20]), reduce="none"),
             ),
