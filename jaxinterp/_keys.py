@@ -21,3 +21,16 @@ class ById:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ById) and other.obj is self.obj
+
+
+def static(obj: Any) -> Any:
+    """``obj`` itself as a key part when it hashes (compared by value), else :class:`ById`.
+
+    >>> static((1, 2)), isinstance(static([1, 2]), ById)
+    ((1, 2), True)
+    """
+    try:
+        hash(obj)
+    except TypeError:
+        return ById(obj)
+    return obj

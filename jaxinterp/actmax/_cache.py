@@ -15,14 +15,6 @@ from jaxinterp._checks import is_traced
 from jaxinterp._keys import ById
 
 
-def static(obj: Any) -> Any:
-    try:
-        hash(obj)
-    except TypeError:
-        return ById(obj)
-    return obj
-
-
 class _Unkeyable(Exception):
     pass
 
@@ -74,11 +66,6 @@ class OptKey:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, OptKey) and other.key == self.key
-
-
-def by_id(obj: Any) -> ById:
-    """``obj`` as a key part compared by identity."""
-    return ById(obj)
 
 
 def unwrap(part: Any) -> Any:

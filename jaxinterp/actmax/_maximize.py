@@ -65,7 +65,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxinterp._checks import check_array, check_int, check_key, is_traced, value_check
-from jaxinterp.actmax._cache import OptKey, by_id, static, unwrap
+from jaxinterp._keys import ById, static
+from jaxinterp.actmax._cache import OptKey, unwrap
 from jaxinterp.actmax._draws import host_draws
 from jaxinterp.actmax._fastgrad import fast_input_grads
 from jaxinterp.actmax._objectives import (
@@ -376,7 +377,7 @@ def maximize(
         obj = jax.vmap(objective)(targets)
         if not isinstance(obj, Objective):
             raise TypeError(f"objective: the factory returned {type(obj).__name__}, not Objective")
-        factory = None if obj.structural else by_id(objective)
+        factory = None if obj.structural else ById(objective)
     penalty = sum(regularizers) if regularizers else None
     penalty_static = None if penalty is None or penalty.structural else penalty
     # one shape evaluation of the model checks the objectives and, when the transforms resize

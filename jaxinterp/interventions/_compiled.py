@@ -42,7 +42,7 @@ from flax import nnx
 from jax.experimental import checkify
 
 from jaxinterp._checks import is_traced
-from jaxinterp._keys import ById
+from jaxinterp._keys import ById, static
 
 _ARRAYS = (jax.Array, np.ndarray)
 _LIBRARIES = {"jaxinterp", "jax", "jaxlib", "numpy", "flax", "optax", "functools", "builtins"}
@@ -58,11 +58,8 @@ def _global_names(code: types.CodeType) -> set[str]:
 
 
 def _static(obj: Any) -> tuple:
-    try:
-        hash(obj)
-    except TypeError:
-        return ("id", ById(obj))
-    return ("static", obj)
+    key = static(obj)
+    return ("id" if isinstance(key, ById) else "static", key)
 
 
 def split(obj: Any, dyn: list, depth: int = 0) -> tuple:
