@@ -335,14 +335,15 @@ def test_streaming_reaches_full_batch_solution(fitted):
         for s in range(0, 600, 200):
             yield x[:, s : s + 200], y[:, s : s + 200]
 
-    stream, sinfo = probes.fit_logistic_stream(chunks, num_classes=4, C=c)
+    max_iter = 100
+    stream, sinfo = probes.fit_logistic_stream(chunks, num_classes=4, C=c, max_iter=max_iter)
     # Each probe either reaches tol or stops early where no step of the line search lowers
     # the float32 objective any more (a stall: near tol, a decrease of about grad²/2 is below
     # float32's resolution of an objective summed over 600 examples; seen under
     # XLA_FLAGS=--xla_cpu_max_isa=SSE4_2: max-abs gradient 1.44e-4 against tol 1e-4). Both
     # are accepted here; closeness to the optimum is then checked by _check_grid from the
     # fit's own gradient (Newton decrement, objective gap, weight distance, predictions).
-    stopped_early = np.asarray(sinfo.iterations) < 100  # the default max_iter
+    stopped_early = np.asarray(sinfo.iterations) < max_iter
     assert np.all(np.asarray(sinfo.converged) | stopped_early), sinfo
     # same optimum as scikit-learn, within the stream fit's own (raw) gradient bound
     worst = _check_grid(stream, feats, labels, tr, te, c, sk, tol=None)
