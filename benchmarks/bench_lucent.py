@@ -492,12 +492,13 @@ def jitter_spread(units: int = 16, steps: int = BIG_STEPS, runs: int = 8) -> dic
     p = actmax.fourier((BIG_SIZE, BIG_SIZE, 3))
     d = 4
 
-    def act(pp, c, oy, ox):
-        x = p.apply(pp)
-        x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=0.5)
-        x = jax.lax.dynamic_slice(x, (0, oy, ox, 0), (1, BIG_SIZE, BIG_SIZE, 3))
+    def unit(x, c):  # channel c of act_3, mean over positions
         _, st = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
         return st["intermediates"]["act_3"]["__call__"][0][..., c].mean()
+
+    def act(pp, c, oy, ox):  # pad 2 (0.5), then the 64x64 crop at (oy, ox)
+        x = jnp.pad(p.apply(pp), ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=0.5)
+        return unit(jax.lax.dynamic_slice(x, (0, oy, ox, 0), (1, BIG_SIZE, BIG_SIZE, 3)), c)
 
     opt = optax.adam(LR)
 
@@ -509,9 +510,7 @@ def jitter_spread(units: int = 16, steps: int = BIG_STEPS, runs: int = 8) -> dic
             return (optax.apply_updates(pp, u), s), None
 
         (pp, _), _ = jax.lax.scan(step, (pp, opt.init(pp)), offsets)
-        x = p.apply(pp)  # the value without transforms
-        _, st = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
-        return st["intermediates"]["act_3"]["__call__"][0][..., c].mean()
+        return unit(p.apply(pp), c)  # the value without transforms
 
     f = jax.jit(jax.vmap(one))
     p0 = jnp.stack([p.init(k) for k in jax.random.split(jax.random.key(100), units)])
