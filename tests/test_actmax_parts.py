@@ -349,6 +349,44 @@ def test_one_channel_read_computes_that_channel_only(whole_too):
     np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-6 * float(jnp.abs(g0).max()))
 
 
+@pytest.mark.parametrize(
+    "stride, dilation, padding, spec",
+    [
+        ((1, 1), (1, 1), ((1, 1), (1, 1)), ("NHWC", "HWIO", "NHWC")),
+        ((2, 3), (1, 1), ((0, 2), (1, 0)), ("NHWC", "HWIO", "NHWC")),
+        ((2, 2), (2, 1), ((3, 1), (-1, 2)), ("NCHW", "OIHW", "NCHW")),
+        ((1, 2), (1, 2), ((0, 0), (0, 0)), ("NCHW", "HWIO", "NHWC")),
+    ],
+)
+def test_one_feature_convolution_matches_lax_conv(stride, dilation, padding, spec):
+    """The one-output-feature convolution (a product with the taps, then shifted windows)
+    equals ``jax.lax.conv_general_dilated`` with that one output feature, for strides, dilations,
+    uneven and negative padding and other layouts, and so does its input gradient."""
+    from jaxinterp.actmax._fastgrad import _one_feature
+
+    x = jnp.asarray(RNG.randn(2, 11, 13, 6).astype(np.float32))  # NHWC
+    k = jnp.asarray(RNG.randn(3, 2, 6, 1).astype(np.float32))  # HWIO
+    to = {"NCHW": (0, 3, 1, 2), "NHWC": (0, 1, 2, 3), "OIHW": (3, 2, 0, 1), "HWIO": (0, 1, 2, 3)}
+    xs, ks = jnp.transpose(x, to[spec[0]]), jnp.transpose(k, to[spec[1]])
+    dn = jax.lax.conv_dimension_numbers(xs.shape, ks.shape, spec)
+
+    def ref(xs):
+        return jax.lax.conv_general_dilated(
+            xs, ks, stride, padding, rhs_dilation=dilation, dimension_numbers=dn
+        )
+
+    q = dict(window_strides=stride, padding=padding, rhs_dilation=dilation,
+             dimension_numbers=dn, precision=None)  # fmt: skip
+    want = ref(xs)
+    got = jax.jit(lambda xs: _one_feature(xs, ks, q))(xs)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    ct = jnp.asarray(RNG.randn(*want.shape).astype(np.float32))
+    g0 = jax.vjp(ref, xs)[1](ct)[0]
+    g1 = jax.vjp(lambda xs: _one_feature(xs, ks, q), xs)[1](ct)[0]
+    np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-5)
+
+
 def test_transforms_draw_words_like_keys():
     """``t(key, x)`` equals ``t.with_words(bits(key, (t.words,)), x)`` for built-in transforms
     and their composition; the scale and angle are picked by ``word % choices``."""
