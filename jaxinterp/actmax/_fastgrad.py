@@ -259,23 +259,8 @@ def _one_feature(lhs, rhs, q: dict):
     x = _to_nhwc(lhs, dn.lhs_spec)  # [b, h, w, in]
     k = _to_hwio(rhs, dn.rhs_spec)[..., 0]  # [kh, kw, in]
     kh, kw, ci = k.shape
-    (sy, sx), (dy, dx) = q["window_strides"], q["rhs_dilation"]
     z = jnp.dot(x, k.reshape(kh * kw, ci).T, precision=q["precision"])  # [b, h, w, kh*kw]
-    z = lax.pad(z, jnp.zeros((), z.dtype), ((0, 0, 0), (*q["padding"][0], 0),
-                                             (*q["padding"][1], 0), (0, 0, 0)))  # fmt: skip
-    b, h, w, _ = z.shape
-    oh = (h - (kh - 1) * dy - 1) // sy + 1
-    ow = (w - (kw - 1) * dx - 1) // sx + 1
-    windows = [
-        lax.slice(
-            z,
-            (0, i * dy, j * dx, i * kw + j),
-            (b, i * dy + (oh - 1) * sy + 1, j * dx + (ow - 1) * sx + 1, i * kw + j + 1),
-            (1, sy, sx, 1),
-        )  # fmt: skip
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    windows = _windows(z, kh, kw, q, per_tap=True)
     return _from_nhwc(sum(windows[1:], windows[0]), dn.out_spec)
 
 
@@ -419,25 +404,29 @@ def _im2col(lhs, rhs, p: _Params):
     x = _to_nhwc(lhs, dn.lhs_spec)  # [batch, h, w, in]
     k = _to_hwio(rhs, dn.rhs_spec)  # [kh, kw, in, out]
     kh, kw, ci, co = k.shape
-    (sy, sx), (dy, dx) = q["window_strides"], q["rhs_dilation"]
-    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*q["padding"][0], 0),
-                                             (*q["padding"][1], 0), (0, 0, 0)))  # fmt: skip
-    b, h, w, _ = x.shape
-    oh = (h - (kh - 1) * dy - 1) // sy + 1
-    ow = (w - (kw - 1) * dx - 1) // sx + 1
-    cols = [
-        lax.slice(
-            x,
-            (0, i * dy, j * dx, 0),
-            (b, i * dy + (oh - 1) * sy + 1, j * dx + (ow - 1) * sx + 1, ci),
-            (1, sy, sx, 1),
-        )  # fmt: skip
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    cols = _windows(x, kh, kw, q, per_tap=False)
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, -1)
     out = jnp.dot(patches, k.reshape(kh * kw * ci, co), precision=q["precision"])
     return _from_nhwc(out, dn.out_spec)
+
+
+def _windows(x, kh: int, kw: int, q: dict, *, per_tap: bool) -> list:
+    """The windows of ``x`` (``[b, h, w, f]``, padded as the convolution ``q`` pads) that tap
+    ``(i, j)`` of a ``kh x kw`` kernel reads for every output position, in tap order: all
+    features (``per_tap=False``), or only feature ``i * kw + j``."""
+    (sy, sx), (dy, dx) = q["window_strides"], q["rhs_dilation"]
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*q["padding"][0], 0),
+                                             (*q["padding"][1], 0), (0, 0, 0)))  # fmt: skip
+    b, h, w, f = x.shape
+    oh = (h - (kh - 1) * dy - 1) // sy + 1
+    ow = (w - (kw - 1) * dx - 1) // sx + 1
+    out = []
+    for i in range(kh):
+        for j in range(kw):
+            f0, f1 = (i * kw + j, i * kw + j + 1) if per_tap else (0, f)
+            end = (b, i * dy + (oh - 1) * sy + 1, j * dx + (ow - 1) * sx + 1, f1)
+            out.append(lax.slice(x, (0, i * dy, j * dx, f0), end, (1, sy, sx, 1)))
+    return out
 
 
 def _to_nhwc(x, spec):
