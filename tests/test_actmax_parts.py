@@ -387,6 +387,43 @@ def test_one_feature_convolution_matches_lax_conv(stride, dilation, padding, spe
     np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "window, strides, tiled",
+    [
+        ((1, 2, 2, 1), (1, 2, 2, 1), True),  # average pooling, 9 -> 4 (a row and column unread)
+        ((1, 3, 2, 1), (1, 3, 2, 1), True),
+        ((1, 1, 1, 4), (1, 1, 1, 4), True),  # over features
+        ((1, 3, 3, 1), (1, 2, 2, 1), False),  # overlapping: JAX's own rule
+    ],
+)
+def test_tiled_window_sum_matches_jax(window, strides, tiled):
+    """A window sum over non-overlapping tiles, evaluated as a reshape and a sum, gives
+    ``reduce_window``'s value and input gradient (cotangent spread over each tile, zero on the
+    rows and columns no tile covers); overlapping windows are left to JAX."""
+    from unittest import mock
+
+    from jaxinterp.actmax import _fastgrad
+
+    x = jnp.asarray(RNG.randn(2, 9, 10, 8).astype(np.float32))
+    w = jnp.asarray(RNG.randn(*jax.eval_shape(
+        lambda x: jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "VALID"), x
+    ).shape).astype(np.float32))  # fmt: skip
+
+    def f(x):
+        pooled = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "VALID")
+        return jnp.sum(jnp.tanh(pooled) * w)
+
+    spy = mock.patch.object(_fastgrad, "_tile_sum", wraps=_fastgrad._tile_sum)
+    with spy as tile:
+        v1, g1 = jax.jit(jax.value_and_grad(_fastgrad.fast_input_grads(f)))(x)
+    assert tile.call_count == int(tiled)
+    v0, g0 = jax.value_and_grad(f)(x)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5)
+    np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-6)
+    if window == (1, 2, 2, 1):
+        assert np.all(np.asarray(g1)[:, 8, :] == 0)  # row 8 is in no tile
+
+
 def test_transforms_draw_words_like_keys():
     """``t(key, x)`` equals ``t.with_words(bits(key, (t.words,)), x)`` for built-in transforms
     and their composition; the scale and angle are picked by ``word % choices``."""
