@@ -349,6 +349,41 @@ def test_one_channel_read_computes_that_channel_only(whole_too):
     np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-6 * float(jnp.abs(g0).max()))
 
 
+def test_one_unit_of_a_dense_layer_computes_that_unit_only():
+    """A loss reading one unit of ``relu(dense(x))`` (a different unit per target under
+    ``vmap``) gets ``jax.grad``'s value and input gradient from that unit's weight column alone;
+    the layer above (the model's output, unread) does not run."""
+    from unittest import mock
+
+    from jaxinterp.actmax import _fastgrad
+
+    class Mlp(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(40, name="hidden")(x.reshape(x.shape[0], -1)))
+            self.sow("intermediates", "h", h)
+            return nn.Dense(3, name="out")(h)
+
+    model = Mlp()
+    x = jnp.asarray(RNG.rand(3, 1, 4, 5).astype(np.float32))
+    variables = model.init(jax.random.key(0), x[0])
+    leaves, tree = jax.tree.flatten(variables)
+    variables = jax.tree.unflatten(tree, [v + 0.1 * RNG.randn(*v.shape) for v in leaves])
+
+    def f(x, c):
+        _, st = model.apply(variables, x, mutable=["intermediates"])
+        return st["intermediates"]["h"][0][0, c] * 2.0 + jnp.sum(x**2)
+
+    cs = jnp.array([0, 21, 39])
+    spy = mock.patch.object(_fastgrad, "_eval_one_channel", wraps=_fastgrad._eval_one_channel)
+    with spy as one:
+        v1, g1 = jax.jit(jax.vmap(jax.value_and_grad(_fastgrad.fast_input_grads(f))))(x, cs)
+    assert one.call_count == 1
+    v0, g0 = jax.jit(jax.vmap(jax.value_and_grad(f)))(x, cs)
+    np.testing.assert_allclose(v1, v0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "stride, dilation, padding, spec",
     [

@@ -39,7 +39,8 @@ last layer's 128-channel forward and gradient were a fifth of the step (step 0.2
 computing the feature from a patch matrix; building that matrix was 9 ms of it, gone with the
 tap product: 0.199 -> 0.184 s). Activations with fewer than 16 features are left alone. (A sum
 over taps of windows times the column, elementwise, was slower: XLA made it a batched dot per
-tap, 0.227 s.)
+tap, 0.227 s.) The same holds for ``relu?(dense(x) + bias?)``: one column of the weights (a
+neuron objective on the digits CNN's hidden layer; within noise on the README job's time).
 
 A window sum over non-overlapping tiles (average pooling with window == stride, as in the
 digits CNN) is a crop, a reshape and a sum (:func:`_tile_sum`), so its gradient is a broadcast
@@ -68,6 +69,7 @@ from jax.extend.core.primitives import (
     add_p,
     conv_general_dilated_p,
     custom_jvp_call_p,
+    dot_general_p,
     dynamic_slice_p,
     jit_p,
     max_p,
@@ -162,9 +164,10 @@ def _live(jaxpr: Any) -> list[bool]:
 
 def _one_channel_reads(jaxpr: Any, live: list[bool]) -> tuple[dict[int, tuple], set[int]]:
     """Finds activations of which the loss reads one feature: ``dynamic_slice`` of size 1 on
-    the feature axis of ``relu?(conv(x, k) + bias?)``, every value on the way read by nothing
-    else. Returns ``{slice equation index: (feature axis, conv equation, chain)}`` and the
-    indices of the equations that then need not run (the convolution and its chain)."""
+    the feature axis of ``relu?(conv(x, k) + bias?)`` (or of a dense layer's ``dot_general``),
+    every value on the way read by nothing else. Returns ``{slice equation index: (feature
+    axis, conv or dot equation, chain)}`` and the indices of the equations that then need not
+    run (the convolution or product and its chain)."""
     producer: dict[Any, int] = {}
     uses: dict[Any, int] = {}
     for n, eqn in enumerate(jaxpr.eqns):
@@ -218,8 +221,29 @@ def _one_channel_reads(jaxpr: Any, live: list[bool]) -> tuple[dict[int, tuple], 
             ):
                 found[n] = (ax, e, chain[::-1])
                 skip.update(eqns + [m])
+            elif _dense(e, ax):
+                found[n] = (ax, e, chain[::-1])
+                skip.update(eqns + [m])
             break
     return found, skip
+
+
+def _dense(e: Any, ax: int) -> bool:
+    """``dot_general(x, w)`` of a dense layer: ``w`` a matrix, ``x``'s last axis contracted with
+    its first, no batch axes, the output's last axis (``ax``) ``w``'s columns."""
+    if e.primitive is not dot_general_p:
+        return False
+    (lc, rc), (lb, rb) = e.params["dimension_numbers"]
+    x, w = e.invars
+    return (
+        len(w.aval.shape) == 2
+        and tuple(rc) == (0,)
+        and tuple(lc) == (len(x.aval.shape) - 1,)
+        and not lb
+        and not rb
+        and ax == len(x.aval.shape) - 1
+        and e.params.get("preferred_element_type") in (None, e.outvars[0].aval.dtype)
+    )
 
 
 def _is_relu(e: Any) -> bool:
@@ -255,13 +279,15 @@ def _eval_one_channel(sl: Any, plan: tuple, read: Callable[[Any], Any]) -> Any:
     feature of the kernel (:func:`_one_feature`), then the bias's entry and the ReLU.
     ``dynamic_slice`` clamps the index; slicing the kernel and the bias with the same index
     clamps it the same way."""
-    ax, conv, chain = plan
-    q = conv.params
-    dn = q["dimension_numbers"]
+    ax, prod, chain = plan
+    q = prod.params
     c = read(sl.invars[1 + ax])  # the slice's start index on the feature axis
-    lhs, rhs = read(conv.invars[0]), read(conv.invars[1])
-    k = lax.dynamic_slice_in_dim(rhs, c, 1, axis=dn.rhs_spec[0])
-    y = _one_feature(lhs, k, q)
+    lhs, rhs = read(prod.invars[0]), read(prod.invars[1])
+    if prod.primitive is dot_general_p:  # a dense layer: x times the weights' one column
+        y = dot_general_p.bind(lhs, lax.dynamic_slice_in_dim(rhs, c, 1, axis=1), **q)
+    else:
+        k = lax.dynamic_slice_in_dim(rhs, c, 1, axis=q["dimension_numbers"].rhs_spec[0])
+        y = _one_feature(lhs, k, q)
     for kind, other, side in chain:
         if kind == "relu":
             y = jax.nn.relu(y)
