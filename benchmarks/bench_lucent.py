@@ -142,9 +142,10 @@ def ascent_flops(layers: list[tuple[int, int, int, int]], dense: list[tuple[int,
     return 2 * fwd
 
 
-README_FLOPS = ascent_flops([(81, 9, 1, 8), (81, 9, 8, 16)], [(256, 64)])  # 9x9 inputs seen
-# the last layer: the one channel the objective reads (jaxinterp computes only that one, see
-# jaxinterp.actmax._fastgrad; counting all 128 would credit it with FLOPs it does not do)
+# the layer the objective reads: only its one unit / channel (jaxinterp computes only that
+# one, see jaxinterp.actmax._fastgrad; counting them all would credit it with FLOPs it does
+# not do)
+README_FLOPS = ascent_flops([(81, 9, 1, 8), (81, 9, 8, 16)], [(256, 1)])  # 9x9 inputs seen
 BIG_FLOPS = ascent_flops(
     [(32 * 32, 9, 3, 64), (16 * 16, 9, 64, 64), (8 * 8, 9, 64, 128), (8 * 8, 9, 128, 1)], []
 )
