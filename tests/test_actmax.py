@@ -288,3 +288,52 @@ def test_same_configuration_compiles_once(cnn):
         jnp.arange(4), param=actmax.pixel((8, 8, 1)), steps=3,
     )  # fmt: skip
     assert call3.values.shape == (4,) and size() == before + 1
+
+
+def test_automatic_chunks_on_cpu_for_small_models_with_large_activations(cnn):
+    """``chunk_size=None`` on CPU: a small model whose targets' activations together pass
+    8 MB runs them a few at a time (the largest divisor of the target count with at most 1 MB
+    of its largest activation per chunk), with the results of running them all at once; the
+    digits CNN (5 KB per target) and models over 16 MB are not chunked."""
+    import flax.linen as nn
+
+    from jaxinterp._keys import static
+    from jaxinterp.actmax import _maximize
+
+    class Wide(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            a = nn.relu(nn.Conv(32, (3, 3), name="conv")(x))  # [1, 64, 64, 32]: 512 KB
+            self.sow("intermediates", "a", a)
+            return a.mean((1, 2))
+
+    model = Wide()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    param = actmax.pixel((64, 64, 3))
+    seen = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+
+    def auto(n, model=model, variables=variables, param=param, seen=seen):
+        return _maximize._auto_chunk(static(model), variables, None, param, seen, n)
+
+    assert auto(12) is None  # 12 x 512 KB = 6 MB: all at once
+    assert auto(24) == 2  # 12 MB: 2 per chunk (1 MB)
+    assert auto(17) == 1  # 8.5 MB, 17 is prime: one at a time, no remainder program
+    big = {"params": {"w": jnp.zeros((5 << 20,), jnp.float32)}}  # 20 MB of variables
+    assert _maximize._auto_chunk(static(model), big, None, param, seen, 24) is None
+    digits = jax.ShapeDtypeStruct((1, 9, 9, 1), jnp.float32)
+    assert auto(64, cnn.model, cnn.variables, actmax.pixel((8, 8, 1)), digits) is None
+
+    def job(**kw):
+        return actmax.maximize(
+            jax.random.key(1), model, variables, lambda c: actmax.channel("conv", c),
+            jnp.arange(24) % 32, param=param, steps=3, **kw,
+        )  # fmt: skip
+
+    ref = job(chunk_size=24)  # one chunk: all at once
+    calls, real = [], _maximize.chunked
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_maximize, "chunked", lambda f, c: calls.append(c) or real(f, c))
+        got = job()
+    assert calls == [2]
+    np.testing.assert_allclose(got.values, ref.values, rtol=1e-5)
+    np.testing.assert_allclose(got.inputs, ref.inputs, rtol=1e-5, atol=1e-6)
