@@ -320,6 +320,8 @@ def test_automatic_chunks_on_cpu_for_small_models_with_large_activations(cnn):
     assert auto(17) == 1  # 8.5 MB, 17 is prime: one at a time, no remainder program
     big = {"params": {"w": jnp.zeros((5 << 20,), jnp.float32)}}  # 20 MB of variables
     assert _maximize._auto_chunk(static(model), big, None, param, seen, 24) is None
+    scalar = {**variables, "consts": {"s": 2.0}}  # a Python scalar leaf: read by value
+    assert _maximize._auto_chunk(static(model), scalar, None, param, seen, 24) == 2
     digits = jax.ShapeDtypeStruct((1, 9, 9, 1), jnp.float32)
     assert auto(64, cnn.model, cnn.variables, actmax.pixel((8, 8, 1)), digits) is None
 
@@ -337,3 +339,33 @@ def test_automatic_chunks_on_cpu_for_small_models_with_large_activations(cnn):
     assert calls == [2]
     np.testing.assert_allclose(got.values, ref.values, rtol=1e-5)
     np.testing.assert_allclose(got.inputs, ref.inputs, rtol=1e-5, atol=1e-6)
+
+
+def test_automatic_chunks_for_an_nnx_model_with_rng_streams():
+    """An nnx model holding PRNG-key state (``nnx.Dropout(rngs=...)``) is sized and chunked
+    like any other, with the results of one chunk of all targets."""
+    from flax import nnx
+
+    from jaxinterp.actmax import _maximize
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 32, (3, 3), rngs=rngs)
+            self.drop = nnx.Dropout(0.0, rngs=rngs)
+
+        def __call__(self, x):
+            return self.drop(jax.nn.relu(self.conv(x))).mean((1, 2))
+
+    net = Net(nnx.Rngs(0))
+    graphdef, state = nnx.split(net)
+    seen = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    param = actmax.pixel((64, 64, 3))
+    assert _maximize._auto_chunk(("nnx", graphdef), state, None, param, seen, 24) == 2
+
+    def job(**kw):
+        return actmax.maximize(
+            jax.random.key(1), net, None, lambda c: actmax.channel("conv", c),
+            jnp.arange(24) % 32, param=param, steps=2, **kw,
+        )  # fmt: skip
+
+    np.testing.assert_allclose(job().values, job(chunk_size=24).values, rtol=1e-5)

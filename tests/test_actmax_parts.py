@@ -326,7 +326,7 @@ def test_one_channel_read_computes_that_channel_only(whole_too):
     from jaxinterp.actmax import _fastgrad
 
     model = _ConvStack()
-    x = jnp.asarray(RNG.rand(3, 1, 12, 12, 5).astype(np.float32))
+    x = jnp.asarray(RNG.rand(4, 1, 12, 12, 5).astype(np.float32))
     variables = model.init(jax.random.key(0), x[0])
     leaves, tree = jax.tree.flatten(variables)  # biases start at zero: give them values
     noise = [0.1 * RNG.randn(*np.shape(v)).astype(np.float32) for v in leaves]
@@ -338,7 +338,7 @@ def test_one_channel_read_computes_that_channel_only(whole_too):
         value = b[..., c].mean() + jnp.sin(st["intermediates"]["a"][0][..., 3]).sum()
         return value + (0.01 * jnp.sum(b**2) if whole_too else 0.0)
 
-    cs = jnp.array([0, 17, 31])
+    cs = jnp.array([0, 17, 31, -45])  # -45: wrapped once by indexing to -13, clamped to 0
     spy = mock.patch.object(_fastgrad, "_eval_one_channel", wraps=_fastgrad._eval_one_channel)
     with spy as one:
         v1, g1 = jax.jit(jax.vmap(jax.value_and_grad(_fastgrad.fast_input_grads(f))))(x, cs)
@@ -365,16 +365,18 @@ def test_one_unit_of_a_dense_layer_computes_that_unit_only():
             return nn.Dense(3, name="out")(h)
 
     model = Mlp()
-    x = jnp.asarray(RNG.rand(3, 1, 4, 5).astype(np.float32))
+    x = jnp.asarray(RNG.rand(4, 1, 4, 5).astype(np.float32))
     variables = model.init(jax.random.key(0), x[0])
     leaves, tree = jax.tree.flatten(variables)
     variables = jax.tree.unflatten(tree, [v + 0.1 * RNG.randn(*v.shape) for v in leaves])
+    hidden = variables["params"]["hidden"]
+    variables["params"]["hidden"] = {**hidden, "bias": hidden["bias"] + 1.0}  # all units on
 
     def f(x, c):
         _, st = model.apply(variables, x, mutable=["intermediates"])
         return st["intermediates"]["h"][0][0, c] * 2.0 + jnp.sum(x**2)
 
-    cs = jnp.array([0, 21, 39])
+    cs = jnp.array([0, 21, 39, -50])  # -50: wrapped once by indexing to -10, clamped to 0
     spy = mock.patch.object(_fastgrad, "_eval_one_channel", wraps=_fastgrad._eval_one_channel)
     with spy as one:
         v1, g1 = jax.jit(jax.vmap(jax.value_and_grad(_fastgrad.fast_input_grads(f))))(x, cs)
@@ -457,6 +459,11 @@ def test_tiled_window_sum_matches_jax(window, strides, tiled):
     np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-6)
     if window == (1, 2, 2, 1):
         assert np.all(np.asarray(g1)[:, 8, :] == 0)  # row 8 is in no tile
+    small = jnp.full((1, 8, 8, 1), 100, jnp.int8)  # int8 sums stay int8 (wrap around as XLA's)
+    pool = lambda x: jax.lax.reduce_window(x, 0, jax.lax.add, window, strides, "VALID")  # noqa: E731
+    want, got = pool(small), _fastgrad.fast_input_grads(pool)(small)
+    assert got.dtype == want.dtype == jnp.int8
+    np.testing.assert_array_equal(got, want)
 
 
 def test_transforms_draw_words_like_keys():

@@ -145,7 +145,7 @@ def _tile_sum(x, window):
     n = [d // w for d, w in zip(x.shape, window)]
     x = x[tuple(slice(0, k * w) for k, w in zip(n, window))]
     x = x.reshape([v for k, w in zip(n, window) for v in (k, w)])
-    return x.sum(tuple(range(1, 2 * len(n), 2)))
+    return x.sum(tuple(range(1, 2 * len(n), 2)), dtype=x.dtype)  # int8 stays int8
 
 
 def _live(jaxpr: Any) -> list[bool]:
@@ -283,18 +283,21 @@ def _eval_one_channel(sl: Any, plan: tuple, read: Callable[[Any], Any]) -> Any:
     q = prod.params
     c = read(sl.invars[1 + ax])  # the slice's start index on the feature axis
     lhs, rhs = read(prod.invars[0]), read(prod.invars[1])
+    # c is the start index as the slice got it (negative ones already wrapped by JAX's
+    # indexing): clamp it as dynamic_slice does, never wrap it a second time
+    one = functools.partial(lax.dynamic_slice_in_dim, start_index=c, slice_size=1,
+                            allow_negative_indices=False)  # fmt: skip
     if prod.primitive is dot_general_p:  # a dense layer: x times the weights' one column
-        y = dot_general_p.bind(lhs, lax.dynamic_slice_in_dim(rhs, c, 1, axis=1), **q)
+        y = dot_general_p.bind(lhs, one(rhs, axis=1), **q)
     else:
-        k = lax.dynamic_slice_in_dim(rhs, c, 1, axis=q["dimension_numbers"].rhs_spec[0])
-        y = _one_feature(lhs, k, q)
+        y = _one_feature(lhs, one(rhs, axis=q["dimension_numbers"].rhs_spec[0]), q)
     for kind, other, side in chain:
         if kind == "relu":
             y = jax.nn.relu(y)
         else:
             b = read(other)
             if jnp.ndim(b) and b.shape[ax] > 1:
-                b = lax.dynamic_slice_in_dim(b, c, 1, axis=ax)
+                b = one(b, axis=ax)
             y = y + b if side == 0 else b + y
     return y
 

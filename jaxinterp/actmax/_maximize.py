@@ -607,11 +607,18 @@ def _auto_chunk(model_key, variables, method, param, seen, n: int) -> int | None
     largest activation."""
     if n < 2 or jax.default_backend() != "cpu":
         return None
-    leaves = jax.tree.leaves(variables)
-    if sum(np.prod(np.shape(v)) * jnp.dtype(v.dtype).itemsize for v in leaves) > _CHUNK_MAX_PARAMS:
+    # arrays (numbers or PRNG keys) by shape and dtype; anything else (a Python scalar in the
+    # variables) by value, passed to the forward as it is
+    spec, total = [], 0
+    for v in jax.tree.leaves(variables):
+        if hasattr(v, "shape") and hasattr(v, "dtype"):
+            spec.append((tuple(v.shape), v.dtype))
+            total += int(np.prod(v.shape)) * v.dtype.itemsize
+        else:
+            spec.append(static(v))
+    if total > _CHUNK_MAX_PARAMS:
         return None
-    shapes = tuple((tuple(np.shape(v)), str(jnp.dtype(v.dtype))) for v in leaves)
-    peak = _peak_bytes(model_key, jax.tree.structure(variables), shapes, static(method),
+    peak = _peak_bytes(model_key, jax.tree.structure(variables), tuple(spec), static(method),
                        static(param), tuple(seen.shape))  # fmt: skip
     if peak == 0 or n * peak <= _CHUNK_MIN_TOTAL:
         return None
@@ -621,15 +628,21 @@ def _auto_chunk(model_key, variables, method, param, seen, n: int) -> int | None
 
 
 @functools.lru_cache(maxsize=64)
-def _peak_bytes(model_key, treedef, shapes, method, param, seen_shape) -> int:
-    """Bytes of the largest value in one target's forward pass (a shape-only trace)."""
-    variables = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in shapes])
+def _peak_bytes(model_key, treedef, spec, method, param, seen_shape) -> int:
+    """Bytes of the largest value in one target's forward pass (a shape-only trace); 0 when
+    that trace fails (chunking is only a speed choice; the real run reports the error)."""
+    arrays = [jax.ShapeDtypeStruct(*a) for a in spec if isinstance(a, tuple)]
 
-    def forward(x, variables):
-        m, v = _model_of(model_key, variables)
+    def forward(x, arrays):
+        it = iter(arrays)
+        leaves = [next(it) if isinstance(a, tuple) else unwrap(a) for a in spec]
+        m, v = _model_of(model_key, jax.tree.unflatten(treedef, leaves))
         return feed_forward(m, v, (), unwrap(method), unwrap(param), x)
 
-    jaxpr = jax.make_jaxpr(forward)(jax.ShapeDtypeStruct(seen_shape, jnp.float32), variables)
+    try:
+        jaxpr = jax.make_jaxpr(forward)(jax.ShapeDtypeStruct(seen_shape, jnp.float32), arrays)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return 0
     peak = 0
 
     def walk(j):
