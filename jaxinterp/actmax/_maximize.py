@@ -279,9 +279,11 @@ def maximize(
       init: starting inputs ``[target, batch, ...]`` (mapped to parameters with
         ``param.invert``); default: ``param.init`` noise.
       chunk_size: targets vmapped at a time (memory budget). ``None``: all at once, except on
-        CPU for a small model with large activations (see :func:`_auto_chunk`): there the
-        targets go a few at a time, so each step's activations stay in cache (the bigger
-        convnet of ``benchmarks/bench_lucent.py``: ~25% less time per step).
+        CPU for a model with at most 16 MB of variables whose targets' largest activations
+        together pass 8 MB: there the targets go a few at a time (the largest divisor of their
+        number with at most 1 MB of that activation per chunk), so each step's activations
+        stay in cache (the bigger convnet of ``benchmarks/bench_lucent.py``: ~30% less time
+        per step). The choice depends on shapes only; the results are those of one chunk.
       mesh: split the targets over this device mesh (results are the same).
       method: the model method to run: a name, or a function ``(model, *args)`` (linen and
         nnx alike), e.g. ``lambda m, ids: m(ids, mask, positions)`` to fill in other inputs.
