@@ -210,22 +210,26 @@ def _one_channel_reads(jaxpr: Any, live: list[bool]) -> tuple[dict[int, tuple], 
                 eqns.append(m)
                 v = e.invars[side]
                 continue
-            if (
-                e.primitive is conv_general_dilated_p
-                and e.params["dimension_numbers"].out_spec[1] == ax
-                and len(v.aval.shape) == 4
-                and e.params["feature_group_count"] == 1
-                and e.params["batch_group_count"] == 1
-                and all(d == 1 for d in e.params["lhs_dilation"])
-                and e.params["preferred_element_type"] is None
-            ):
-                found[n] = (ax, e, chain[::-1])
-                skip.update(eqns + [m])
-            elif _dense(e, ax):
+            if _conv_2d(e, ax) or _dense(e, ax):
                 found[n] = (ax, e, chain[::-1])
                 skip.update(eqns + [m])
             break
     return found, skip
+
+
+def _conv_2d(e: Any, ax: int) -> bool:
+    """A plain 2-D ``conv_general_dilated`` (no groups, no input dilation) whose output
+    feature axis is ``ax``."""
+    q = e.params
+    return (
+        e.primitive is conv_general_dilated_p
+        and q["dimension_numbers"].out_spec[1] == ax
+        and len(e.outvars[0].aval.shape) == 4
+        and q["feature_group_count"] == 1
+        and q["batch_group_count"] == 1
+        and all(d == 1 for d in q["lhs_dilation"])
+        and q["preferred_element_type"] is None
+    )
 
 
 def _dense(e: Any, ax: int) -> bool:
