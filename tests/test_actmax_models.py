@@ -186,3 +186,34 @@ def test_fast_conv_gradients_on_hf_flax_resnet():
     np.testing.assert_allclose(v1, v0, rtol=1e-5)
     scale = float(jnp.abs(g0).max())
     np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_automatic_chunks_on_hf_flax_resnet():
+    """Automatic chunking on CPU on a model we did not write: Hugging Face's Flax ResNet at
+    128x128 (a [64, 64, 32] stem activation, 512 KB per target, 12 MB for 24 targets) runs 2
+    targets at a time, with the values of one chunk of all 24 and the model's own logits."""
+    from transformers import FlaxResNetForImageClassification, ResNetConfig
+
+    from jaxinterp.actmax import _maximize
+
+    cfg = ResNetConfig(
+        num_channels=3, embedding_size=32, hidden_sizes=[32, 64], depths=[1, 1],
+        layer_type="basic", downsample_in_first_stage=False, num_labels=4,
+    )  # fmt: skip
+    m = FlaxResNetForImageClassification(cfg, seed=0)
+    units = jnp.arange(24) % 4
+
+    def job(**kw):
+        return actmax.maximize(
+            jax.random.key(3), m.module, dict(m.params), actmax.class_logit, units,
+            param=actmax.pixel((128, 128, 3), value_range=(-1.0, 1.0)), steps=3, **kw,
+        )  # fmt: skip
+
+    calls, real = [], _maximize.chunked
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_maximize, "chunked", lambda f, c: calls.append(c) or real(f, c))
+        got = job()
+    assert calls == [2]
+    np.testing.assert_allclose(got.values, job(chunk_size=24).values, rtol=1e-5, atol=1e-6)
+    logits = m(jnp.transpose(got.inputs[:, 0], (0, 3, 1, 2))).logits  # HF's wrapper: NCHW
+    np.testing.assert_allclose(got.values, logits[jnp.arange(24), units], rtol=1e-4, atol=1e-5)
