@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import jaxinterp.models as zoo
-from jaxinterp.circuits._attribution import (
+from jaxinterp.circuits import (
     AttributionGraph,
     Transcoder,
     attribution_graph,
@@ -34,7 +34,7 @@ from jaxinterp.interventions import capture_sites
 def _setup(n_layers):
     cfg = zoo.DecoderConfig(
         family="gpt2", vocab_size=32, d_model=16, n_layers=n_layers, n_heads=2, n_kv_heads=2,
-        d_head=8, d_mlp=24, max_positions=8, qkv_bias=True, o_bias=True, mlp_bias=True,
+        d_head=8, d_mlp=16, max_positions=8, qkv_bias=True, o_bias=True, mlp_bias=True,
         tie_embeddings=True, mlp_act="gelu_tanh",
     )  # fmt: skip
     model = zoo.Decoder(cfg)
