@@ -234,20 +234,24 @@ def eap_ig(
 
 
 def _patched_metrics(model, variables, graph, clean, corrupted, metric, masks, chunk, kwargs):
+    """``metric(patched) - metric(clean)`` per set; ``masks`` ``[set, edge]``, or ``None``
+    for every single edge (``[edge]`` results, without an ``[edge, edge]`` identity)."""
     out_c, a_clean = _senders(model, variables, graph, clean, kwargs)
     out_x, a_corr = _senders(model, variables, graph, corrupted, kwargs)
     m_clean, m_corr = _scalar(metric, out_c), _scalar(metric, out_x)
     n_recv = len(graph.receivers)
     u, v = jnp.asarray(graph.sender), jnp.asarray(graph.receiver)
 
-    def one(mask):  # [edge] weights -> metric
-        w = jnp.zeros((a_corr.shape[0], n_recv), a_corr.dtype).at[u, v].add(mask)
+    def one(sel):  # [edge] weights, or one edge's index -> metric
+        w = jnp.zeros((a_corr.shape[0], n_recv), a_corr.dtype)
+        w = w.at[u, v].add(sel) if masks is not None else w.at[u[sel], v[sel]].set(1.0)
         out, _ = rewired_forward(
             model, variables, graph.layout, clean, corrupted=a_corr, weights=w, kwargs=kwargs
         )
         return _scalar(metric, out)
 
-    vals = jax.lax.map(one, masks, batch_size=min(chunk, masks.shape[0]))
+    xs = masks if masks is not None else jnp.arange(len(graph.sender))
+    vals = jax.lax.map(one, xs, batch_size=min(chunk, xs.shape[0]))
     return vals - m_clean, m_clean, m_corr
 
 
@@ -295,11 +299,10 @@ def edge_patching(
     """
     _check(graph, clean, corrupted, metric, model, variables)
     chunk = check_int(chunk, "chunk", lo=1)
-    masks = jnp.eye(len(graph.sender), dtype=jnp.float32)
 
     def run(variables, clean, corrupted):
         vals, mc, mx = _patched_metrics(
-            model, variables, graph, clean, corrupted, metric, masks, chunk, kwargs
+            model, variables, graph, clean, corrupted, metric, None, chunk, kwargs
         )
         return EdgeScores(vals, mc, mx)
 
