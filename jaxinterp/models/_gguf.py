@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -344,7 +345,11 @@ def _decoder(reader: Any, meta: dict[str, Any], dtype: Any) -> LoadedDecoder:
         raise ValueError(
             f"path: token_embd has {rows} rows but the vocabulary has {cfg.vocab_size} tokens"
         )
-    return LoadedDecoder(Decoder(cfg), decoder_params_from_hf(tensors, cfg, dtype), cfg)
+    variables = decoder_params_from_hf(tensors, cfg, jnp.float32)
+    if jnp.dtype(dtype) != jnp.float32:  # cast on the host: no XLA program per weight shape
+        dt = jnp.dtype(dtype)
+        variables = jax.tree.map(lambda a: jnp.asarray(np.asarray(a).astype(dt)), variables)
+    return LoadedDecoder(Decoder(cfg), variables, cfg)
 
 
 # ---------------------------------------------------------------- tokenizer and chat template
