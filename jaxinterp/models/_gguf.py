@@ -16,7 +16,7 @@ checkpoint:
 * **Rows of q and k.** llama.cpp's converter permutes the rows of each head of ``q_proj`` and
   ``k_proj`` (and their biases) from Hugging Face's rotate-half RoPE layout (the first half of
   the head's dimensions paired with the second half) to llama.cpp's interleaved pairs
-  (dimension ``2i`` with ``2i + 1``). :func:`_unpermute` undoes it: within each head, row
+  (dimension ``2i`` with ``2i + 1``). ``_unpermute`` undoes it: within each head, row
   ``2i + j`` of the GGUF tensor is row ``j * d_head / 2 + i`` of the Hugging Face one.
 * **Nothing is dropped silently.** A metadata key of the architecture that this loader does
   not know (e.g. a RoPE scaling type, MoE experts), a tensor the model does not use
@@ -373,15 +373,21 @@ def _chatml(messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> 
 class GGUFTokenizer(BPETokenizer):
     """A :class:`BPETokenizer` built from a GGUF file's metadata, with its chat template.
 
-    Attributes:
-      bos_id, eos_id, pad_id: the special token ids the file names (``None`` where absent).
-      chat_template: the Jinja template string (``None`` where the file has none).
+    ``bos_id``, ``eos_id``, ``pad_id`` are the special token ids the file names and
+    ``chat_template`` its Jinja template string (each ``None`` where the file has none).
     """
 
-    bos_id: int | None
-    eos_id: int | None
-    pad_id: int | None
-    chat_template: str | None
+    def __init__(
+        self,
+        spec: dict,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        pad_id: int | None = None,
+        chat_template: str | None = None,
+    ) -> None:
+        super().__init__(spec)
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.chat_template = chat_template
 
     def apply_chat_template(
         self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
@@ -397,7 +403,7 @@ class GGUFTokenizer(BPETokenizer):
           add_generation_prompt: end with the header of the assistant's turn.
 
         Returns:
-          The prompt text; :meth:`encode` turns its special tokens into their ids.
+          The prompt text; ``encode`` turns its special tokens into their ids.
 
         Raises:
           ValueError: the file has no chat template, or a message lacks a role or content.
@@ -495,12 +501,14 @@ def _tokenizer_spec(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tokenizer_from_meta(meta: dict[str, Any]) -> GGUFTokenizer:
-    tok = GGUFTokenizer(_tokenizer_spec(meta))
-    for attr, key in (("bos_id", "bos"), ("eos_id", "eos"), ("pad_id", "padding")):
+    ids = {}
+    for key in ("bos", "eos", "padding"):
         v = meta.get(f"tokenizer.ggml.{key}_token_id")
-        setattr(tok, attr, None if v is None else int(v))
-    tok.chat_template = meta.get("tokenizer.chat_template")
-    return tok
+        ids[key] = None if v is None else int(v)
+    return GGUFTokenizer(
+        _tokenizer_spec(meta), ids["bos"], ids["eos"], ids["padding"],
+        meta.get("tokenizer.chat_template"),
+    )  # fmt: skip
 
 
 def load_gguf_tokenizer(path: str | Path) -> GGUFTokenizer:
