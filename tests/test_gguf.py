@@ -350,6 +350,10 @@ def test_smollm2_tokenizer_matches_hf(smollm2, ref):
         assert tok.decode(hf[1:]) == str(prompt).replace("<|im_start|>", "").replace(
             "<|im_end|>", ""
         )  # special tokens are skipped when decoding
+    # whitespace runs, non-ASCII letters and digits, emoji, special tokens inside text
+    for text, ids, n in zip(ref["texts"], ref["text_ids"], ref["text_lengths"]):
+        assert tok.encode(str(text)) == ids[1:n].tolist(), str(text)
+    assert tok.decode(tok.encode(str(ref["texts"][1]))) == str(ref["texts"][1])
     assert (tok.eos_id, tok.pad_id) == (2, 2)
 
 
