@@ -150,7 +150,8 @@ def _reader(path: str | Path) -> Any:
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path: expected a str or Path, got {type(path).__name__}")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"path: expected a .gguf file, {path} does not exist")
+        what = "is not a file" if Path(path).exists() else "does not exist"
+        raise FileNotFoundError(f"path: expected a .gguf file, {path} {what}")
     try:
         return _reader_class()(str(path))
     except (ValueError, OSError, KeyError) as e:
@@ -213,9 +214,19 @@ def _hf_config(meta: dict[str, Any], names: set[str], n_tokens: int | None) -> d
             f"path: GGUF metadata {', '.join('llama.' + k for k in unknown)} is not supported "
             "(it may change the model's maths; refusing rather than ignoring it)"
         )
-    for key in ("block_count", "embedding_length", "feed_forward_length", "attention.head_count"):
+    required = (
+        "block_count",
+        "embedding_length",
+        "feed_forward_length",
+        "attention.head_count",
+        "attention.layer_norm_rms_epsilon",
+    )
+    for key in required:
         if key not in llama:
             raise ValueError(f"path: GGUF metadata lacks llama.{key}")
+    for key, value in llama.items():
+        if isinstance(value, list):  # e.g. per-layer head counts (OpenELM-style files)
+            raise ValueError(f"path: llama.{key} has one value per layer; not supported")
     d, h = int(llama["embedding_length"]), int(llama["attention.head_count"])
     kvh = int(llama.get("attention.head_count_kv", h))
     dk = int(llama.get("attention.key_length", d // h))
@@ -254,7 +265,7 @@ def _hf_config(meta: dict[str, Any], names: set[str], n_tokens: int | None) -> d
         "num_key_value_heads": kvh,
         "head_dim": dk,
         "max_position_embeddings": int(llama.get("context_length", 2048)),
-        "rms_norm_eps": float(llama.get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rms_norm_eps": float(llama["attention.layer_norm_rms_epsilon"]),
         "rope_theta": float(llama.get("rope.freq_base", 10000.0)),
         "rope_scaling": scaling,
         "attention_bias": all(f"blk.{i}.attn_q.bias" in names for i in range(n)),
