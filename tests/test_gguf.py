@@ -319,6 +319,8 @@ def test_missing_files():
         load_gguf(Path(__file__).parent)
     with pytest.raises(TypeError, match="path: expected a str or Path"):
         load_gguf(3)
+    with pytest.raises(ValueError, match="dtype: expected a floating dtype, got int32"):
+        load_gguf("/no/such.gguf", jnp.int32)
 
 
 # ---------------------------------------------------------------- SmolLM2 vs transformers

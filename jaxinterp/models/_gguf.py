@@ -328,6 +328,8 @@ def load_gguf(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
     ...
     FileNotFoundError: path: expected a .gguf file, /no/such/model.gguf does not exist
     """
+    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise ValueError(f"dtype: expected a floating dtype, got {jnp.dtype(dtype).name}")
     reader = _reader(path)
     return _decoder(reader, _fields(reader), dtype)
 
@@ -351,10 +353,11 @@ def _decoder(reader: Any, meta: dict[str, Any], dtype: Any) -> LoadedDecoder:
         elif ".attn_k." in t.name:
             w = _unpermute(w, kvh)
         tensors[hf] = w
-    rows = tensors["model.embed_tokens.weight"].shape[0] if tensors else None
-    if rows is not None and rows != cfg.vocab_size:
+    embed = tensors.get("model.embed_tokens.weight")
+    if embed is not None and embed.shape[0] != cfg.vocab_size:
         raise ValueError(
-            f"path: token_embd has {rows} rows but the vocabulary has {cfg.vocab_size} tokens"
+            f"path: token_embd has {embed.shape[0]} rows but the vocabulary has "
+            f"{cfg.vocab_size} tokens"
         )
     variables = decoder_params_from_hf(tensors, cfg, jnp.float32)
     if jnp.dtype(dtype) != jnp.float32:  # cast on the host: no XLA program per weight shape
