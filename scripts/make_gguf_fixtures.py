@@ -29,6 +29,8 @@ to ``S`` tokens (``lengths [P]`` real tokens each; each prompt is run alone, no 
   embedding output, ``i`` the stream after block ``i - 1``, the last one after the final norm).
 * ``attn_layers [A]``, ``attn [P, A, head, S, S]``: attention probabilities.
 * ``greedy [P, N]``: ``N`` greedy tokens (argmax of a full forward each step, no EOS stop).
+* ``texts [T]`` (str), ``text_ids [T, L]`` / ``text_lengths [T]``: transformers' ids of more
+  texts (tokenizer only; with its BOS).
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ PROMPTS = [
     "1 2 3 4 5 6 7 8",
 ]
 MESSAGES = [{"role": "user", "content": "What is 2+2?"}]
+# tokenizer-only texts: whitespace runs, non-ASCII letters and digits, emoji, special tokens
+TEXTS = [
+    "  leading spaces\n\n\tand café",
+    "naïve 北京 🙂 Ünïcödé",
+    "x=1234567;y=0.5e-3 ٣٤ ²",
+    "<|im_end|>text<|im_start|>user\n<file_sep>",
+    "don't I'LL we've   trailing   ",
+]
 HIDDEN_LAYERS = [0, 1, 15, 30]
 ATTN_LAYERS = [0, 14, 29]
 N_GREEDY = 8
@@ -91,6 +101,12 @@ def main() -> None:
         "attn": np.zeros((P, len(ATTN_LAYERS), model.config.num_attention_heads, S, S), np.float32),
         "greedy": np.zeros((P, N_GREEDY), np.int32),
     }
+    text_ids = [tok(t)["input_ids"] for t in TEXTS]
+    out["texts"] = np.array(TEXTS)
+    out["text_lengths"] = np.array([len(x) for x in text_ids], np.int32)
+    out["text_ids"] = np.zeros((len(TEXTS), max(map(len, text_ids))), np.int32)
+    for i, x in enumerate(text_ids):
+        out["text_ids"][i, : len(x)] = x
     with torch.no_grad():
         for i, x in enumerate(ids):
             n = len(x)

@@ -198,7 +198,7 @@ def _hf_tensors(rng: np.random.Generator, bias: bool, tied: bool) -> dict[str, n
     return {k: v.astype(np.float32) for k, v in t.items()}
 
 
-def _write(path, tensors, *, arch="llama", meta=None, quant=None, extra=None):
+def _write(path, tensors, *, arch="llama", meta=None, quant=None, extra=None, no_eps=False):
     """A GGUF file of HF-layout ``tensors`` (q/k permuted; ``quant`` {gguf name: type})."""
     c = _CFG
     w = gguf.GGUFWriter(str(path), arch)
@@ -208,7 +208,8 @@ def _write(path, tensors, *, arch="llama", meta=None, quant=None, extra=None):
     w.add_feed_forward_length(c["mlp"])
     w.add_head_count(c["h"])
     w.add_head_count_kv(c["kvh"])
-    w.add_layer_norm_rms_eps(1e-5)
+    if not no_eps:
+        w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(500.0)
     w.add_vocab_size(c["vocab"])
     for key, value in (meta or {}).items():
@@ -281,6 +282,8 @@ def test_quantized_tensors_and_bf16(tmp_path):
         ({"meta": {"llama.expert_count": 4.0}}, "llama.expert_count is not supported"),
         ({"meta": {"llama.rope.scaling.type": "yarn"}}, "scaling.type 'yarn' is not supported"),
         ({"extra": {"rope_freqs.weight": np.ones(4, np.float32)}}, "'rope_freqs.weight'"),
+        ({"extra": {"blk.2.ffn_up.weight": np.ones((4, 4), np.float32)}}, "'blk.2.ffn_up"),
+        ({"no_eps": True}, "lacks llama.attention.layer_norm_rms_epsilon"),
         ({"quant": {"blk.0.ffn_up.weight": "IQ4_NL"}}, "'IQ4_NL' is not supported"),
     ],
 )
@@ -312,8 +315,12 @@ def test_tokenizer_refusals():
 def test_missing_files():
     with pytest.raises(FileNotFoundError, match="expected a .gguf file"):
         load_gguf_tokenizer("/no/such.gguf")
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        load_gguf(Path(__file__).parent)
     with pytest.raises(TypeError, match="path: expected a str or Path"):
         load_gguf(3)
+    with pytest.raises(ValueError, match="dtype: expected a floating dtype, got int32"):
+        load_gguf("/no/such.gguf", jnp.int32)
 
 
 # ---------------------------------------------------------------- SmolLM2 vs transformers
@@ -350,6 +357,10 @@ def test_smollm2_tokenizer_matches_hf(smollm2, ref):
         assert tok.decode(hf[1:]) == str(prompt).replace("<|im_start|>", "").replace(
             "<|im_end|>", ""
         )  # special tokens are skipped when decoding
+    # whitespace runs, non-ASCII letters and digits, emoji, special tokens inside text
+    for text, ids, n in zip(ref["texts"], ref["text_ids"], ref["text_lengths"]):
+        assert tok.encode(str(text)) == ids[1:n].tolist(), str(text)
+    assert tok.decode(tok.encode(str(ref["texts"][1]))) == str(ref["texts"][1])
     assert (tok.eos_id, tok.pad_id) == (2, 2)
 
 

@@ -16,7 +16,7 @@ checkpoint:
 * **Rows of q and k.** llama.cpp's converter permutes the rows of each head of ``q_proj`` and
   ``k_proj`` (and their biases) from Hugging Face's rotate-half RoPE layout (the first half of
   the head's dimensions paired with the second half) to llama.cpp's interleaved pairs
-  (dimension ``2i`` with ``2i + 1``). :func:`_unpermute` undoes it: within each head, row
+  (dimension ``2i`` with ``2i + 1``). ``_unpermute`` undoes it: within each head, row
   ``2i + j`` of the GGUF tensor is row ``j * d_head / 2 + i`` of the Hugging Face one.
 * **Nothing is dropped silently.** A metadata key of the architecture that this loader does
   not know (e.g. a RoPE scaling type, MoE experts), a tensor the model does not use
@@ -150,7 +150,8 @@ def _reader(path: str | Path) -> Any:
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path: expected a str or Path, got {type(path).__name__}")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"path: expected a .gguf file, {path} does not exist")
+        what = "is not a file" if Path(path).exists() else "does not exist"
+        raise FileNotFoundError(f"path: expected a .gguf file, {path} {what}")
     try:
         return _reader_class()(str(path))
     except (ValueError, OSError, KeyError) as e:
@@ -213,9 +214,19 @@ def _hf_config(meta: dict[str, Any], names: set[str], n_tokens: int | None) -> d
             f"path: GGUF metadata {', '.join('llama.' + k for k in unknown)} is not supported "
             "(it may change the model's maths; refusing rather than ignoring it)"
         )
-    for key in ("block_count", "embedding_length", "feed_forward_length", "attention.head_count"):
+    required = (
+        "block_count",
+        "embedding_length",
+        "feed_forward_length",
+        "attention.head_count",
+        "attention.layer_norm_rms_epsilon",
+    )
+    for key in required:
         if key not in llama:
             raise ValueError(f"path: GGUF metadata lacks llama.{key}")
+    for key, value in llama.items():
+        if isinstance(value, list):  # e.g. per-layer head counts (OpenELM-style files)
+            raise ValueError(f"path: llama.{key} has one value per layer; not supported")
     d, h = int(llama["embedding_length"]), int(llama["attention.head_count"])
     kvh = int(llama.get("attention.head_count_kv", h))
     dk = int(llama.get("attention.key_length", d // h))
@@ -254,7 +265,7 @@ def _hf_config(meta: dict[str, Any], names: set[str], n_tokens: int | None) -> d
         "num_key_value_heads": kvh,
         "head_dim": dk,
         "max_position_embeddings": int(llama.get("context_length", 2048)),
-        "rms_norm_eps": float(llama.get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rms_norm_eps": float(llama["attention.layer_norm_rms_epsilon"]),
         "rope_theta": float(llama.get("rope.freq_base", 10000.0)),
         "rope_scaling": scaling,
         "attention_bias": all(f"blk.{i}.attn_q.bias" in names for i in range(n)),
@@ -317,6 +328,8 @@ def load_gguf(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
     ...
     FileNotFoundError: path: expected a .gguf file, /no/such/model.gguf does not exist
     """
+    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise ValueError(f"dtype: expected a floating dtype, got {jnp.dtype(dtype).name}")
     reader = _reader(path)
     return _decoder(reader, _fields(reader), dtype)
 
@@ -340,10 +353,11 @@ def _decoder(reader: Any, meta: dict[str, Any], dtype: Any) -> LoadedDecoder:
         elif ".attn_k." in t.name:
             w = _unpermute(w, kvh)
         tensors[hf] = w
-    rows = tensors["model.embed_tokens.weight"].shape[0] if tensors else None
-    if rows is not None and rows != cfg.vocab_size:
+    embed = tensors.get("model.embed_tokens.weight")
+    if embed is not None and embed.shape[0] != cfg.vocab_size:
         raise ValueError(
-            f"path: token_embd has {rows} rows but the vocabulary has {cfg.vocab_size} tokens"
+            f"path: token_embd has {embed.shape[0]} rows but the vocabulary has "
+            f"{cfg.vocab_size} tokens"
         )
     variables = decoder_params_from_hf(tensors, cfg, jnp.float32)
     if jnp.dtype(dtype) != jnp.float32:  # cast on the host: no XLA program per weight shape
@@ -373,15 +387,21 @@ def _chatml(messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> 
 class GGUFTokenizer(BPETokenizer):
     """A :class:`BPETokenizer` built from a GGUF file's metadata, with its chat template.
 
-    Attributes:
-      bos_id, eos_id, pad_id: the special token ids the file names (``None`` where absent).
-      chat_template: the Jinja template string (``None`` where the file has none).
+    ``bos_id``, ``eos_id``, ``pad_id`` are the special token ids the file names and
+    ``chat_template`` its Jinja template string (each ``None`` where the file has none).
     """
 
-    bos_id: int | None
-    eos_id: int | None
-    pad_id: int | None
-    chat_template: str | None
+    def __init__(
+        self,
+        spec: dict,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        pad_id: int | None = None,
+        chat_template: str | None = None,
+    ) -> None:
+        super().__init__(spec)
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.chat_template = chat_template
 
     def apply_chat_template(
         self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False
@@ -397,7 +417,7 @@ class GGUFTokenizer(BPETokenizer):
           add_generation_prompt: end with the header of the assistant's turn.
 
         Returns:
-          The prompt text; :meth:`encode` turns its special tokens into their ids.
+          The prompt text; ``encode`` turns its special tokens into their ids.
 
         Raises:
           ValueError: the file has no chat template, or a message lacks a role or content.
@@ -495,12 +515,14 @@ def _tokenizer_spec(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tokenizer_from_meta(meta: dict[str, Any]) -> GGUFTokenizer:
-    tok = GGUFTokenizer(_tokenizer_spec(meta))
-    for attr, key in (("bos_id", "bos"), ("eos_id", "eos"), ("pad_id", "padding")):
+    ids = {}
+    for key in ("bos", "eos", "padding"):
         v = meta.get(f"tokenizer.ggml.{key}_token_id")
-        setattr(tok, attr, None if v is None else int(v))
-    tok.chat_template = meta.get("tokenizer.chat_template")
-    return tok
+        ids[key] = None if v is None else int(v)
+    return GGUFTokenizer(
+        _tokenizer_spec(meta), ids["bos"], ids["eos"], ids["padding"],
+        meta.get("tokenizer.chat_template"),
+    )  # fmt: skip
 
 
 def load_gguf_tokenizer(path: str | Path) -> GGUFTokenizer:
