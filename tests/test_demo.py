@@ -45,6 +45,12 @@ FIGURES = {
     "actmax": ["actmax_logits", "actmax_units", "actmax_traces", "actmax_topk"],
     "interventions": ["patching_layer_head", "patching_layer_position", "attribution_vs_patching"],
     "probes": ["probes_cnn", "probes_transformer"],
+    "smollm2": [
+        "smollm2_induction_scores",
+        "smollm2_ioi_heads",
+        "smollm2_ioi_attribution",
+        "smollm2_ioi_residual",
+    ],
 }
 # The interactive pages each section writes (jaxinterp.viz), linked from index.html in order.
 VIEWS = {
@@ -57,6 +63,7 @@ VIEWS = {
         "view_patching_residual",
     ],
     "probes": ["view_probes_cnn", "view_probes_transformer"],
+    "smollm2": ["view_smollm2_ioi", "view_attention_smollm2"],
 }
 HEADINGS = {
     "models": "## Reference models",
@@ -64,6 +71,7 @@ HEADINGS = {
     "actmax": "## Activation maximization",
     "interventions": "## Causal interventions",
     "probes": "## Linear probes",
+    "smollm2": "## A real model: SmolLM2",
 }
 
 
@@ -277,6 +285,28 @@ def _view_data(demo: Demo, name: str) -> dict:
     page = (demo.out / f"{name}.html").read_text(encoding="utf-8")
     m = re.search(r'<script type="application/json" id="jx-data">(.*?)</script>', page, re.S)
     return json.loads(m.group(1))
+
+
+def test_smollm2_section(demo, smollm2):
+    """The real model's numbers: induction scores against numpy on the same tokens, the IOI
+    prompts' clean logit difference against a plain forward, the chat answer, the logit lens."""
+    got = demo.results["smollm2"]
+    assert "Paris" in got["generation"]
+    ind = np.asarray(got["induction_scores"])  # [layer, head]
+    assert ind.shape == (30, 9) and ind.max() > 0.5 and np.median(ind) < 0.05
+    assert got["loss_repeated_copy"] < got["loss_first_copy"] - 6
+    rises = got["ablation_loss_rise"]
+    assert rises[0] > 1.0 and rises[0] > 3 * max(rises[1:])
+    task = iv.ioi_task(jax.random.key(1), smollm2.tokenizer, len(got["ioi_prompts"]))
+    assert list(task.prompts) == got["ioi_prompts"]
+    logits = np.asarray(jax.jit(smollm2.model.apply)(smollm2.variables, task.task.clean))
+    rows = np.arange(len(task.prompts))
+    ld = logits[rows, -1, task.task.answer] - logits[rows, -1, task.task.wrong]
+    assert got["ioi_clean_logit_diff"] == pytest.approx(ld.mean(), rel=1e-4)
+    assert got["ioi_spearman"] > 0.8
+    agree = got["logit_lens_agreement"]
+    assert agree[-1] == 1.0 and max(agree[:10]) < 0.2
+    assert got["logit_lens_kl"][-1] < 1e-3
 
 
 def test_index_links_every_view(demo):

@@ -8,7 +8,8 @@
   patching over (layer, head) and (layer, position), attribution patching against it, and one
   patched site against a hand-written intervention.
 * What each layer predicts: the residual stream after each block through the final norm and the
-  tied unembedding (numpy RMSNorm), agreement with the final prediction rising with depth.
+  tied unembedding (numpy RMSNorm) on a paragraph of text, agreement with the final prediction
+  rising and KL to it falling with depth.
 
 Every number the tests assert was measured first (see the closing note of issue 21); the
 thresholds leave a margin. One model load and few compiled programs (shared shapes) keep the
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from jaxinterp.attention import attention_weights, induction_score, repeated_tokens
 from jaxinterp.capture import capture
@@ -38,18 +40,18 @@ from jaxinterp.interventions import (
 N_LAYERS, N_HEADS, HALF = 30, 9, 20
 
 
-def _rank(x: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(x)).astype(float)
-
-
 def _spearman(a, b) -> float:
-    return float(np.corrcoef(_rank(np.ravel(a)), _rank(np.ravel(b)))[0, 1])
+    return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def _nll(logits: np.ndarray, toks: np.ndarray) -> np.ndarray:
     """Next-token negative log-likelihood ``[batch, seq - 1]`` (numpy)."""
-    lp = logits - logits.max(-1, keepdims=True)
-    lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+    lp = _log_softmax(logits)
     return -np.take_along_axis(lp[:, :-1], np.asarray(toks)[:, 1:, None], -1)[..., 0]
 
 
@@ -196,21 +198,36 @@ def test_ioi_residual_position_patching(smollm2, ioi):
     assert at_names > 0.5 and at_names > 3 * elsewhere, np.round(eff, 2)
 
 
-def test_each_layer_predicts_more_like_the_last(smollm2, ioi):
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. In 1492, Columbus sailed across the Atlantic "
+    "Ocean and reached the islands of the Caribbean. The capital of France is Paris, and the "
+    "capital of Germany is Berlin. Water boils at 100 degrees Celsius at sea level."
+)
+
+
+def test_each_layer_predicts_more_like_the_last(smollm2):
     v = smollm2.variables
-    run = jax.jit(lambda v, x: capture(smollm2.model, v, select=("blocks_*", "ln_f"))(x))
-    logits, acts = run(v, ioi.task.clean)
+    ids = jnp.asarray([smollm2.tokenizer.encode(TEXT, add_special_tokens=False)])
+    run = jax.jit(lambda v, x: capture(smollm2.model, v, select="blocks_*")(x))
+    logits, acts = run(v, ids)
+    logits = np.asarray(logits[0], np.float64)
     p = v["params"]
-    scale = np.asarray(p["ln_f"]["scale"])
-    table = np.asarray(p["embed"]["tok"]["embedding"])  # tied unembedding [vocab, d_model]
+    scale = np.asarray(p["ln_f"]["scale"], np.float64)
+    table = np.asarray(p["embed"]["tok"]["embedding"], np.float64)  # tied [vocab, d_model]
     eps = smollm2.config.norm_eps
-    final = np.asarray(logits)[:, -1].argmax(-1)
-    agree = []
-    for i in range(N_LAYERS):
-        x = np.asarray(acts[f"blocks_{i}"])[:, -1].astype(np.float64)
-        normed = x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * scale
-        agree.append(float(((normed @ table.T).argmax(-1) == final).mean()))
+    final = logits.argmax(-1)
+    lp_final = _log_softmax(logits)
+    agree, kl = [], []
+    for i in range(N_LAYERS):  # every position of the text, numpy RMSNorm + unembedding
+        x = np.asarray(acts[f"blocks_{i}"][0], np.float64)
+        lens = (x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * scale) @ table.T
+        lp = _log_softmax(lens)
+        agree.append(float((lens.argmax(-1) == final).mean()))
+        kl.append(float((np.exp(lp_final) * (lp_final - lp)).sum(-1).mean()))
         if i == N_LAYERS - 1:  # the last layer's lens is the model's own logits
-            np.testing.assert_allclose(normed @ table.T, np.asarray(logits)[:, -1], atol=2e-3)
-    assert agree[-1] == 1.0 and max(agree[:10]) < 0.5, agree
-    assert _spearman(np.arange(N_LAYERS), agree) > 0.7, agree
+            np.testing.assert_allclose(lens, logits, atol=2e-3)
+    # measured (59 tokens): agreement 0.00-0.08 in layers 0-10, 0.39 at 24, 0.56 at 28, 1 at
+    # 29; KL to the final distribution ~19 nats at layer 10, 1.9 at layer 28
+    assert agree[-1] == 1.0 and max(agree[:10]) < 0.2 and agree[28] > 0.4, agree
+    assert spearmanr(np.arange(N_LAYERS), agree).statistic > 0.85, agree
+    assert kl[28] < kl[10] / 4 and kl[-1] < 1e-3, kl

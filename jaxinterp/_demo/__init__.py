@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jaxinterp._demo._context import DemoContext
 
-SECTIONS: tuple[str, ...] = ("models", "attention", "actmax", "interventions", "probes")
+SECTIONS: tuple[str, ...] = ("models", "attention", "actmax", "interventions", "probes", "smollm2")
 
 
 def run_demo(
