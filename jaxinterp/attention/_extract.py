@@ -68,8 +68,7 @@ import dataclasses
 import inspect
 import re
 import sys
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -86,6 +85,7 @@ from jaxinterp._checks import check_array, is_traced, poison, value_check
 from jaxinterp.capture import (
     LOST_PATTERNS,
     Selector,
+    _patch,
     as_matcher,
     check_model,
     current_call,
@@ -111,8 +111,6 @@ _BHQK_CODES = frozenset(
 _RECORDER: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar(
     "jaxinterp_attention_recorder", default=None
 )
-_PATCH_LOCK = threading.Lock()
-_PATCH_COUNT = 0
 
 
 def _recording_softmax(x: Any, *args: Any, **kwargs: Any) -> Any:
@@ -176,29 +174,22 @@ def _fused_weights(a: Mapping[str, Any]) -> jax.Array:
     return _ORIG_SOFTMAX(logits, axis=-1).astype(k.dtype)
 
 
-@contextlib.contextmanager
-def _softmax_patched() -> Iterator[None]:
-    """Installs the recording softmax while the block runs (reference counted across threads)."""
-    global _PATCH_COUNT
-    with _PATCH_LOCK:
-        if _PATCH_COUNT == 0:
-            for mod in _SOFTMAX_SITES:
-                if getattr(mod, "softmax", None) is _ORIG_SOFTMAX:
-                    mod.softmax = _recording_softmax
-            if jax.nn.dot_product_attention is _ORIG_DPA:
-                jax.nn.dot_product_attention = _recording_dpa
-        _PATCH_COUNT += 1
-    try:
-        yield
-    finally:
-        with _PATCH_LOCK:
-            _PATCH_COUNT -= 1
-            if _PATCH_COUNT == 0:
-                for mod in _SOFTMAX_SITES:
-                    if getattr(mod, "softmax", None) is _recording_softmax:
-                        mod.softmax = _ORIG_SOFTMAX
-                if jax.nn.dot_product_attention is _recording_dpa:
-                    jax.nn.dot_product_attention = _ORIG_DPA
+def _softmax_patched() -> contextlib.AbstractContextManager[None]:
+    """Installs the recording softmax while the block runs (reference counted across threads).
+
+    Only names that hold the original ``softmax`` are replaced; each gets back the very object
+    it held (:func:`jaxinterp.capture._patch.scoped`, which also unbinds the recorder from
+    modules imported meanwhile).
+    """
+
+    def sites() -> list[tuple[Any, str, Any]]:
+        found = [(m, "softmax", _recording_softmax) for m in _SOFTMAX_SITES]
+        found = [t for t in found if getattr(t[0], "softmax", None) is _ORIG_SOFTMAX]
+        if jax.nn.dot_product_attention is _ORIG_DPA:
+            found.append((jax.nn, "dot_product_attention", _recording_dpa))
+        return found
+
+    return _patch.scoped("softmax", sites)
 
 
 @dataclasses.dataclass

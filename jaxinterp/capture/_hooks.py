@@ -71,6 +71,7 @@ from flax import nnx
 from flax.core import lift as _flax_lift
 from jax.extend import core as jex_core
 
+from jaxinterp.capture import _patch
 from jaxinterp.capture._paths import canonical_path
 
 Around = Callable[[str, Any, Callable[..., Any], tuple, dict], Any]
@@ -274,12 +275,24 @@ def _enter_call(path: str) -> tuple[_State, Call | None]:
 
 # ------------------------------------------------------------------- routed JAX transforms
 
-_ORIG = {
+_IMPORTED = {
     "scan": jax.lax.scan,
     "checkpoint": jax.checkpoint,
+    "remat": jax.remat,
     "vmap": jax.vmap,
 }
-_INSTALLED = 0
+_OWNERS = {"scan": jax.lax, "checkpoint": jax, "remat": jax, "vmap": jax}
+
+
+class _Originals:
+    """``_ORIG[name]``: what ``jax.lax.scan`` / ``jax.checkpoint`` / ``jax.vmap`` held before
+    the routing was installed (the objects imported with jaxinterp when it is not)."""
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        return _patch.original("routed", _OWNERS[name], name, _IMPORTED[name])
+
+
+_ORIG = _Originals()
 
 
 def _child(
@@ -382,27 +395,31 @@ def _vmap(fun, in_axes=0, out_axes=0, *args, **kw):
     return _wrap_transform(lambda g: _ORIG["vmap"](g, in_axes, (out_axes, 0), *args, **kw), fun)
 
 
-@contextlib.contextmanager
+def _remat(fun=None, **kw):
+    # ``jax.remat`` gets its own replacement object, so that a name bound to it while routed
+    # is set back to ``jax.remat`` itself (not to ``jax.checkpoint``)
+    if fun is None:
+        return lambda g: _remat(g, **kw)
+    if _STATE.get() is None:
+        return _ORIG["remat"](fun, **kw)
+    return _checkpoint(fun, **kw)
+
+
 def _routed_transforms():
-    """Routes jax.lax.scan / jax.checkpoint / jax.remat / jax.vmap through the frame wrappers."""
-    global _INSTALLED
-    with _LOCK:
-        if _INSTALLED == 0:
-            jax.lax.scan = _scan
-            jax.checkpoint = _checkpoint
-            jax.remat = _checkpoint
-            jax.vmap = _vmap
-        _INSTALLED += 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _INSTALLED -= 1
-            if _INSTALLED == 0:
-                jax.lax.scan = _ORIG["scan"]
-                jax.checkpoint = _ORIG["checkpoint"]
-                jax.remat = _ORIG["checkpoint"]
-                jax.vmap = _ORIG["vmap"]
+    """Routes jax.lax.scan / jax.checkpoint / jax.remat / jax.vmap through the frame wrappers.
+
+    Scoped and restored exactly (:func:`jaxinterp.capture._patch.scoped`): after the last
+    hooked forward each name holds the very object it held before.
+    """
+    return _patch.scoped(
+        "routed",
+        [
+            (jax.lax, "scan", _scan),
+            (jax, "checkpoint", _checkpoint),
+            (jax, "remat", _remat),
+            (jax, "vmap", _vmap),
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------ the hook
@@ -735,8 +752,12 @@ def run_with_hook(
                         raise new from err
             else:
                 copy = _nnx_copy(model, hooked)
-                with nn.intercept_methods(interceptor), _unjitted_linen_methods():
-                    out = _call_method(copy, method)(*args, **kwargs)
+                try:
+                    with nn.intercept_methods(interceptor), _unjitted_linen_methods():
+                        out = _call_method(copy, method)(*args, **kwargs)
+                finally:
+                    for _, sub in nnx.iter_modules(copy):
+                        _BRIDGE_PATHS.pop(id(sub), None)  # ids are reused once the copy dies
     finally:
         _STATE.reset(tok_s)
         _AROUND.reset(tok_a)
