@@ -144,6 +144,7 @@ class _Frame:
     counts: dict[str, int]
     steps: tuple[jax.Array, ...]
     sizes: tuple[int, ...] = ()
+    axes: tuple[str, ...] = ()  # "scan" / "vmap" per routed transform around, outermost first
     records: dict[str, Any] = dataclasses.field(default_factory=dict)
     order: list[str] = dataclasses.field(default_factory=list)  # call keys as calls start
     carried: bool = True  # False: a transform we do not route; records cannot get out
@@ -165,6 +166,11 @@ class Call(NamedTuple):
       sizes: the length of each enclosing scan (static ints), matching ``steps``.
       carried: whether :func:`record` can carry values out of where this call runs (False
         inside ``lax.cond`` branches, ``jax.jit`` or other transforms that are not routed).
+      axes: the routed transforms around the call that give its records a leading axis,
+        outermost first: ``"scan"`` (one step per call, see ``steps``) or ``"vmap"`` (the
+        mapped axis, e.g. the experts of ``nn.vmap``); a value recorded here comes out with
+        one leading axis per entry, in this order. :func:`on_mapped` applies a function to a
+        value the way it comes out of the ``"vmap"`` axes.
     """
 
     path: str
@@ -173,6 +179,7 @@ class Call(NamedTuple):
     steps: tuple[jax.Array, ...]
     carried: bool
     sizes: tuple[int, ...] = ()
+    axes: tuple[str, ...] = ()
 
 
 class Records(dict):
@@ -222,7 +229,7 @@ def _frame(state: _State) -> _Frame:
     for f in top.foreign:
         if f.trace == now:
             return f
-    f = _Frame(now, dict(top.counts), top.steps, top.sizes, carried=False)
+    f = _Frame(now, dict(top.counts), top.steps, top.sizes, top.axes, carried=False)
     top.foreign.append(f)
     return f
 
@@ -267,7 +274,8 @@ def _enter_call(path: str) -> tuple[_State, Call | None]:
     k = f.counts.get(path, 0)
     f.counts[path] = k + 1
     prev = state.call
-    state.call = Call(path, k, path if k == 0 else f"{path}@{k}", f.steps, f.carried, f.sizes)
+    key = path if k == 0 else f"{path}@{k}"
+    state.call = Call(path, k, key, f.steps, f.carried, f.sizes, f.axes)
     if f.carried:
         f.order.append(state.call.key)
     return state, prev
@@ -296,7 +304,10 @@ _ORIG = _Originals()
 
 
 def _child(
-    parent: _Frame, steps: tuple[jax.Array, ...] = (), sizes: tuple[int, ...] = ()
+    parent: _Frame,
+    steps: tuple[jax.Array, ...] = (),
+    sizes: tuple[int, ...] = (),
+    kind: str | None = None,
 ) -> _Frame:
     """A frame for a transformed function, opened inside its trace; ``parent`` is outside."""
     return _Frame(
@@ -304,6 +315,7 @@ def _child(
         dict(parent.counts),
         parent.steps + steps,
         parent.sizes + sizes,
+        parent.axes + ((kind,) if kind else ()),
         carried=parent.carried,
     )
 
@@ -333,7 +345,7 @@ def _scan(f, init, xs=None, length=None, reverse=False, unroll=1, **kw):
 
     def body(c, x_i):
         x, i = x_i
-        child = _child(parent, (i,), (int(n),))
+        child = _child(parent, (i,), (int(n),), "scan")
         state.stack.append(child)
         try:
             c2, y = f(c, x)
@@ -348,7 +360,9 @@ def _scan(f, init, xs=None, length=None, reverse=False, unroll=1, **kw):
     return c, ys
 
 
-def _wrap_transform(transform: Callable[[Callable], Callable], fun: Callable) -> Callable:
+def _wrap_transform(
+    transform: Callable[[Callable], Callable], fun: Callable, kind: str | None = None
+) -> Callable:
     """``transform(fun)`` whose records come out as extra outputs, merged into the caller."""
     box: list[_Frame] = []
 
@@ -356,7 +370,7 @@ def _wrap_transform(transform: Callable[[Callable], Callable], fun: Callable) ->
         state = _STATE.get()
         if state is None or not box:
             return fun(*a, **k), {}
-        child = _child(box[0])
+        child = _child(box[0], kind=kind)
         state.stack.append(child)
         try:
             out = fun(*a, **k)
@@ -392,7 +406,54 @@ def _vmap(fun, in_axes=0, out_axes=0, *args, **kw):
     state = _STATE.get()
     if state is None:
         return _ORIG["vmap"](fun, in_axes, out_axes, *args, **kw)
-    return _wrap_transform(lambda g: _ORIG["vmap"](g, in_axes, (out_axes, 0), *args, **kw), fun)
+    return _wrap_transform(
+        lambda g: _ORIG["vmap"](g, in_axes, (out_axes, 0), *args, **kw), fun, "vmap"
+    )
+
+
+def on_mapped(
+    fn: Callable[[Any], Any], call: Call, like: Callable[[Any], Any] | None = None
+) -> Callable[[Any], Any]:
+    """``fn`` applied to a value of ``call`` as its record comes out of the routed vmaps.
+
+    A module under ``nn.vmap`` / ``nnx.vmap`` (mixture-of-experts experts, ensembles) runs once
+    per member, and inside the hook a value is one member's slice ``[batch, ...]``; its record
+    comes out ``[member, batch, ...]``. The returned function takes the slice (as the hook sees
+    it) and runs ``fn`` on the stacked ``[member, ..., batch, ...]`` value (one leading axis
+    per ``"vmap"`` in ``call.axes``, outermost first, as records have them; values the vmap
+    does not map are broadcast), handing each member its slice of the result. So an edit at
+    such a site addresses the same axes as its capture: ``zero(at={0: e})`` is member ``e``.
+    Built on :func:`jax.custom_batching.custom_vmap`, so it composes with ``jit``, ``grad``
+    and an outer ``vmap`` (which stays invisible, as everywhere). ``fn`` must keep the leading
+    axes; with no routed vmap around ``call`` it is ``fn`` itself. ``like`` maps one member's
+    value to a value shaped like one member's result (default: the same shapes, as edits
+    return); it is only traced for shapes.
+    """
+    levels = call.axes.count("vmap")
+    if levels == 0:
+        return fn
+    return _lift(fn, levels, like or (lambda v: v))
+
+
+def _lift(fn: Callable[[Any], Any], levels: int, like: Callable[[Any], Any]) -> Callable:
+    if levels == 0:
+        return fn
+
+    @jax.custom_batching.custom_vmap
+    def lifted(x):  # one member's result shapes: traced for abstract evaluation only
+        return like(x)
+
+    @lifted.def_vmap
+    def _rule(axis_size, in_batched, x):
+        x = jax.tree.map(
+            lambda v, b: v if b else jnp.broadcast_to(v, (axis_size, *jnp.shape(v))),
+            x,
+            in_batched,
+        )
+        out = _lift(fn, levels - 1, like)(x)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return lifted
 
 
 def _remat(fun=None, **kw):
