@@ -16,6 +16,7 @@ Each class is a table of parametrized rows; every row failed before its fix.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import threading
 
@@ -28,7 +29,7 @@ from flax import nnx
 
 from jaxinterp.attention import attention_weights
 from jaxinterp.capture import capture, list_paths
-from jaxinterp.interventions import intervene, patch_sweep, site_grid, zero
+from jaxinterp.interventions import capture_sites, intervene, patch_sweep, site_grid, zero
 
 # ------------------------------------------------------------------------ class 5: globals
 
@@ -307,3 +308,203 @@ def test_class2_patch_sweep_over_experts_matches_patching_by_hand():
     clean_ys = capture(_LMOE, _LV, select="experts")(_X2)[1]["experts"]
     want = [_moe_by_hand(p, _X2C, (e, clean_ys[e])).sum() for e in range(E)]
     np.testing.assert_allclose(np.asarray(res.patched).ravel(), want, atol=1e-5)
+
+
+# ------------------------------------------------------------------ class 3: model state
+
+T3, D3 = 4, 4
+_SEQ = jax.random.normal(jax.random.key(3), (1, T3, D3))
+
+
+class _NnxDecoder(nnx.Module):
+    def __init__(self, rngs):
+        self.attn = nnx.MultiHeadAttention(
+            num_heads=2, in_features=D3, qkv_features=D3, decode=True, rngs=rngs
+        )
+
+    def __call__(self, x):
+        return self.attn(x)
+
+
+class _LinenDecoder(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.MultiHeadDotProductAttention(
+            num_heads=2, qkv_features=D3, decode=True, name="attn"
+        )(x)
+
+
+def _nnx_decode_rows(how):
+    model = _NnxDecoder(nnx.Rngs(0))
+    model.attn.init_cache(_SEQ.shape)
+    reference = nnx.clone(model)
+    rows, want = [], []
+    for t in range(T3):
+        x_t = _SEQ[:, t : t + 1]
+        if how == "capture":
+            out, acts = capture(model, select="attn")(x_t)
+            np.testing.assert_array_equal(acts["attn"], out)
+        elif how == "attention":
+            out, _ = attention_weights(model)(x_t)
+        else:
+            out = intervene(model, None, {"attn": lambda a: a})(x_t)
+        rows.append(out)
+        want.append(reference(x_t))
+    return jnp.concatenate(rows, 1), jnp.concatenate(want, 1)
+
+
+def _linen_decode_rows(how):
+    model = _LinenDecoder()
+    variables = model.init(jax.random.key(0), _SEQ)  # the cache, sized for T3 positions
+    params, cache, ref_cache = variables["params"], variables["cache"], variables["cache"]
+    rows, want = [], []
+    for t in range(T3):
+        x_t = _SEQ[:, t : t + 1]
+        v = {"params": params, "cache": cache}
+        if how == "capture":
+            (out, upd), acts = capture(model, v, select="attn", mutable=["cache"])(x_t)
+            np.testing.assert_array_equal(acts["attn"], out)
+        elif how == "attention":
+            (out, upd), _ = attention_weights(model, v, mutable=["cache"])(x_t)
+        else:
+            out, upd = intervene(model, v, {"attn": lambda a: a}, mutable=["cache"])(x_t)
+        cache = upd["cache"]
+        rows.append(out)
+        ref, upd = model.apply({"params": params, "cache": ref_cache}, x_t, mutable=["cache"])
+        ref_cache = upd["cache"]
+        want.append(ref)
+    return jnp.concatenate(rows, 1), jnp.concatenate(want, 1)
+
+
+@pytest.mark.parametrize("api", ["nnx", "linen"])
+@pytest.mark.parametrize("how", ["capture", "attention", "intervene"])
+def test_class3_decode_loop_through_the_hook_matches_the_models_own_loop(api, how):
+    got, want = (_nnx_decode_rows if api == "nnx" else _linen_decode_rows)(how)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+class _BNNet(nnx.Module):
+    def __init__(self, rngs):
+        self.lin = nnx.Linear(D3, D3, rngs=rngs)
+        self.bn = nnx.BatchNorm(D3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.bn(self.lin(x))
+
+
+class _LinenBN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.BatchNorm(use_running_average=False, name="bn")(nn.Dense(D3, name="lin")(x))
+
+
+def test_class3_batchnorm_training_updates_as_the_models_own_call():
+    x = _SEQ[0]
+    model = _BNNet(nnx.Rngs(0))  # training mode: the call updates the running statistics
+    reference = nnx.clone(model)
+    out, _ = capture(model, select="bn")(x)
+    want = reference(x)
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    np.testing.assert_allclose(model.bn.mean[...], reference.bn.mean[...], rtol=1e-6)
+    np.testing.assert_allclose(model.bn.var[...], reference.bn.var[...], rtol=1e-6)
+    assert not np.allclose(model.bn.mean[...], 0.0)
+
+    lm = _LinenBN()
+    v = lm.init(jax.random.key(0), x)
+    (out, upd), acts = capture(lm, v, select="bn", mutable=["batch_stats"])(x)
+    want, want_upd = lm.apply(v, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    chex_leaves = zip(jax.tree.leaves(upd), jax.tree.leaves(want_upd))
+    for a, b in chex_leaves:
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_class3_state_change_inside_jit_closure_raises_naming_model():
+    model = _BNNet(nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"^model: this call changes the nnx model's state \(bn/"):
+        jax.jit(capture(model, select="bn"))(_SEQ[0])
+    model.eval()  # nothing changes: fine anywhere
+    jax.jit(capture(model, select="bn"))(_SEQ[0])
+
+    @nnx.jit
+    def step(m, x):
+        return capture(m, select="bn")(x)
+
+    train = _BNNet(nnx.Rngs(0))
+    reference = nnx.clone(train)
+    step(train, _SEQ[0])
+    reference(_SEQ[0])
+    np.testing.assert_allclose(train.bn.mean[...], reference.bn.mean[...], rtol=1e-6)
+
+
+# ---------------------------------------------------- class 4: names bound before the hook
+
+_BOUND_MODULE = """
+import jax.numpy as jnp
+from flax import nnx
+from jax.lax import scan
+from jax import vmap
+
+
+class ScanStack(nnx.Module):
+    def __init__(self, rngs):
+        self.layer = nnx.Linear(4, 4, rngs=rngs)
+        self.head = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+        def body(h, _):
+            return jnp.tanh(self.layer(h)), None
+
+        h, _ = scan(body, x, None, length=3)  # LINE_SCAN
+        return self.head(h)
+
+
+class VmapEnsemble(nnx.Module):
+    def __init__(self, rngs):
+        self.layer = nnx.Linear(4, 4, rngs=rngs)
+        self.head = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+        hs = vmap(lambda s: self.layer(x * s))(jnp.arange(3.0))  # LINE_VMAP
+        return self.head(hs.sum(0))
+"""
+
+
+@pytest.fixture(scope="module")
+def bound_module(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bound")
+    (folder / "_jaxinterp_bound_names.py").write_text(_BOUND_MODULE)
+    sys.path.insert(0, str(folder))
+    try:
+        yield importlib.import_module("_jaxinterp_bound_names")  # imported before any hook
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("_jaxinterp_bound_names", None)
+
+
+def _line(module, tag):
+    return next(i for i, t in enumerate(_BOUND_MODULE.splitlines(), 1) if tag in t)
+
+
+_CALLS = {
+    "list_paths": lambda m, x: list_paths(m, None, x),
+    "capture": lambda m, x: capture(m, select="layer")(x),
+    "capture_sites": lambda m, x: capture_sites(m, None, ["layer"])(x),
+    "jit-capture": lambda m, x: jax.jit(capture(m, select="layer"))(x),
+}
+
+
+@pytest.mark.parametrize("call", list(_CALLS))
+@pytest.mark.parametrize(
+    ("cls", "tag", "what"),
+    [
+        ("ScanStack", "LINE_SCAN", "from jax.lax import scan"),
+        ("VmapEnsemble", "LINE_VMAP", "from jax import vmap"),
+    ],
+    ids=["scan", "vmap"],
+)
+def test_class4_names_bound_before_the_hook_are_named(bound_module, call, cls, tag, what):
+    model = getattr(bound_module, cls)(nnx.Rngs(0))
+    where = f"_jaxinterp_bound_names.py:{_line(bound_module, tag)}"
+    with pytest.raises(ValueError, match=rf"{re.escape(where)}.*{re.escape(what)}"):
+        _CALLS[call](model, jnp.ones((2, 4)))

@@ -416,6 +416,7 @@ def attention_weights(
     weights_at: Selector | None = None,
     layout: str = "auto",
     method: str | None = None,
+    mutable: Any = False,
 ) -> Callable[..., tuple[Any, Maps]]:
     """Returns ``f(*args, **kwargs) -> (output, {path: weights [batch, head, q, k]})``.
 
@@ -433,6 +434,9 @@ def attention_weights(
         ``"bqhk"`` (``[batch, q, head, k]``, e.g. Gemma) for weights whose layout is not known
         from the function that computed them.
       method: the model method to run (default ``__call__``).
+      mutable: linen only, as in ``model.apply``: collections the call may update
+        (``["cache"]``, ``["batch_stats"]``); the output is then ``(output, updated_variables)``.
+        nnx state changes are written back into the module, as its own call does.
 
     Returns:
       A pure function composing with ``jit``/``vmap``/``grad``. Its second output maps the
@@ -486,7 +490,9 @@ def attention_weights(
         token = _RECORDER.set(rec)
         try:
             with _softmax_patched():
-                out, recs = run_with_hook(model, variables, around, *args, method=method, **kwargs)
+                out, recs = run_with_hook(
+                    model, variables, around, *args, method=method, mutable=mutable, **kwargs
+                )
         finally:
             _RECORDER.reset(token)
         paths = list(dict.fromkeys(all_seen))
@@ -501,6 +507,11 @@ def attention_weights(
             for key, w in recs.items():  # eager inside a scan: rows were checked traced
                 if match_w(key.split("@")[0].split("#")[0]) and not is_traced(w):
                     _check_rows(key, w)
+        if recs.lost and recs.bypassed:
+            raise ValueError(
+                f"select: attention weights at {', '.join(map(repr, recs.lost))} cannot be "
+                "recorded: " + " ".join(recs.bypassed)
+            )
         if recs.lost:
             raise ValueError(
                 f"select: attention weights at {', '.join(map(repr, recs.lost))} are computed "

@@ -523,6 +523,7 @@ def run_sites(
     sites: Sequence[str] = (),
     method: str | Callable[..., Any] | None = None,
     methods: Collection[str] | None = None,
+    mutable: Any = False,
     **kwargs: Any,
 ) -> tuple[Any, dict[str, Any]]:
     """Runs the model once, applying ``edits`` and recording ``sites``; the core of interventions.
@@ -543,6 +544,9 @@ def run_sites(
         (``"block_0:input"``, ...).
       method: the model method to run.
       methods: submodule methods hooked besides ``__call__``.
+      mutable: linen only, as in ``model.apply``: collections the call may update
+        (``["cache"]``, ``["batch_stats"]``); the output is then ``(output, updated_variables)``.
+        nnx state changes are written back into the module, as its own call does.
       **kwargs: the model's keyword inputs.
 
     Returns:
@@ -648,7 +652,7 @@ def run_sites(
         return out
 
     out, recs = run_with_hook(
-        model, variables, around, *args, method=method, methods=methods, **kwargs
+        model, variables, around, *args, method=method, methods=methods, mutable=mutable, **kwargs
     )
     listing = ", ".join(repr(p) for p in dict.fromkeys(seen)) or "(none: no submodule calls)"
     for e in parsed_edits:
@@ -686,6 +690,8 @@ def run_sites(
                     f"{listing}"
                 )
         for text, key in found.items():
+            if key in recs.lost and recs.bypassed:
+                raise ValueError(f"sites: {text!r} cannot be recorded: " + " ".join(recs.bypassed))
             if key in recs.lost:
                 raise ValueError(
                     f"sites: {text!r} is called inside a JAX transform whose values jaxinterp "
