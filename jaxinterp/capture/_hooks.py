@@ -39,8 +39,19 @@ and return its records as extra outputs. So a value recorded inside a scan over 
 comes out stacked, ``[L, ...]``, exactly like the scan's own outputs; inside ``remat`` it comes
 out unchanged; inside ``vmap`` it gains the mapped axis in front. The wrappers are installed
 only for the duration of a hooked forward and call the originals unchanged when no hooked
-forward is active in the calling context. Inside a scan, :func:`current_call` also gives the
-step indices (``Call.steps``, outermost scan first), so an edit can act on one layer only.
+forward is active in the calling context; afterwards every name holds the very object it held
+before, also after exceptions and with several threads hooking at once, and a module imported
+meanwhile is unbound from them (:mod:`jaxinterp.capture._patch`). Inside a scan,
+:func:`current_call` also gives the step indices (``Call.steps``, outermost scan first), so an
+edit can act on one layer only. Inside a routed ``vmap`` (``nn.vmap``/``nnx.vmap`` over
+experts or ensemble members) :func:`on_mapped` applies an edit to the stacked
+``[member, ...]`` value, the axes its record has (``Call.axes``).
+
+**Names bound before the hook.** A model file that did ``from jax.lax import scan`` (or
+``from jax import vmap``) at import calls the original, which is not routed: the values of the
+modules called inside cannot be carried out. The hook finds such a call on the Python stack
+when a module call lands in an unrouted trace and reports it (``Records.bypassed``: file, line
+and fix), and every entry point raises with it instead of dropping the paths.
 
 Transforms that are not routed (``lax.cond`` branches, ``jax.jit`` or ``lax.map`` /
 ``fori_loop`` inside the model, and ``nnx.remat`` / ``nnx.vmap`` / ``jax.checkpoint`` applied
