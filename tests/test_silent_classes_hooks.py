@@ -444,6 +444,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.lax import scan
 from jax import vmap
+from jax.nn import softmax
 
 
 class ScanStack(nnx.Module):
@@ -467,6 +468,30 @@ class VmapEnsemble(nnx.Module):
     def __call__(self, x):
         hs = vmap(lambda s: self.layer(x * s))(jnp.arange(3.0))  # LINE_VMAP
         return self.head(hs.sum(0))
+
+
+class BoundSoftmax(nnx.Module):
+    def __init__(self, rngs):
+        self.q = nnx.Linear(4, 4, rngs=rngs)
+        self.k = nnx.Linear(4, 4, rngs=rngs)
+
+    def __call__(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).reshape(b, t, 2, 2)
+        k = self.k(x).reshape(b, t, 2, 2)
+        w = softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
+        return jnp.einsum("bhqk,bkhd->bqhd", w, k).reshape(b, t, 4)
+
+
+class TwoAttentions(nnx.Module):
+    def __init__(self, rngs):
+        self.bound = BoundSoftmax(rngs)
+        self.ok = nnx.MultiHeadAttention(
+            num_heads=2, in_features=4, qkv_features=4, decode=False, rngs=rngs
+        )
+
+    def __call__(self, x):
+        return self.ok(self.bound(x))
 """
 
 
@@ -508,3 +533,17 @@ def test_class4_names_bound_before_the_hook_are_named(bound_module, call, cls, t
     where = f"_jaxinterp_bound_names.py:{_line(bound_module, tag)}"
     with pytest.raises(ValueError, match=rf"{re.escape(where)}.*{re.escape(what)}"):
         _CALLS[call](model, jnp.ones((2, 4)))
+
+
+def test_class4_softmax_bound_before_the_hook_is_named_not_dropped(bound_module):
+    """Before: the weights of 'ok' came back and those of 'bound' were silently missing."""
+    model = bound_module.TwoAttentions(nnx.Rngs(0))
+    x = jnp.ones((1, 3, 4))
+    with pytest.raises(
+        ValueError,
+        match=r"^select: the attention weights of 'bound' cannot be recorded: .*"
+        r"_jaxinterp_bound_names\.py.*'softmax'.*from jax\.nn import softmax",
+    ):
+        attention_weights(model)(x)
+    _, maps = attention_weights(model, select="ok")(x)  # the rest is still reachable
+    assert list(maps) == ["ok"]

@@ -192,6 +192,42 @@ def _softmax_patched() -> contextlib.AbstractContextManager[None]:
     return _patch.scoped("softmax", sites)
 
 
+def _binds_softmax(module: Any) -> str | None:
+    """Where the file defining ``module``'s class binds the original softmax by name, if it does.
+
+    A name bound at import (``from jax.nn import softmax``) keeps the original while the
+    recorder is installed, so that module's softmax calls are never seen.
+    """
+    name = type(module).__module__
+    if name.startswith(("jax.", "flax.", "jaxinterp.")) or name in ("jax", "flax"):
+        return None
+    mod = sys.modules.get(name)
+    ns = getattr(mod, "__dict__", {})
+    names = {k for k, v in ns.items() if v is _ORIG_SOFTMAX or v is _ORIG_DPA}
+    names &= _names_used(type(module))
+    if not names:
+        return None
+    names = sorted(names)
+    return f"{getattr(mod, '__file__', name)} (module {name!r}, names {names})"
+
+
+def _names_used(cls: type) -> set[str]:
+    """Global names the methods of ``cls`` (and of its bases from the same file) refer to."""
+    todo = [
+        f.__code__
+        for c in cls.__mro__
+        if c.__module__ == cls.__module__
+        for f in vars(c).values()
+        if hasattr(f, "__code__")
+    ]
+    used: set[str] = set()
+    while todo:
+        code = todo.pop()
+        used.update(code.co_names)
+        todo.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return used
+
+
 @dataclasses.dataclass
 class _Frame:
     path: str
@@ -473,9 +509,13 @@ def attention_weights(
     def f(*args: Any, **kwargs: Any) -> tuple[Any, Maps]:
         rec = _Recorder(match, layout)
         all_seen: list[str] = []
+        bound: dict[str, str] = {}  # path -> where its module binds softmax by name
 
         def around(path, module, call_next, a, k):
             all_seen.append(path)
+            where = _binds_softmax(module)
+            if where and match(path):
+                bound.setdefault(path, where)
             is_w = match_w is not None and match_w(path)
             frame = _Frame(path, module, a, k, is_w, current_call().key)
             rec.frames = (*rec.frames, frame)
@@ -519,6 +559,16 @@ def attention_weights(
                 f"{LOST_PATTERNS}. Use attention_from_qk on captured query/key projections "
                 "of the enclosing module instead"
             )
+        for path, where in bound.items():
+            got = {key.split("@")[0].split("#")[0] for key in recs}
+            if not any(g == path or g.startswith(path + "/") for g in got):
+                raise ValueError(
+                    f"select: the attention weights of {path!r} cannot be recorded: {where} "
+                    "binds softmax by name before the hook (e.g. 'from jax.nn import softmax' "
+                    "at import), and jaxinterp routes jax.nn.softmax only while the hook runs. "
+                    "Call it as jax.nn.softmax(...) in the model, or compute the weights with "
+                    "attention_from_qk from captured query/key projections"
+                )
         if not recs:
             sites = ", ".join(f"{p!r} {s}" for p, s in rec.seen.items()) or "(none)"
             other = ", ".join(f"{p!r} {s}" for p, s in rec.skipped.items()) or "(none)"
