@@ -221,6 +221,12 @@ CASES = [
         ValueError,
         "metric",
     ),  # fmt: skip
+    (  # issue 20: the arguments swapped read [vocab] ids into the prompt, plausible ones
+        "nearest_tokens swapped",
+        lambda: actmax.nearest_tokens(jnp.eye(6, 3), jnp.ones((2, 3))),
+        ValueError,
+        "embedding",
+    ),  # fmt: skip
     (
         "nearest_tokens table width",
         lambda: actmax.nearest_tokens(jnp.ones((2, 3)), jnp.eye(4)),

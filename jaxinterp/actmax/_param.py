@@ -477,7 +477,8 @@ def nearest_tokens(embeddings: jax.Array, embedding: jax.Array, *, metric: str =
 
     Args:
       embeddings: ``[..., seq, d_model]`` (e.g. ``maximize(...).inputs``).
-      embedding: the token table ``[vocab, d_model]``.
+      embedding: the token table ``[vocab, d_model]``. 2-D ``embeddings`` with more rows than
+        the table raise ``ValueError`` (the arguments look swapped).
       metric: ``"l2"`` (Euclidean distance) or ``"cosine"``.
 
     Returns:
@@ -493,6 +494,14 @@ def nearest_tokens(embeddings: jax.Array, embedding: jax.Array, *, metric: str =
         raise ValueError(
             f"embedding: expected [vocab, {embeddings.shape[-1] if embeddings.ndim else '?'}], "
             f"got shape {table.shape}"
+        )
+    if embeddings.ndim == 2 and embeddings.shape[0] > table.shape[0]:
+        # the token table passed first reads out [vocab] ids into the soft prompt
+        raise ValueError(
+            f"embedding: expected the token table [vocab, d_model], got {table.shape[0]} rows, "
+            f"fewer than the {embeddings.shape[0]} embeddings [seq, d_model] to read out: are "
+            "the arguments swapped? Call nearest_tokens(embeddings, table); for a sequence "
+            "longer than the vocabulary pass embeddings with a batch axis, [1, seq, d_model]"
         )
     check_finite(embeddings, "embeddings")
     check_finite(table, "embedding")
