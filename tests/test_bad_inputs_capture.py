@@ -159,6 +159,19 @@ ROWS = [
     ("capture_sites-arg-pos", lambda: capture_sites(M, V, ["hid:input[3]"])(X), ValueError, "site"),
     ("capture_sites-inside-cond", lambda: capture_sites(CM, CV, ["inner"])(X), ValueError, "sites"),
     ("run_sites-edits-type", lambda: run_sites(M, V, X, edits=3), TypeError, "edits"),
+    # issue 20: an element index past an array output was clamped by jnp (row 1 of 2)
+    (
+        "run_sites-element-past-array",
+        lambda: run_sites(M, V, X, sites=["hid:output[20]"]),
+        ValueError,
+        r"site: 'hid:output\[20\]': .* out of range for axis 0 of size 2",
+    ),
+    (
+        "capture_sites-element-past-array",
+        lambda: capture_sites(M, V, ["hid:output[-3]"])(X),
+        ValueError,
+        "site",
+    ),
 ]
 
 
