@@ -31,6 +31,27 @@ X = jnp.ones((2, 4, 3))
 W = jax.nn.softmax(jax.random.normal(jax.random.key(0), (2, 4, 6, 6)), -1)  # [layer, head, q, k]
 
 
+class _TupleLayer(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(4, name="d")(x), x
+
+
+class _TupleNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h, _ = _TupleLayer(name="two")(x)
+        return nn.Dense(2, name="out")(h)
+
+
+def _tuple_sweep(site):
+    x = jnp.ones((2, 3))
+    m = _TupleNet()
+    v = m.init(jax.random.key(0), x)
+    sites = iv.site_grid([site], [(-1, 4)])
+    return lambda t: iv.patch_sweep(m, v, x, 2 * x, sites, lambda o: o.sum())
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """A randomly initialised 2-layer, 4-head transformer and a patching task (batch 2)."""
@@ -275,6 +296,8 @@ def _rows():
         ("mean-scalar", lambda t: iv.mean(1.0), ValueError, "values"),
         ("mean-strings", lambda t: iv.mean(["a", "b"]), TypeError, "values"),
         ("mean-not-broadcast", lambda t: iv.mean(jnp.ones((5, 7)))(X), ValueError, "values"),
+        # issue 20: a tuple-valued site failed with "'tuple' object has no attribute 'shape'"
+        ("patch_sweep-tuple-site", _tuple_sweep("two"), ValueError, "sites: 'two' is a tuple"),
         # issue 20, layouts: one [seq, d] reference was averaged over its positions
         (
             "mean-reference-without-n-axis",
