@@ -66,6 +66,7 @@ ID = lambda p, m, nxt, a, k: nxt(*a, **k)  # noqa: E731
 NO_PARAMS = {"params": {"out": V["params"]["out"]}}
 RAISES_V = {"params": {"d": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}}
 
+
 def _tonnx():
     m = nnx.bridge.ToNNX(Two(), rngs=nnx.Rngs(0))
     nnx.bridge.lazy_init(m, X)
