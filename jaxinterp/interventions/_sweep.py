@@ -495,9 +495,11 @@ def _sites_ok(sites: Sites, acts: dict) -> Any:
     for p in sites.paths:
         value = acts[p]
         if not (hasattr(value, "shape") and hasattr(value, "dtype")):
-            first = next(
-                (i for i, v in enumerate(value) if hasattr(v, "shape")), 0
-            ) if isinstance(value, (tuple, list)) else 0
+            first = (
+                next((i for i, v in enumerate(value) if hasattr(v, "shape")), 0)
+                if isinstance(value, (tuple, list))
+                else 0
+            )
             example = f"{p}[{first}]" if ":" in p else f"{p}:output[{first}]"
             raise ValueError(
                 f"sites: {p!r} is a {type(value).__name__}, not one array; name one element "
