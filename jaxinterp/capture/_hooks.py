@@ -140,6 +140,12 @@ def check_model(model: Any, variables: Any) -> None:
                 f"{type(variables).__name__}"
             )
     elif is_nnx(model):
+        if isinstance(model, nnx.bridge.ToNNX):  # issue 20: was "the model has no submodules"
+            raise TypeError(
+                "model: an nnx.bridge.ToNNX wraps a linen module, whose submodules the nnx hook "
+                "cannot see; pass the linen module and its variables instead: "
+                "(model.to_nnx__module, {'params': nnx.state(model, nnx.Param).to_pure_dict()})"
+            )
         if variables is not None:
             raise TypeError(
                 "variables: an nnx module carries its own state; pass variables=None, "

@@ -142,6 +142,9 @@ def get_element(tree: Any, element: tuple, site: Site) -> Any:
             else:
                 if isinstance(x, Mapping) and not hasattr(x, "to_tuple"):
                     raise TypeError("a mapping")
+                n = getattr(x, "shape", (None,))[:1]
+                if n and n[0] is not None and not -n[0] <= key < n[0]:  # jnp would clamp
+                    raise IndexError(f"index {key} is out of range for axis 0 of size {n[0]}")
                 x = x[_output_key(x, key)] if hasattr(x, "to_tuple") else x[key]
         except (KeyError, IndexError, AttributeError, TypeError) as err:
             done = "".join(_describe_key(k) for k in element[:i])
