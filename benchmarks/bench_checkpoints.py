@@ -5,7 +5,10 @@ layer's attention probabilities, induction scores per head, in-context loss) on 
 checkpoints of an attention-only transformer trained on repeated sequences
 (:func:`~jaxinterp.circuits._toys.train_induction_checkpoints`, 50 checkpoints). Three ways:
 
-* ``over_checkpoints``: ``jit(vmap(fn))`` over the stack, one program;
+* ``over_checkpoints``: ``jit(vmap(fn))`` over the stack, one program; and
+  ``over_checkpoints(..., chunk_size=1)``, the same program as a ``lax.map`` (a scan over
+  checkpoints, no vmap: on CPU, XLA runs the vmapped matmuls with per-checkpoint weights
+  several times slower than one checkpoint at a time);
 * ``loop_jit``: ``jax.jit(fn)`` called once per checkpoint (the variables passed as
   arguments, so it compiles once and dispatches ``n`` times);
 * ``loop_closure``: the common pattern ``jax.jit(lambda t: fn(variables_i, t))`` per
@@ -71,6 +74,16 @@ def run(quick: bool = False) -> dict:
         lambda: over_checkpoints(fn, tr.stacked, toks), repeats
     )
 
+    # the same program as a lax.map (scan) over checkpoints: one call, no vmap
+    res["over_checkpoints_scan_first_s"] = _first(
+        lambda: over_checkpoints(
+            partial(induction_metrics, tr.model), tr.stacked, toks, chunk_size=1
+        )
+    )
+    res["over_checkpoints_scan_warm_s"] = median_time(
+        lambda: over_checkpoints(fn, tr.stacked, toks, chunk_size=1), repeats
+    )
+
     def loop_jit(f):
         return [f(v, toks) for v in cks]
 
@@ -89,6 +102,12 @@ def run(quick: bool = False) -> dict:
     res["loop_closure_first_s"] = _first(loop_closure)
     res["ratio_loop_jit_first"] = res["loop_jit_first_s"] / res["over_checkpoints_first_s"]
     res["ratio_loop_jit_warm"] = res["loop_jit_warm_s"] / res["over_checkpoints_warm_s"]
+    res["ratio_loop_jit_first_vs_scan"] = (
+        res["loop_jit_first_s"] / res["over_checkpoints_scan_first_s"]
+    )
+    res["ratio_loop_jit_warm_vs_scan"] = (
+        res["loop_jit_warm_s"] / res["over_checkpoints_scan_warm_s"]
+    )
     res["ratio_loop_closure_first"] = res["loop_closure_first_s"] / res["over_checkpoints_first_s"]
 
     out = over_checkpoints(fn, tr.stacked, toks)
