@@ -45,6 +45,7 @@ FIGURES = {
     "actmax": ["actmax_logits", "actmax_units", "actmax_traces", "actmax_topk"],
     "interventions": ["patching_layer_head", "patching_layer_position", "attribution_vs_patching"],
     "probes": ["probes_cnn", "probes_transformer"],
+    "circuits": ["lens_curves", "lens_grid", "induction_phase_change"],
     "smollm2": [
         "smollm2_induction_scores",
         "smollm2_ioi_heads",
@@ -63,6 +64,7 @@ VIEWS = {
         "view_patching_residual",
     ],
     "probes": ["view_probes_cnn", "view_probes_transformer"],
+    "circuits": [],
     "smollm2": ["view_smollm2_ioi", "view_attention_smollm2"],
 }
 HEADINGS = {
@@ -71,6 +73,7 @@ HEADINGS = {
     "actmax": "## Activation maximization",
     "interventions": "## Causal interventions",
     "probes": "## Linear probes",
+    "circuits": "## Lenses and checkpoints",
     "smollm2": "## A real model: SmolLM2",
 }
 
@@ -416,3 +419,13 @@ def test_compile_cache_switch(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path))
     assert use_compile_cache(tmp_path / "x") is None  # the user's own setting wins
     assert use_compile_cache(None) is None
+
+
+def test_circuits_section(demo):
+    got = demo.results["circuits"]
+    logit, tuned = np.array(got["lens_kl_logit"]), np.array(got["lens_kl_tuned"])
+    assert np.all(tuned[:-1] < logit[:-1]) and abs(logit[-1]) < 1e-4
+    assert got["induction_checkpoints"] == 20
+    assert abs(got["induction_phase_step_loss"] - got["induction_phase_step_score"]) <= 20
+    assert got["icl_loss_first_last"][1] < 0.5 < 3.0 < got["icl_loss_first_last"][0]
+    assert got["induction_first_last"][1] > 0.6 > 0.2 > got["induction_first_last"][0]

@@ -12,7 +12,15 @@ from pathlib import Path
 
 from jaxinterp._demo._context import DemoContext
 
-SECTIONS: tuple[str, ...] = ("models", "attention", "actmax", "interventions", "probes", "smollm2")
+SECTIONS: tuple[str, ...] = (
+    "models",
+    "attention",
+    "actmax",
+    "interventions",
+    "probes",
+    "circuits",
+    "smollm2",
+)
 
 
 def run_demo(
