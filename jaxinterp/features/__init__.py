@@ -20,6 +20,21 @@ from jaxinterp.features._arch import (
     step_ste,
     topk,
 )
+from jaxinterp.features._metrics import (
+    Metrics,
+    SplicedLoss,
+    evaluate,
+    reconstruct,
+    spliced_loss,
+)
+from jaxinterp.features._stream import (
+    ShuffleBuffer,
+    activation_chunks,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+from jaxinterp.features._toy import max_cosine, toy_batch, toy_features
 from jaxinterp.features._train import (
     StepMetrics,
     TrainConfig,
@@ -31,6 +46,19 @@ from jaxinterp.features._train import (
 
 __all__ = [
     "ARCHS",
+    "max_cosine",
+    "toy_batch",
+    "toy_features",
+    "Metrics",
+    "SplicedLoss",
+    "evaluate",
+    "reconstruct",
+    "spliced_loss",
+    "ShuffleBuffer",
+    "activation_chunks",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
     "Loss",
     "Params",
     "Setting",
