@@ -374,8 +374,11 @@ def encode(
         elif name == "topk":
             branches[name] = pos * _keep_top(pre, setting.k, max_k)
         elif name == "batch_topk":
-            thr = params.threshold if batch_threshold is None else batch_threshold
-            branches[name] = pos * (pre > thr).astype(pre.dtype)
+            if batch_threshold is None:  # inference: JumpReLU-like, strictly above
+                keep = pre > params.threshold
+            else:  # training: the k·batch largest, the threshold itself included
+                keep = pre >= batch_threshold
+            branches[name] = pos * keep.astype(pre.dtype)
         else:
             branches[name] = jump_ste(pre, params.threshold, setting.bandwidth)
     return _select(setting, branches)
