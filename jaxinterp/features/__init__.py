@@ -27,6 +27,7 @@ from jaxinterp.features._metrics import (
     reconstruct,
     spliced_loss,
 )
+from jaxinterp.features._saelens import load_saelens, save_saelens
 from jaxinterp.features._stream import (
     ShuffleBuffer,
     activation_chunks,
@@ -46,6 +47,8 @@ from jaxinterp.features._train import (
 
 __all__ = [
     "ARCHS",
+    "load_saelens",
+    "save_saelens",
     "max_cosine",
     "toy_batch",
     "toy_features",

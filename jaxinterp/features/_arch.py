@@ -225,7 +225,9 @@ def decoder_norms(params: Params) -> jax.Array:
     >>> decoder_norms(p).shape
     (8,)
     """
-    norms = jnp.linalg.norm(params.W_dec, axis=-1)
+    sq = jnp.sum(params.W_dec**2, axis=-1)
+    pos = sq > 0  # masked (all-zero) rows: norm 0 with a zero gradient, not NaN
+    norms = jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
     return norms.reshape(norms.shape[0], -1).sum(-1)
 
 

@@ -185,6 +185,14 @@ def init_train(
     dm = jnp.ones(src_shape) if dec_mask is None else jnp.asarray(dec_mask, jnp.float32)
     if dm.shape != src_shape:
         raise ValueError(f"dec_mask: expected shape {src_shape}, got {tuple(dm.shape)}")
+    return _init_state(params, lm, dm, config)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _init_state(params: Params, lm: jax.Array, dm: jax.Array, config: TrainConfig) -> TrainState:
+    # one compiled call (eager vmaps would compile every primitive); new buffers, since
+    # train_steps donates the state
+    n, d_sae = lm.shape
     params = jax.vmap(_apply_masks)(params, lm, dm)
     if config.unit_decoder:
         params = params._replace(W_dec=jax.vmap(_unit_rows)(params.W_dec))
