@@ -1,5 +1,12 @@
 """Dictionary learning: sparse autoencoders, transcoders and crosscoders, many trained at once."""
 
+from jaxinterp.features._analysis import (
+    TopActivations,
+    activation_histogram,
+    logit_effects,
+    steer,
+    top_activations,
+)
 from jaxinterp.features._arch import (
     ARCHS,
     Loss,
@@ -47,6 +54,11 @@ from jaxinterp.features._train import (
 
 __all__ = [
     "ARCHS",
+    "TopActivations",
+    "activation_histogram",
+    "logit_effects",
+    "steer",
+    "top_activations",
     "load_saelens",
     "save_saelens",
     "max_cosine",
