@@ -45,6 +45,7 @@ FIGURES = {
     "actmax": ["actmax_logits", "actmax_units", "actmax_traces", "actmax_topk"],
     "interventions": ["patching_layer_head", "patching_layer_position", "attribution_vs_patching"],
     "probes": ["probes_cnn", "probes_transformer"],
+    "features": [],
 }
 # The interactive pages each section writes (jaxinterp.viz), linked from index.html in order.
 VIEWS = {
@@ -57,6 +58,7 @@ VIEWS = {
         "view_patching_residual",
     ],
     "probes": ["view_probes_cnn", "view_probes_transformer"],
+    "features": [],
 }
 HEADINGS = {
     "models": "## Reference models",
@@ -64,6 +66,7 @@ HEADINGS = {
     "actmax": "## Activation maximization",
     "interventions": "## Causal interventions",
     "probes": "## Linear probes",
+    "features": "## Sparse dictionaries (features)",
 }
 
 
@@ -386,3 +389,15 @@ def test_compile_cache_switch(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path))
     assert use_compile_cache(tmp_path / "x") is None  # the user's own setting wins
     assert use_compile_cache(None) is None
+
+
+def test_features_section_trains_every_site_and_setting(demo):
+    got = demo.results["features"]
+    n = len(got["sites"]) * len(got["settings"])
+    assert len(got["l0"]) == len(got["fvu"]) == len(got["recovered"]) == n
+    # TopK keeps at most k = 8 latents; reconstructions explain most of the variance and
+    # recover most of the loss lost by zero-ablating the residual stream
+    names = [s for _ in got["sites"] for s in got["settings"]]
+    assert all(l0 <= 8 for l0, s in zip(got["l0"], names) if s.startswith("topk"))
+    assert max(got["fvu"]) < 0.5 and min(got["recovered"]) > 0.5
+    assert got["clean_ce"] < min(got["zero_ce"].values())

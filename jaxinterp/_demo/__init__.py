@@ -12,7 +12,14 @@ from pathlib import Path
 
 from jaxinterp._demo._context import DemoContext
 
-SECTIONS: tuple[str, ...] = ("models", "attention", "actmax", "interventions", "probes")
+SECTIONS: tuple[str, ...] = (
+    "models",
+    "attention",
+    "actmax",
+    "interventions",
+    "probes",
+    "features",
+)
 
 
 def run_demo(
