@@ -58,7 +58,7 @@ VIEWS = {
         "view_patching_residual",
     ],
     "probes": ["view_probes_cnn", "view_probes_transformer"],
-    "features": [],
+    "features": ["view_features_toy"],
 }
 HEADINGS = {
     "models": "## Reference models",

@@ -107,3 +107,20 @@ def test_logit_effects_and_histogram():
         F.logit_effects(p, W_U.T)
     counts, edges, frac = F.activation_histogram(np.array([0, 0, 0.1, 1, 1, 10.0]), bins=2)
     assert counts.tolist() == [1, 3] and frac == 4 / 6
+
+
+def test_feature_dashboard_shows_the_top_examples_and_their_token_activations():
+    model = nn.Sequential([nn.Embed(7, 6)])
+    v = model.init(jax.random.key(0), jnp.zeros((1, 5), jnp.int32))
+    ps, _ = _stack()
+    p = jax.tree.map(lambda a: a[0], ps)
+    toks = jax.random.randint(jax.random.key(3), (12, 5), 0, 7)
+    view = F.feature_dashboard(model, v, p, F.relu(1.0), "layers_0", toks, [1, 3], k=3)
+    emb = np.asarray(v["params"]["layers_0"]["embedding"])[np.asarray(toks)]
+    lat = np.asarray(jax.vmap(lambda e: F.encode(p, e, F.relu(1.0)))(emb.reshape(-1, 6)))
+    lat = lat.reshape(12, 5, -1)
+    for item, f in zip(view.data["items"], [1, 3]):
+        best = np.sort(lat[..., f].ravel())[::-1][:3]
+        np.testing.assert_allclose([e["value"] for e in item["examples"]], best, rtol=1e-5)
+        np.testing.assert_allclose(item["value"], lat[..., f].max(), rtol=1e-5)
+        assert f"latent {f}" in item["label"]

@@ -119,6 +119,26 @@ def run(ctx: DemoContext) -> None:
         f"positions back (the answer) is {back}; its decoder direction through the unembedding "
         f"promotes tokens {promoted}.\n"
     )
+    shown = [int(i) for i in np.argsort(-m.frequency[j])[:6]]
+    view = F.feature_dashboard(
+        tf.model,
+        tf.variables,
+        p,
+        SETTINGS["topk k=8"],
+        SITES[1],
+        held.tokens[:256],
+        shown,
+        k=5,
+        W_U=W_U,
+        max_k=8,
+        title=f"TopK SAE features at {SITES[1]} (offset transformer)",
+    )
+    ctx.view(
+        "view_features_toy",
+        view,
+        f"the 6 most frequent latents of the TopK SAE at {SITES[1]}: top sequences, tokens "
+        "coloured by activation, promoted tokens",
+    )
     ctx.record(
         "features",
         {

@@ -23,7 +23,8 @@ train together in one compiled step (:func:`train_steps`: ``vmap`` over the stac
 * files: :func:`save_saelens` / :func:`load_saelens` (SAELens's ``cfg.json`` +
   ``sae_weights.safetensors``);
 * analysis: :func:`top_activations`, :func:`activation_histogram`, :func:`logit_effects`,
-  :func:`steer` (an ``intervene`` edit);
+  :func:`steer` (an ``intervene`` edit), :func:`feature_dashboard` (an interactive page of
+  features' top examples, :func:`jaxinterp.viz.feature_gallery`);
 * a superposition toy with known features: :func:`toy_features`, :func:`toy_batch`,
   :func:`max_cosine`.
 
@@ -38,6 +39,7 @@ Example: a TopK and a ReLU SAE on two sites, in one compiled call::
 from jaxinterp.features._analysis import (
     TopActivations,
     activation_histogram,
+    feature_dashboard,
     logit_effects,
     steer,
     top_activations,
@@ -91,6 +93,7 @@ __all__ = [
     "ARCHS",
     "TopActivations",
     "activation_histogram",
+    "feature_dashboard",
     "logit_effects",
     "steer",
     "top_activations",

@@ -196,3 +196,92 @@ def steer(params: Params, feature: Any, scale: Any, *, where: Any = None):
         return act + jnp.where(mask, add, 0)
 
     return edit
+
+
+def feature_dashboard(
+    model: Any,
+    variables: Any,
+    params: Params,
+    setting: Setting,
+    site: str,
+    inputs: Any,
+    features: Any,
+    *,
+    k: int = 6,
+    token_str: Any = None,
+    W_U: Any = None,
+    max_k: int = 64,
+    title: str = "Dictionary features",
+):
+    """An interactive page (:func:`jaxinterp.viz.feature_gallery`) of features' top examples.
+
+    For each feature: its top-``k`` input sequences, every token coloured by the feature's
+    activation, the activation at the top token as the value; the card label gives the
+    feature's firing frequency on ``inputs`` and, with ``W_U``, the tokens its decoder direction
+    promotes most (:func:`logit_effects`).
+
+    Args:
+      model, variables: the model (linen with variables, or nnx with ``None``).
+      params, setting: one dictionary reading ``site`` (``[batch, seq, d]`` activations).
+      site: the site the dictionary reads.
+      inputs: ``tokens [n, seq]`` (one array; evaluated in one call).
+      features: ``[feature]`` latent indices.
+      k: examples per feature.
+      token_str: ``token id -> str`` for display (default ``str``).
+      W_U: optional ``[d_model, vocab]`` unembedding for the promoted tokens.
+      max_k: static bound on ``setting.k``.
+      title: the page heading.
+
+    Returns:
+      A :class:`jaxinterp.viz.View` (``save(path)``; ``data["items"]`` holds the numbers).
+
+    >>> import flax.linen as nn
+    >>> from jaxinterp.features import init_params, relu
+    >>> model = nn.Sequential([nn.Embed(5, 4)])
+    >>> v = model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
+    >>> p = init_params(jax.random.key(1), 4, 8)
+    >>> toks = jax.random.randint(jax.random.key(2), (6, 3), 0, 5)
+    >>> view = feature_dashboard(model, v, p, relu(0.0), "layers_0", toks, [0, 1], k=2)
+    >>> len(view.data["items"])
+    2
+    """
+    from jaxinterp.viz import feature_gallery
+
+    toks = np.asarray(inputs)
+    if toks.ndim != 2:
+        raise ValueError(f"inputs: expected tokens [n, seq], got shape {toks.shape}")
+    feats = np.asarray(check_array(features, "features", ndim=1, kind="integer"))
+    top = top_activations(model, variables, params, setting, site, [toks], feats, k=k, max_k=max_k)
+
+    @jax.jit
+    def latents(variables, params, x):
+        _, acts = capture_sites(model, variables, [site])(x)
+        a = acts[site]
+        flat = a.reshape(-1, *a.shape[2:])
+        lat = jax.vmap(lambda xi: encode(params, xi, setting, max_k=max_k))(flat)
+        return lat.reshape(a.shape[0], a.shape[1], -1)[..., feats]
+
+    lat = np.asarray(latents(variables, params, jnp.asarray(toks)))  # [n, seq, feature]
+    freq = (lat > 0).mean(axis=(0, 1))
+    show = token_str or str
+    promoted = None
+    if W_U is not None:
+        promoted = np.asarray(jax.lax.top_k(logit_effects(params, W_U, feats), 3)[1])
+    labels, examples, ex_acts = [], [], []
+    for row, f in enumerate(feats.tolist()):
+        label = f"latent {f} · fires on {freq[row]:.1%}"
+        if promoted is not None:
+            label += " · promotes " + ", ".join(show(int(t)) for t in promoted[row])
+        labels.append(label)
+        ex = np.maximum(top.example[row], 0)
+        examples.append([[show(int(t)) for t in toks[e]] for e in ex])
+        ex_acts.append([lat[e, :, row] for e in ex])
+    return feature_gallery(
+        labels,
+        np.where(np.isfinite(top.values[:, 0]), top.values[:, 0], 0.0),
+        examples=examples,
+        example_values=np.where(np.isfinite(top.values), top.values, 0.0),
+        example_indices=top.example,
+        example_activations=ex_acts,
+        title=title,
+    )
