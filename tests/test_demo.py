@@ -45,6 +45,7 @@ FIGURES = {
     "actmax": ["actmax_logits", "actmax_units", "actmax_traces", "actmax_topk"],
     "interventions": ["patching_layer_head", "patching_layer_position", "attribution_vs_patching"],
     "probes": ["probes_cnn", "probes_transformer"],
+    "features": [],
     "circuits": ["lens_curves", "lens_grid", "induction_phase_change"],
     "smollm2": [
         "smollm2_induction_scores",
@@ -64,6 +65,7 @@ VIEWS = {
         "view_patching_residual",
     ],
     "probes": ["view_probes_cnn", "view_probes_transformer"],
+    "features": ["view_features_toy"],
     "circuits": [],
     "smollm2": ["view_smollm2_ioi", "view_attention_smollm2"],
 }
@@ -73,6 +75,7 @@ HEADINGS = {
     "actmax": "## Activation maximization",
     "interventions": "## Causal interventions",
     "probes": "## Linear probes",
+    "features": "## Sparse dictionaries (features)",
     "circuits": "## Lenses and checkpoints",
     "smollm2": "## A real model: SmolLM2",
 }
@@ -429,3 +432,15 @@ def test_circuits_section(demo):
     assert abs(got["induction_phase_step_loss"] - got["induction_phase_step_score"]) <= 20
     assert got["icl_loss_first_last"][1] < 0.5 < 3.0 < got["icl_loss_first_last"][0]
     assert got["induction_first_last"][1] > 0.6 > 0.2 > got["induction_first_last"][0]
+
+
+def test_features_section_trains_every_site_and_setting(demo):
+    got = demo.results["features"]
+    n = len(got["sites"]) * len(got["settings"])
+    assert len(got["l0"]) == len(got["fvu"]) == len(got["recovered"]) == n
+    # TopK keeps at most k = 8 latents; reconstructions explain most of the variance and
+    # recover most of the loss lost by zero-ablating the residual stream
+    names = [s for _ in got["sites"] for s in got["settings"]]
+    assert all(l0 <= 8 for l0, s in zip(got["l0"], names) if s.startswith("topk"))
+    assert max(got["fvu"]) < 0.5 and min(got["recovered"]) > 0.5
+    assert got["clean_ce"] < min(got["zero_ce"].values())

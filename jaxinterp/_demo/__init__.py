@@ -18,6 +18,7 @@ SECTIONS: tuple[str, ...] = (
     "actmax",
     "interventions",
     "probes",
+    "features",
     "circuits",
     "smollm2",
 )
