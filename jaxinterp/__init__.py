@@ -8,6 +8,8 @@ sharding. The spine is :func:`jaxinterp.capture.capture`, which turns a model in
   top-k dataset examples.
 * :mod:`jaxinterp.attention` — attention-weight extraction, rollout and per-head scores.
 * :mod:`jaxinterp.probes` — linear probes over layers × tasks, control tasks, metrics.
+* :mod:`jaxinterp.features` — sparse dictionaries (SAEs, transcoders, crosscoders) trained
+  many at once, metrics, SAELens files, feature analysis.
 * :mod:`jaxinterp.interventions` — ablation, activation and attribution patching sweeps.
 * :mod:`jaxinterp.sharding` — meshes, chunking and streaming for every batched call.
 * :mod:`jaxinterp.models` — reference models (trained and cached) and the MiniLM loader.
@@ -33,6 +35,7 @@ from jaxinterp import (
     actmax,
     attention,
     capture,
+    features,
     interventions,
     models,
     probes,
@@ -46,6 +49,7 @@ __all__ = [
     "attention",
     "capture",
     "checked",
+    "features",
     "interventions",
     "models",
     "plotting",

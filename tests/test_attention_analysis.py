@@ -120,7 +120,11 @@ def test_rollout_matches_numpy(weights, residual):
     np.testing.assert_allclose(got, _np_rollout(weights, residual), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
     batched = jnp.stack([w, w[:, ::-1]], axis=1)  # [layer, batch, head, q, k]
-    np.testing.assert_allclose(rollout(batched, residual=residual)[0], got, atol=1e-6)
+    np.testing.assert_allclose(
+        rollout(batched, residual=residual, layout="lbhqk")[0], got, atol=1e-6
+    )
+    first = jnp.moveaxis(batched, 1, 0)  # [batch, layer, head, q, k]
+    np.testing.assert_allclose(rollout(first, residual=residual, layout="blhqk")[0], got, atol=1e-6)
 
 
 def test_bad_inputs_raise(weights):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import jaxinterp
 from jaxinterp import actmax, models
@@ -38,6 +39,38 @@ def _top(**kw):
     args = dict(model=MLP, variables=MLP_V, objective=UNIT, targets=jnp.arange(2), data=DATA)
     args.update(kw)
     return lambda: actmax.top_k_examples(**args)
+
+
+class _ScanBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.lin = nnx.Linear(3, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return jax.nn.relu(self.lin(x))
+
+
+class _ScanNet(nnx.Module):
+    """Two layers under nnx.scan over weights stacked by nnx.vmap."""
+
+    def __init__(self, rngs):
+        @nnx.split_rngs(splits=2)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(rngs):
+            return _ScanBlock(rngs)
+
+        self.layers = make(rngs)
+
+    def __call__(self, x):
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def body(x, layer):
+            return layer(x)
+
+        return body(x, self.layers)
+
+
+def _max_scan(objective):
+    net = _ScanNet(nnx.Rngs(0))
+    return lambda: actmax.maximize(KEY, net, None, objective, jnp.arange(2), param=P3, steps=2)
 
 
 def _nan_data():
@@ -221,6 +254,12 @@ CASES = [
         ValueError,
         "metric",
     ),  # fmt: skip
+    (  # issue 20: the arguments swapped read [vocab] ids into the prompt, plausible ones
+        "nearest_tokens swapped",
+        lambda: actmax.nearest_tokens(jnp.eye(6, 3), jnp.ones((2, 3))),
+        ValueError,
+        "embedding",
+    ),  # fmt: skip
     (
         "nearest_tokens table width",
         lambda: actmax.nearest_tokens(jnp.ones((2, 3)), jnp.eye(4)),
@@ -246,6 +285,52 @@ CASES = [
     ("random_rotate NaN", lambda: actmax.random_rotate([float("nan")]), ValueError, "angles"),
     ("random_rotate strings", lambda: actmax.random_rotate(["a"]), TypeError, "angles"),
     ("compose non-callable", lambda: actmax.compose(actmax.pad(1), 5), TypeError, "transforms"),
+    # issue 20: deep errors with a clear cause
+    ("neuron glob path", lambda: actmax.neuron("act_*", 0), ValueError, "path"),
+    ("channel glob path", lambda: actmax.channel("a?t_0", 0), ValueError, "path"),
+    (
+        "maximize glob objective",
+        _max(objective=lambda u: actmax.neuron("act*", u)),
+        ValueError,
+        "path",
+    ),  # fmt: skip
+    (
+        "Objective glob paths",
+        lambda: actmax.Objective(lambda a: a["x"].sum(), ("block_*",)),
+        ValueError,
+        "paths",
+    ),
+    (
+        "maximize factory returns a function",
+        _max(objective=lambda u: lambda acts: acts["act_0"][0, u]),
+        TypeError,
+        "objective: the factory returned function",
+    ),
+    (
+        "soft_prompt model_kwargs object",
+        lambda: actmax.soft_prompt(jnp.eye(3), 2, site="e", model_kwargs={"m": object()}),
+        TypeError,
+        "model_kwargs",
+    ),  # fmt: skip
+    (
+        "soft_prompt token_id past vocab",
+        lambda: actmax.soft_prompt(jnp.eye(3), 2, token_id=3),
+        ValueError,
+        "token_id",
+    ),  # fmt: skip
+    ("maximize methods str", _max(methods="encode"), TypeError, "methods"),
+    (
+        "maximize scanned path",
+        _max_scan(lambda u: actmax.neuron("layers", u)),
+        ValueError,
+        "objective: 'layers' has shape",
+    ),  # fmt: skip
+    (
+        "maximize scan step past",
+        _max_scan(lambda u: actmax.neuron("layers[3]", u)),
+        ValueError,
+        "path",
+    ),  # fmt: skip
     # top_k_examples
     ("top_k k 0", _top(k=0), ValueError, "k"),
     ("top_k k float", _top(k=2.0), TypeError, "k"),

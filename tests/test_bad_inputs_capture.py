@@ -66,6 +66,13 @@ ID = lambda p, m, nxt, a, k: nxt(*a, **k)  # noqa: E731
 NO_PARAMS = {"params": {"out": V["params"]["out"]}}
 RAISES_V = {"params": {"d": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}}
 
+
+def _tonnx():
+    m = nnx.bridge.ToNNX(Two(), rngs=nnx.Rngs(0))
+    nnx.bridge.lazy_init(m, X)
+    return m
+
+
 # (id, callable, exception, message regex from the start)
 ROWS = [
     # capture
@@ -159,6 +166,22 @@ ROWS = [
     ("capture_sites-arg-pos", lambda: capture_sites(M, V, ["hid:input[3]"])(X), ValueError, "site"),
     ("capture_sites-inside-cond", lambda: capture_sites(CM, CV, ["inner"])(X), ValueError, "sites"),
     ("run_sites-edits-type", lambda: run_sites(M, V, X, edits=3), TypeError, "edits"),
+    # issue 20: nnx.bridge.ToNNX as the root said "the model has no submodules"
+    ("capture-tonnx-root", lambda: capture(_tonnx()), TypeError, "model: an nnx.bridge.ToNNX"),
+    ("list_paths-tonnx-root", lambda: list_paths(_tonnx(), None, X), TypeError, "model"),
+    # issue 20: an element index past an array output was clamped by jnp (row 1 of 2)
+    (
+        "run_sites-element-past-array",
+        lambda: run_sites(M, V, X, sites=["hid:output[20]"]),
+        ValueError,
+        r"site: 'hid:output\[20\]': .* out of range for axis 0 of size 2",
+    ),
+    (
+        "capture_sites-element-past-array",
+        lambda: capture_sites(M, V, ["hid:output[-3]"])(X),
+        ValueError,
+        "site",
+    ),
 ]
 
 

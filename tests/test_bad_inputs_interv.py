@@ -31,6 +31,27 @@ X = jnp.ones((2, 4, 3))
 W = jax.nn.softmax(jax.random.normal(jax.random.key(0), (2, 4, 6, 6)), -1)  # [layer, head, q, k]
 
 
+class _TupleLayer(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(4, name="d")(x), x
+
+
+class _TupleNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h, _ = _TupleLayer(name="two")(x)
+        return nn.Dense(2, name="out")(h)
+
+
+def _tuple_sweep(site):
+    x = jnp.ones((2, 3))
+    m = _TupleNet()
+    v = m.init(jax.random.key(0), x)
+    sites = iv.site_grid([site], [(-1, 4)])
+    return lambda t: iv.patch_sweep(m, v, x, 2 * x, sites, lambda o: o.sum())
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """A randomly initialised 2-layer, 4-head transformer and a patching task (batch 2)."""
@@ -275,6 +296,21 @@ def _rows():
         ("mean-scalar", lambda t: iv.mean(1.0), ValueError, "values"),
         ("mean-strings", lambda t: iv.mean(["a", "b"]), TypeError, "values"),
         ("mean-not-broadcast", lambda t: iv.mean(jnp.ones((5, 7)))(X), ValueError, "values"),
+        # issue 20: a tuple-valued site failed with "'tuple' object has no attribute 'shape'"
+        ("patch_sweep-tuple-site", _tuple_sweep("two"), ValueError, "sites: 'two' is a tuple"),
+        # issue 20, layouts: one [seq, d] reference was averaged over its positions
+        (
+            "mean-reference-without-n-axis",
+            lambda t: iv.mean(jnp.arange(12.0).reshape(4, 3))(X),
+            ValueError,
+            "values: expected references",
+        ),
+        (
+            "mean-reference-n-d-on-3d",
+            lambda t: iv.mean(jnp.ones((7, 3)), at={-1: 0})(X),
+            ValueError,
+            "values: expected references",
+        ),
         ("resample-int-key", lambda t: iv.resample(0, jnp.ones((3, 4, 3))), TypeError, "key"),
         (
             "resample-batch-of-keys",
@@ -303,6 +339,14 @@ def _rows():
         ("replace-strings", lambda t: iv.replace("abc"), TypeError, "values"),
         ("replace-bad-at", lambda t: iv.replace(X, at=[0]), TypeError, "at"),
         # ---------------------------------------------------------------- metrics
+        # issue 20, layouts: one example's [seq, vocab] was read as [batch, vocab] and the
+        # position ignored
+        (
+            "logit_diff-position-with-2d-logits",
+            lambda t: iv.logit_diff(logits[0], 1, 2, 3),
+            ValueError,
+            "position",
+        ),
         (
             "logit_diff-position-20-of-16",  # regression: used to become position 4
             lambda t: iv.logit_diff(logits, 1, 2, 20),
@@ -844,6 +888,26 @@ def _rows():
         ("rollout-head-axis-layer", lambda t: at.rollout(W, head_axis=0), ValueError, "head_axis"),
         ("rollout-head-axis-out", lambda t: at.rollout(W, head_axis=7), ValueError, "head_axis"),
         ("rollout-unnormalised", lambda t: at.rollout(W * 2), ValueError, "weights"),
+        # issue 20, layouts: batch-first weights were rolled out over the batch
+        (
+            "rollout-5d-without-layout",
+            lambda t: at.rollout(jnp.stack([W, W, W])),
+            ValueError,
+            "layout",
+        ),
+        (
+            "rollout-layout-wrong-rank",
+            lambda t: at.rollout(W, layout="lbhqk"),
+            ValueError,
+            "layout",
+        ),
+        ("rollout-layout-no-head", lambda t: at.rollout(W, layout="lbqk"), ValueError, "layout"),
+        (
+            "rollout-layout-and-head_axis",
+            lambda t: at.rollout(W, layout="lhqk", head_axis=1),
+            ValueError,
+            "head_axis",
+        ),
         (
             "rollout-checked-traced-unnormalised",
             lambda t: jaxinterp.checked(at.rollout)(W * 2),

@@ -385,12 +385,14 @@ def test_bpe_invalid_json(tmp_path):
 A2 = np.full((2, 2), 0.5)
 PLOTS = [
     ("image_grid 2-D", lambda: image_grid(np.zeros((5, 5))), ValueError, "images"),
+    # issue 20: one [h, w, 3] image was drawn as h grey strips
+    ("image_grid one RGB image", lambda: image_grid(np.zeros((5, 6, 3))), ValueError, "images"),
     ("image_grid none", lambda: image_grid(np.zeros((0, 4, 4))), ValueError, "images"),
     ("image_grid nan", lambda: image_grid(np.full((1, 2, 2), np.nan)), ValueError, "images"),
-    ("image_grid titles", lambda: image_grid(np.zeros((2, 3, 3)), ["x"]), ValueError, "titles"),
+    ("image_grid titles", lambda: image_grid(np.zeros((2, 4, 4)), ["x"]), ValueError, "titles"),
     # regression: ncols=0 was clamped to 1 silently
-    ("image_grid ncols", lambda: image_grid(np.zeros((2, 3, 3)), ncols=0), ValueError, "ncols"),
-    ("image_grid size", lambda: image_grid(np.zeros((2, 3, 3)), size=0), ValueError, "size"),
+    ("image_grid ncols", lambda: image_grid(np.zeros((2, 4, 4)), ncols=0), ValueError, "ncols"),
+    ("image_grid size", lambda: image_grid(np.zeros((2, 4, 4)), size=0), ValueError, "size"),
     ("attention_grid 3-D", lambda: attention_grid(np.zeros((2, 2, 2))), ValueError, "weights"),
     (
         "attention_grid tokens",

@@ -326,6 +326,9 @@ _LF_ROWS = [
         TypeError,
         "variables",
     ),
+    # issue 20: a glob gave a bare KeyError('h*')
+    ("glob", lambda: probes.layer_features(_MC, _VC, _XC, ["h*"]), ValueError, "paths"),
+    ("glob-question", lambda: probes.layer_features(_MC, _VC, _XC, ["hea?"]), ValueError, "paths"),
 ]
 
 

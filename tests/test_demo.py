@@ -45,6 +45,14 @@ FIGURES = {
     "actmax": ["actmax_logits", "actmax_units", "actmax_traces", "actmax_topk"],
     "interventions": ["patching_layer_head", "patching_layer_position", "attribution_vs_patching"],
     "probes": ["probes_cnn", "probes_transformer"],
+    "features": [],
+    "circuits": ["lens_curves", "lens_grid", "induction_phase_change"],
+    "smollm2": [
+        "smollm2_induction_scores",
+        "smollm2_ioi_heads",
+        "smollm2_ioi_attribution",
+        "smollm2_ioi_residual",
+    ],
 }
 # The interactive pages each section writes (jaxinterp.viz), linked from index.html in order.
 VIEWS = {
@@ -57,6 +65,9 @@ VIEWS = {
         "view_patching_residual",
     ],
     "probes": ["view_probes_cnn", "view_probes_transformer"],
+    "features": ["view_features_toy"],
+    "circuits": [],
+    "smollm2": ["view_smollm2_ioi", "view_attention_smollm2"],
 }
 HEADINGS = {
     "models": "## Reference models",
@@ -64,6 +75,9 @@ HEADINGS = {
     "actmax": "## Activation maximization",
     "interventions": "## Causal interventions",
     "probes": "## Linear probes",
+    "features": "## Sparse dictionaries (features)",
+    "circuits": "## Lenses and checkpoints",
+    "smollm2": "## A real model: SmolLM2",
 }
 
 
@@ -279,6 +293,28 @@ def _view_data(demo: Demo, name: str) -> dict:
     return json.loads(m.group(1))
 
 
+def test_smollm2_section(demo, smollm2):
+    """The real model's numbers: induction scores against numpy on the same tokens, the IOI
+    prompts' clean logit difference against a plain forward, the chat answer, the logit lens."""
+    got = demo.results["smollm2"]
+    assert "Paris" in got["generation"]
+    ind = np.asarray(got["induction_scores"])  # [layer, head]
+    assert ind.shape == (30, 9) and ind.max() > 0.5 and np.median(ind) < 0.05
+    assert got["loss_repeated_copy"] < got["loss_first_copy"] - 6
+    rises = got["ablation_loss_rise"]
+    assert rises[0] > 1.0 and rises[0] > 3 * max(rises[1:])
+    task = iv.ioi_task(jax.random.key(1), smollm2.tokenizer, len(got["ioi_prompts"]))
+    assert list(task.prompts) == got["ioi_prompts"]
+    logits = np.asarray(jax.jit(smollm2.model.apply)(smollm2.variables, task.task.clean))
+    rows = np.arange(len(task.prompts))
+    ld = logits[rows, -1, task.task.answer] - logits[rows, -1, task.task.wrong]
+    assert got["ioi_clean_logit_diff"] == pytest.approx(ld.mean(), rel=1e-4)
+    assert got["ioi_spearman"] > 0.8
+    agree = got["logit_lens_agreement"]
+    assert agree[-1] == 1.0 and max(agree[:10]) < 0.2
+    assert got["logit_lens_kl"][-1] < 1e-3
+
+
 def test_index_links_every_view(demo):
     expected = [f"{n}.html" for s in SECTIONS for n in VIEWS[s]]
     index = (demo.out / "index.html").read_text(encoding="utf-8")
@@ -386,3 +422,25 @@ def test_compile_cache_switch(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path))
     assert use_compile_cache(tmp_path / "x") is None  # the user's own setting wins
     assert use_compile_cache(None) is None
+
+
+def test_circuits_section(demo):
+    got = demo.results["circuits"]
+    logit, tuned = np.array(got["lens_kl_logit"]), np.array(got["lens_kl_tuned"])
+    assert np.all(tuned[:-1] < logit[:-1]) and abs(logit[-1]) < 1e-4
+    assert got["induction_checkpoints"] == 20
+    assert abs(got["induction_phase_step_loss"] - got["induction_phase_step_score"]) <= 20
+    assert got["icl_loss_first_last"][1] < 0.5 < 3.0 < got["icl_loss_first_last"][0]
+    assert got["induction_first_last"][1] > 0.6 > 0.2 > got["induction_first_last"][0]
+
+
+def test_features_section_trains_every_site_and_setting(demo):
+    got = demo.results["features"]
+    n = len(got["sites"]) * len(got["settings"])
+    assert len(got["l0"]) == len(got["fvu"]) == len(got["recovered"]) == n
+    # TopK keeps at most k = 8 latents; reconstructions explain most of the variance and
+    # recover most of the loss lost by zero-ablating the residual stream
+    names = [s for _ in got["sites"] for s in got["settings"]]
+    assert all(l0 <= 8 for l0, s in zip(got["l0"], names) if s.startswith("topk"))
+    assert max(got["fvu"]) < 0.5 and min(got["recovered"]) > 0.5
+    assert got["clean_ce"] < min(got["zero_ce"].values())

@@ -97,7 +97,23 @@ def _check_interventions(ns):  # block 4
     assert sweep._cache_size() == 2
 
 
-def _check_policy(ns):  # block 5
+def _check_smollm2(ns):  # block 5
+    toks, maps = np.asarray(ns["toks"]), ns["maps"]
+    scores = np.asarray(ns["scores"])
+    assert scores.shape == (30, 9)
+    # numpy: attention from each second-copy token to the key after its first occurrence
+    w = np.stack([np.asarray(maps[f"blocks_{i}/attn/probs"]) for i in range(30)])
+    half = (toks.shape[1] - 1) // 2
+    q = np.arange(1 + half, 1 + 2 * half)
+    ref = w[:, :, :, q, q - half + 1].mean(axis=(1, 3))  # random tokens: repeats are rare
+    np.testing.assert_allclose(scores, ref, atol=0.02)
+    assert scores.max() > 0.8 and 17 <= int(scores.argmax()) // 9 <= 18
+    effects = np.asarray(ns["sites"].unflatten(ns["res"].normalized))
+    assert effects.shape == (30, 9)
+    assert np.unravel_index(effects.argmax(), effects.shape)[0] == 23  # the strongest IOI head
+
+
+def _check_policy(ns):  # block 6
     diff_at = ns["diff_at"]
     assert np.isnan(float(jax.jit(diff_at)(20)))  # out of range under jit: NaN, never wrapped
     assert float(jax.jit(diff_at)(4)) == 0.0  # in range: the (zero) logit difference
@@ -110,7 +126,7 @@ def _check_policy(ns):  # block 5
         raise AssertionError("an out-of-range position must raise eagerly")
 
 
-def _check_sharding(ns):  # block 6
+def _check_sharding(ns):  # block 7
     ref_logits, ref_acts = jax.jit(ns["f"])(ns["tokens"])
     np.testing.assert_allclose(ns["logits"], ref_logits, rtol=1e-5, atol=1e-5)
     for k in ref_acts:
@@ -123,6 +139,7 @@ CHECKS = [
     _check_attention,
     _check_probes,
     _check_interventions,
+    _check_smollm2,
     _check_policy,
     _check_sharding,
 ]

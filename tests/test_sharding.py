@@ -229,6 +229,14 @@ def _bad_rows():
         ("params", dict(rules=[("w", P("model", "data"))]), ValueError),  # 6 % 2 ok, 1002 % 4
         ("fallback", dict(fallback="shard"), ValueError),
         ("min_size", dict(min_size=-1), ValueError),
+        # issue 20: a rule with a typo placed nothing, silently
+        ("rules: rule 0 .'W\\$'. matches no path", dict(rules=[("W$", P())]), ValueError),
+        (
+            "rules: rule 1 .* only matches paths an earlier rule took",
+            dict(rules=[("w", P()), ("^w$", P("data"))]),
+            ValueError,
+        ),
+        ("unmatched", dict(unmatched="skip"), ValueError),
     ]
 
 
@@ -242,6 +250,31 @@ def test_param_specs_bad_inputs(name, kwargs, exc):
     kwargs = {"mesh": _mesh42(), **kwargs}
     with pytest.raises(exc, match=f"^{name}"):
         param_specs(params, **kwargs)
+
+
+def test_unmatched_rules_warn_or_pass_when_asked():
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    from jaxinterp.sharding import param_specs
+
+    params = {"w": jax.ShapeDtypeStruct((6, 1002), "float32")}
+    rules = [("w$", P("model")), ("mlp/gate", P("data"))]  # the second is for another model
+    with pytest.warns(UserWarning, match=r"^rules: rule 1 \('mlp/gate'\) matches no path"):
+        got = param_specs(params, _mesh42(), rules, unmatched="warn")
+    assert got["w"] == P("model")
+    assert param_specs(params, _mesh42(), rules, unmatched="ignore")["w"] == P("model")
+
+
+def test_model_mesh_leaving_devices_unused_warns():
+    import jax
+
+    from jaxinterp.sharding import model_mesh
+
+    two = jax.devices()[:1] * 2  # two entries, one mesh slot: one is left unused
+    with pytest.warns(UserWarning, match="^data: a mesh of data × model = 1 × 1 devices leaves 1"):
+        mesh = model_mesh(model=1, data=1, devices=two)
+    assert mesh.devices.size == 1
 
 
 def test_indivisible_rule_names_path_shape_and_axis():

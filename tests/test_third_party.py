@@ -298,3 +298,32 @@ class TestGemmaStyle(chex.TestCase):
         np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)
         near = np.abs(np.arange(6)[:, None] - np.arange(6)[None]) < GemmaAttention.window
         assert (w[..., ~near] == 0).all()  # the sliding window is respected
+
+
+def test_gpt2_soft_prompt_as_the_readme_writes_it():
+    """Issue 20: ``soft_prompt(table, seq_len, site="transformer/wte")`` on HF GPT-2, as the
+    README writes it, with nothing else: the module's call requires ``attention_mask`` and
+    ``position_ids``, which ``maximize`` fills in as the HF wrapper does for ``None``. Started
+    at the embeddings of real tokens, the first trace value (before any step) is the model's
+    own logit for those tokens; the ascent then raises it."""
+    import optax
+
+    from jaxinterp import actmax
+
+    m = _hf("gpt2")[0]
+    table = m.params["transformer"]["wte"]["embedding"]
+    ids, pos, targets = jnp.array([[5, 17, 3, 40, 9]]), 3, jnp.array([7, 21])
+    res = actmax.maximize(
+        jax.random.key(0),
+        m.module,
+        {"params": m.params},
+        lambda t: actmax.class_logit(t, position=(pos,)),
+        targets,
+        param=actmax.soft_prompt(table, 5, site="transformer/wte"),
+        init=jnp.broadcast_to(table[ids], (2, 1, 5, 16)),
+        optimizer=optax.adam(0.1),
+        steps=10,
+    )
+    own = m(ids).logits[0, pos, targets]  # the wrapper's own forward on the tokens
+    np.testing.assert_allclose(res.traces[:, 0], own, rtol=1e-5, atol=1e-5)
+    assert bool((res.traces[:, -1] > res.traces[:, 0] + 0.1).all()), res.traces[:, [0, -1]]

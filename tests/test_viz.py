@@ -177,6 +177,9 @@ def test_gallery_from_actmax_result_types():
     np.testing.assert_array_equal(got, np.round(data[5, ..., 0] * 255))
     got = _png_pixels(items[2]["optimized"]["src"])
     np.testing.assert_array_equal(got, np.round(res.inputs[2, 0, ..., 0] * 255))
+    # issue 20: indices into another (shorter) dataset are refused by name
+    with pytest.raises(ValueError, match="^data: top.indices go up to 10"):
+        viz.gallery_from_actmax(res, top, data[:8], ["u0", "u1", "u2"])
 
 
 def test_gallery_tokens():

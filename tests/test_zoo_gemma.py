@@ -20,6 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from gemma import gm  # requirements-zoo.txt; imported plainly so a missing install fails
 from gemma import modules as gmod
@@ -130,3 +131,32 @@ def test_head_ablation_on_einsum_input_equals_zeroed_weights():
     want = model.apply({"params": p}, tokens)
     np.testing.assert_allclose(got.logits, want.logits, atol=1e-5)
     assert float(jnp.abs(want.logits - out.logits).max()) > 1e-3  # the head matters
+
+
+def test_soft_prompt_through_the_embedders_encode_method_gives_the_models_own_logits():
+    """Issue 20: the embedder is used through ``encode``; ``maximize(methods=("encode",))``
+    lets a soft prompt replace its output, with no hand-written forward. Started at
+    ``encode(ids)`` (the table rows times sqrt(d_model)), the first trace value (before any
+    step) is the model's own logit for ``ids``; the placeholder ids are non-padding
+    (``token_id=2``: Gemma masks id 0). The ascent then raises the logit."""
+    from jaxinterp import actmax
+
+    model, v, tokens, _, _ = _gemma()
+    table = v["params"]["embedder"]["input_embedding"]
+    ids = tokens[:1]  # ids in [1, V): no padding
+    targets = jnp.array([3, 30])
+    res = actmax.maximize(
+        jax.random.key(0),
+        model,
+        v,
+        lambda t: actmax.class_logit(t, position=(T - 1,)),
+        targets,
+        param=actmax.soft_prompt(table, T, site="embedder.encode", token_id=2),
+        methods=("encode",),
+        init=jnp.broadcast_to(table[ids] * np.sqrt(D), (2, 1, T, D)),
+        optimizer=optax.adam(0.1),
+        steps=10,
+    )
+    own = model.apply(v, ids).logits[0, T - 1, targets]
+    np.testing.assert_allclose(res.traces[:, 0], own, rtol=1e-5, atol=1e-5)
+    assert bool((res.traces[:, -1] > res.traces[:, 0]).all()), res.traces[:, [0, -1]]

@@ -12,7 +12,16 @@ from pathlib import Path
 
 from jaxinterp._demo._context import DemoContext
 
-SECTIONS: tuple[str, ...] = ("models", "attention", "actmax", "interventions", "probes")
+SECTIONS: tuple[str, ...] = (
+    "models",
+    "attention",
+    "actmax",
+    "interventions",
+    "probes",
+    "features",
+    "circuits",
+    "smollm2",
+)
 
 
 def run_demo(

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -112,6 +113,70 @@ class ActMaxResult(NamedTuple):
     nonfinite_step: jax.Array
 
 
+@dataclasses.dataclass(frozen=True)
+class _Calls:
+    """``maximize``'s ``method`` with its ``methods=`` (submodule methods hooked besides
+    ``__call__``), carried as one hashable ``method`` through the compile cache."""
+
+    method: Any
+    methods: tuple[str, ...]
+
+
+def _split_calls(method: Any) -> tuple[Any, tuple[str, ...] | None]:
+    if isinstance(method, _Calls):
+        return method.method, method.methods
+    return method, None
+
+
+def _check_methods(methods: Any) -> tuple[str, ...] | None:
+    if methods is None:
+        return None
+    if isinstance(methods, str) or not all(isinstance(m, str) and m for m in methods):
+        raise TypeError(
+            f"methods: expected a sequence of method names such as ('encode',), got {methods!r}"
+        )
+    return tuple(methods)
+
+
+# Inputs a soft prompt's placeholder call fills in when the model's method requires them and
+# the caller did not give them: what Hugging Face's own wrappers pass for None (all tokens
+# attended, positions 0..seq-1). Any other required input is reported by name.
+_FILLED = {
+    "attention_mask": lambda b, t: jnp.ones((b, t), jnp.int32),
+    "position_ids": lambda b, t: jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)),
+}
+
+
+def _required_inputs(model: Any, method: Any, args: tuple, kwargs: dict, x: Any) -> dict:
+    """``kwargs`` plus the required ``attention_mask`` / ``position_ids`` the model's method
+    takes and nobody gave (a soft prompt calls it with placeholder ids only)."""
+    if method is not None and not isinstance(method, str):
+        return kwargs  # a function (model, *args) fills in the inputs itself
+    fn = getattr(model, method or "__call__", None)
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return kwargs
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    positional = {p.name for p in named[: len(args)] if p.kind == p.POSITIONAL_OR_KEYWORD}
+    missing = [
+        p.name
+        for p in named
+        if p.default is p.empty and p.name not in kwargs and p.name not in positional
+    ]
+    if not missing:
+        return kwargs
+    other = [n for n in missing if n not in _FILLED]
+    if other:
+        raise TypeError(
+            f"model_kwargs: the model's {method or '__call__'} requires {other}, which the soft "
+            "prompt's call (placeholder ids, the prompt at the embedding site) does not give; "
+            f"pass them as soft_prompt(..., model_kwargs={{{other[0]!r}: ...}})"
+        )
+    b, t = x.shape[:2]
+    return {**kwargs, **{n: _FILLED[n](b, t) for n in missing}}
+
+
 def forward_fn(
     model: Any,
     variables: Any,
@@ -123,7 +188,9 @@ def forward_fn(
 
     ``replace=(site, x)`` replaces the output of the module at ``site`` by ``x`` (a soft
     prompt in place of the embedding module's output); ``x`` must have that output's shape.
+    ``method`` may carry ``methods=`` (:class:`_Calls`).
     """
+    method, methods = _split_calls(method)
     real = list(dict.fromkeys(path_key(p) for p in paths if path_key(p) not in SPECIAL_PATHS))
     if replace is not None:
         site, value = replace
@@ -140,12 +207,19 @@ def forward_fn(
 
         def f_replace(*args, **kwargs):
             return run_sites(
-                model, variables, *args, edits={site: swap}, sites=real, method=method, **kwargs
+                model,
+                variables,
+                *args,
+                edits={site: swap},
+                sites=real,
+                method=method,
+                methods=methods,
+                **kwargs,
             )
 
         return f_replace
     if real:
-        return capture(model, variables, select=real, method=method)
+        return capture(model, variables, select=real, method=method, methods=methods)
 
     def f(*args, **kwargs):
         out = apply_with_hook(
@@ -161,7 +235,10 @@ def feed_forward(
 ) -> tuple[Any, dict]:
     """Runs the model on input ``x`` as ``param`` feeds it (arguments, or a replaced module)."""
     args, kwargs = param.feed(x)
-    replace = None if param.site is None else (param.site, x)
+    replace = None
+    if param.site is not None:
+        replace = (param.site, x)
+        kwargs = _required_inputs(model, _split_calls(method)[0], args, kwargs, x)
     return forward_fn(model, variables, paths, method, replace)(*args, **kwargs)
 
 
@@ -252,6 +329,7 @@ def maximize(
     mesh: Mesh | None = None,
     method: str | Callable[..., Any] | None = None,
     redirect_relu: int = 0,
+    methods: Sequence[str] | None = None,
 ) -> ActMaxResult:
     """Maximizes an objective of a model's activations over its input, for many targets.
 
@@ -292,6 +370,11 @@ def maximize(
         they are inactive, if it pushes their input up (Lucid's redirected ReLU), so a unit
         that starts inactive still gets a gradient. Applies to the model's ``jax.nn.relu``
         calls (flax ``nn.relu``) traced in its forward pass. 0 (default) = plain gradients.
+      methods: submodule methods hooked besides ``__call__`` (as in
+        :func:`jaxinterp.capture.capture`), so objectives and a soft prompt's ``site`` can
+        name ``"path.method"``: e.g. ``methods=("encode",)`` and
+        ``soft_prompt(..., site="embedder.encode")`` for Google's ``gemma`` models, whose
+        embedder is called through ``encode``.
 
     Returns:
       An :class:`ActMaxResult` with ``inputs [target, batch, ...]``, ``traces [target, steps]``
@@ -327,6 +410,9 @@ def maximize(
         )
     if mesh is not None and not isinstance(mesh, Mesh):
         raise TypeError(f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+    methods = _check_methods(methods)
+    if methods:
+        method = _Calls(method, methods)
     fixed = isinstance(objective, Objective)
     if not fixed and not callable(objective):
         raise TypeError(f"objective: expected an Objective or a factory, got {type(objective)}")
@@ -380,7 +466,18 @@ def maximize(
     if fixed:
         obj, factory = objective, None
     else:
-        obj = jax.vmap(objective)(targets)
+        try:
+            obj = jax.vmap(objective)(targets)
+        except TypeError:
+            # a factory returning a plain function fails inside vmap with JAX's own words
+            one = objective(jax.tree.map(lambda t: t[0], targets))
+            if not isinstance(one, Objective):
+                raise TypeError(
+                    f"objective: the factory returned {type(one).__name__}, not an Objective; "
+                    "build it from actmax objectives (neuron, channel, direction, ...), or wrap "
+                    "a function of the activations: Objective(fn, paths)"
+                ) from None
+            raise
         if not isinstance(obj, Objective):
             raise TypeError(f"objective: the factory returned {type(obj).__name__}, not Objective")
         factory = None if obj.structural else ById(objective)
@@ -692,6 +789,16 @@ def _check_objectives(
         if resized:
             raise _resize_error(err, x_shape, seen) from None
         raise
+    for p in paths:
+        if p != INPUT and (not shapes[p] or shapes[p][0] != x_shape[0]):
+            # e.g. a module inside nn.scan / nnx.scan: recorded [layer, batch, ...], and a
+            # per-example objective would read the layer axis as the batch
+            hint = f"; name one layer, e.g. {p + '[0]'!r}" if shapes[p] else ""
+            raise ValueError(
+                f"objective: {p!r} has shape {shapes[p]}, not [batch={x_shape[0]}, ...] with "
+                "the batch of inputs in front; a module inside a scan (nn.scan, nnx.scan) is "
+                f"recorded [layer, batch, ...]{hint}"
+            )
     for o in objs:
         o.check(shapes)
     return True

@@ -105,6 +105,19 @@ def _logits_field(x: Any) -> Any:
     return getattr(x, "logits", None)
 
 
+def _step(a: Any, step: int, path: str) -> Any:
+    """Layer ``step`` of a stacked ``[layer, ...]`` record (a shape struct too); never clamped."""
+    shape = tuple(getattr(a, "shape", ()))
+    if not shape or not -shape[0] <= step < shape[0]:
+        raise ValueError(
+            f"path: {path!r}: step [{step}] is out of range for a record of shape {shape} "
+            f"({shape[0] if shape else 0} stacked layers)"
+        )
+    if isinstance(a, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(shape[1:], a.dtype)
+    return a[step]
+
+
 def resolve(acts: Acts, path: str) -> Any:
     """The array ``path`` names in ``acts`` (steps, elements and a ``logits`` field resolved);
     works on arrays and on shape structs alike."""
@@ -114,7 +127,7 @@ def resolve(acts: Acts, path: str) -> Any:
         site = parse_site(path)
         x = acts[site.key]
         for step in site.steps:
-            x = jax.tree.map(lambda a, s=step: a[s], x)
+            x = jax.tree.map(lambda a, s=step: _step(a, s, path), x)
         for key in site.element:
             x = _element(x, key, path)
     if not hasattr(x, "shape"):
@@ -407,6 +420,12 @@ class Objective:
         paths = self.paths
         if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
             raise TypeError(f"paths: expected a tuple of path strings, got {paths!r}")
+        if not isinstance(self.fn, _Op):  # built-in objectives checked their path already
+            for p in paths:
+                try:
+                    _check_path(p)
+                except ValueError as err:
+                    raise ValueError("paths: " + str(err).removeprefix("path: ")) from None
         object.__setattr__(self, "paths", tuple(paths))
 
     @property
@@ -522,6 +541,17 @@ def _union(a: Sequence[str], b: Sequence[str]) -> tuple[str, ...]:
 def _check_path(path: Any) -> str:
     if not isinstance(path, str):
         raise TypeError(f"path: expected an activation path string, got {type(path).__name__}")
+    if path not in SPECIAL_PATHS:
+        try:
+            glob = any(c in parse_site(path).path for c in "*?[")
+        except (TypeError, ValueError):
+            glob = False  # reported where the path is resolved
+        if glob:
+            raise ValueError(
+                f"path: {path!r} is a glob; an objective reads one exact path (a module path, "
+                "'layers/mlp[2]' for one layer of a scan): name it, e.g. from "
+                "jaxinterp.capture.list_paths"
+            )
     return path
 
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp._checks import check_array, check_finite, is_traced, poison
+from jaxinterp._checks import check_array, check_finite, check_int, is_traced, poison
 
 
 def _default_feed(x: jax.Array) -> tuple[tuple, dict]:
@@ -370,7 +370,8 @@ class _SoftPrompt:
     batch: int
     sd: float
     argname: str | None
-    kwargs: tuple[tuple[str, _Frozen], ...]
+    kwargs: tuple[tuple[str, Any], ...]  # _Frozen arrays, or None / Python scalars as given
+    token_id: int = 0
 
     def init(self, key):
         table = jnp.asarray(self.table.a)
@@ -386,10 +387,10 @@ class _SoftPrompt:
         return jnp.asarray(x, jnp.float32)
 
     def feed(self, x):
-        kwargs = {k: jnp.asarray(v.a) for k, v in self.kwargs}
+        kwargs = {k: jnp.asarray(v.a) if isinstance(v, _Frozen) else v for k, v in self.kwargs}
         if self.argname is not None:
             kwargs[self.argname] = x
-        return (jnp.zeros(x.shape[:-1], jnp.int32),), kwargs
+        return (jnp.full(x.shape[:-1], self.token_id, jnp.int32),), kwargs
 
 
 def soft_prompt(
@@ -401,19 +402,25 @@ def soft_prompt(
     site: str | None = None,
     argname: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    token_id: int = 0,
 ) -> Param:
     """Continuous token embeddings (a soft prompt) for a sequence model.
 
     Initialized at the embeddings of random tokens (plus ``sd`` noise). The model is called as
-    ``model(zeros[batch, seq] int32, **model_kwargs)`` and the prompt ``x: [batch, seq,
-    d_model]`` enters it in one of two ways:
+    ``model(full([batch, seq], token_id) int32, **model_kwargs)`` and the prompt ``x: [batch,
+    seq, d_model]`` enters it in one of two ways:
 
     * ``site="transformer/wte"``: the output of the module at that path (the model's token
       embedding module, e.g. ``"embed"`` for :class:`jaxinterp.models.Transformer`,
       ``"transformer/wte"`` for Hugging Face Flax GPT-2) is replaced by ``x``, through
       :func:`jaxinterp.capture.run_sites`. Works on any linen or nnx model with an embedding
       module; everything after it (position embeddings, layers) runs as usual. The module's
-      output must be ``[batch, seq, d_model]`` (checked when the program is traced).
+      output must be ``[batch, seq, d_model]`` (checked when the program is traced). A
+      module used through a method names it as ``"path.method"`` (Google's ``gemma``:
+      ``site="embedder.encode"`` with ``maximize(..., methods=("encode",))``). Inputs the
+      model's call requires and ``model_kwargs`` does not give are filled in as Hugging Face
+      does for ``None``: ``attention_mask`` all ones, ``position_ids`` ``0..seq-1``; any
+      other required input raises ``TypeError`` naming it.
     * ``argname="embeddings"``: ``x`` is passed as that keyword, for models that take
       continuous inputs (:class:`jaxinterp.models.Transformer` does). This is the default
       when ``site`` is not given.
@@ -430,7 +437,11 @@ def soft_prompt(
       site: path of the module whose output the prompt replaces.
       argname: the model's keyword for continuous inputs (not with ``site``).
       model_kwargs: other keyword inputs of the model (e.g. an ``attention_mask`` and
-        ``position_ids`` of shape ``[batch, seq_len]``), as concrete arrays.
+        ``position_ids`` of shape ``[batch, seq_len]``), as concrete arrays, ``None`` or
+        Python scalars (passed as they are).
+      token_id: the placeholder id the model is called with (its embedding is replaced).
+        Models that derive a padding mask from the ids need a non-padding id (Gemma's
+        padding id is 0: pass e.g. ``token_id=2``).
 
     Returns:
       A :class:`Param` with ``apply(params) -> [batch, seq, d_model]``.
@@ -460,14 +471,34 @@ def soft_prompt(
         argname = "embeddings"
     if argname is not None and not isinstance(argname, str):
         raise TypeError(f"argname: expected a keyword name, got {argname!r}")
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise TypeError(
+            f"model_kwargs: expected a dict {{name: value}}, got {type(model_kwargs).__name__}"
+        )
     frozen = []
     for k, v in (model_kwargs or {}).items():
         if not isinstance(k, str) or is_traced(v):
             raise TypeError(f"model_kwargs: expected {{name: concrete array}}, got {k!r}: {v!r}")
-        frozen.append((k, _Frozen(np.asarray(v))))
+        if v is None or isinstance(v, (bool, int, float, str)):
+            frozen.append((k, v))  # hashable as they are; passed unchanged (HF's None inputs)
+            continue
+        a = np.asarray(v)
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise TypeError(
+                f"model_kwargs: {k!r}: expected an array, None or a Python scalar, got "
+                f"{type(v).__name__}"
+            )
+        frozen.append((k, _Frozen(a)))
+    token_id = check_int(token_id, "token_id", lo=0, hi=table.shape[0] - 1)
     sd = _check_pos(sd, "sd", zero_ok=True)
     spec = _SoftPrompt(
-        _Frozen(table), seq_len, batch, sd, argname, tuple(sorted(frozen, key=lambda kv: kv[0]))
+        _Frozen(table),
+        seq_len,
+        batch,
+        sd,
+        argname,
+        tuple(sorted(frozen, key=lambda kv: kv[0])),
+        token_id,
     )
     return _param(spec, feed=True, site=site)
 
@@ -477,7 +508,8 @@ def nearest_tokens(embeddings: jax.Array, embedding: jax.Array, *, metric: str =
 
     Args:
       embeddings: ``[..., seq, d_model]`` (e.g. ``maximize(...).inputs``).
-      embedding: the token table ``[vocab, d_model]``.
+      embedding: the token table ``[vocab, d_model]``. 2-D ``embeddings`` with more rows than
+        the table raise ``ValueError`` (the arguments look swapped).
       metric: ``"l2"`` (Euclidean distance) or ``"cosine"``.
 
     Returns:
@@ -493,6 +525,14 @@ def nearest_tokens(embeddings: jax.Array, embedding: jax.Array, *, metric: str =
         raise ValueError(
             f"embedding: expected [vocab, {embeddings.shape[-1] if embeddings.ndim else '?'}], "
             f"got shape {table.shape}"
+        )
+    if embeddings.ndim == 2 and embeddings.shape[0] > table.shape[0]:
+        # the token table passed first reads out [vocab] ids into the soft prompt
+        raise ValueError(
+            f"embedding: expected the token table [vocab, d_model], got {table.shape[0]} rows, "
+            f"fewer than the {embeddings.shape[0]} embeddings [seq, d_model] to read out: are "
+            "the arguments swapped? Call nearest_tokens(embeddings, table); for a sequence "
+            "longer than the vocabulary pass embeddings with a batch axis, [1, seq, d_model]"
         )
     check_finite(embeddings, "embeddings")
     check_finite(table, "embedding")

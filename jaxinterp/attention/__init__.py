@@ -9,7 +9,8 @@
   :func:`stack_layers` gives ``[layer, batch, head, q, k]``.
 * Scores on ``[..., q, k]``: :func:`rollout`, :func:`head_entropy`,
   :func:`mean_attention_distance`, :func:`attention_to`, :func:`offset_score`,
-  :func:`prev_token_score`, :func:`induction_score`.
+  :func:`prev_token_score`, :func:`induction_score`; :func:`repeated_tokens` makes inputs on
+  which induction heads show.
 * :func:`attention_stats` — a per-example statistic averaged over a dataset in chunks (memory
   independent of its size), optionally over a device mesh.
 """
@@ -30,6 +31,7 @@ from jaxinterp.attention._extract import (
     stack_layers,
 )
 from jaxinterp.attention._stream import attention_stats
+from jaxinterp.attention._tasks import repeated_tokens
 
 __all__ = [
     "attention_from_qk",
@@ -42,6 +44,7 @@ __all__ = [
     "mean_attention_distance",
     "offset_score",
     "prev_token_score",
+    "repeated_tokens",
     "rollout",
     "stack_layers",
 ]

@@ -294,7 +294,50 @@ def induction_score(
     return _finish(_query_mean(mass, has), ok)
 
 
-def rollout(weights: jax.Array, *, head_axis: int = -3, residual: float = 0.5) -> jax.Array:
+def _rollout_layout(layout: Any, ndim: int, head_axis: Any) -> tuple[int, int]:
+    """``(layer_axis, head_axis)`` of ``[..., q, k]`` weights of rank ``ndim``, checked."""
+    if layout is None:
+        if ndim > 4:
+            raise ValueError(
+                f"layout: weights of rank {ndim} could be [layer, batch, head, q, k] "
+                "(stack_layers' output) or [batch, layer, head, q, k] (batch first), and the "
+                "shape cannot tell; pass layout='lbhqk' or layout='blhqk'"
+            )
+        head = -3 if head_axis is None else head_axis
+        head = check_int(head, "head_axis", lo=-ndim, hi=ndim - 1)
+        if head % ndim in (0, ndim - 1, ndim - 2):
+            raise ValueError(f"head_axis: {head} must not be the layer, q or k axis")
+        return 0, head % ndim
+    if head_axis is not None:
+        raise ValueError("head_axis: give either layout= or head_axis=, not both")
+    if not isinstance(layout, str):
+        raise TypeError(f"layout: expected a string such as 'lbhqk', got {type(layout).__name__}")
+    ok = (
+        layout.endswith("qk")
+        and layout.count("l") == 1
+        and layout.count("h") == 1
+        and len(set(layout)) == len(layout)
+        and layout.isalpha()
+    )
+    if not ok:
+        raise ValueError(
+            "layout: expected one letter per axis, with one 'l' (layer), one 'h' (head) and "
+            f"ending in 'qk', e.g. 'lbhqk' or 'blhqk'; got {layout!r}"
+        )
+    if len(layout) != ndim:
+        raise ValueError(
+            f"layout: {layout!r} names {len(layout)} axes, but the weights have {ndim}"
+        )
+    return layout.index("l"), layout.index("h")
+
+
+def rollout(
+    weights: jax.Array,
+    *,
+    head_axis: int | None = None,
+    residual: float = 0.5,
+    layout: str | None = None,
+) -> jax.Array:
     """Attention rollout (Abnar & Zuidema, 2020).
 
     ``Â_l = residual · I + (1 - residual) · mean_heads(A_l)``, rows renormalised, and
@@ -302,13 +345,18 @@ def rollout(weights: jax.Array, *, head_axis: int = -3, residual: float = 0.5) -
     position ``q`` after the last layer. A ``lax.scan`` over layers.
 
     Args:
-      weights: ``[layer, ..., head, q, k]`` with ``q == k`` (e.g. ``[layer, head, q, k]``
-        for one example or ``[layer, batch, head, q, k]``).
-      head_axis: the head axis (default ``-3``); averaged out.
+      weights: ``[layer, head, q, k]`` with ``q == k`` for one example; with more axes
+        (e.g. ``[layer, batch, head, q, k]``), ``layout=`` says which axis is which.
+      head_axis: the head axis of 4-D weights (default ``-3``); averaged out.
       residual: weight of the identity (the residual connection), in ``[0, 1]``.
+      layout: one letter per axis, ``l`` the layer, ``h`` the head, ending in ``qk``:
+        ``"lbhqk"`` for :func:`stack_layers`' output, ``"blhqk"`` for batch-first weights.
+        Required for weights of more than 4 axes (the shape cannot tell a batch axis from
+        the layer axis); default ``"lhqk"`` for 4-D weights.
 
     Returns:
-      ``[..., q, k]`` rollout; rows sum to 1.
+      ``[..., q, k]`` rollout (the axes other than layer and head, in their order); rows sum
+      to 1.
 
     Raises:
       TypeError, ValueError: wrong ranks, dtypes or shapes, or ``weights`` rows that are not
@@ -318,6 +366,8 @@ def rollout(weights: jax.Array, *, head_axis: int = -3, residual: float = 0.5) -
     >>> a = jnp.broadcast_to(jnp.eye(3)[::-1], (2, 1, 3, 3))  # 2 layers, 1 head
     >>> rollout(a, residual=0.0)[0]  # swapping twice is the identity
     Array([1., 0., 0.], dtype=float32)
+    >>> rollout(jnp.stack([a, a]), layout="blhqk").shape  # a batch of 2 in front
+    (2, 3, 3)
     """
     if isinstance(residual, (bool, np.bool_)) or not isinstance(
         residual, (int, float, np.integer, np.floating)
@@ -328,11 +378,8 @@ def rollout(weights: jax.Array, *, head_axis: int = -3, residual: float = 0.5) -
     w, ok = _check_weights(weights, 4, allow_empty_rows=residual > 0)
     if w.shape[-1] != w.shape[-2]:
         raise ValueError(f"weights: rollout needs self-attention (q == k), got {w.shape}")
-    head_axis = check_int(head_axis, "head_axis", lo=-w.ndim, hi=w.ndim - 1)
-    ax = head_axis % w.ndim
-    if ax in (0, w.ndim - 1, w.ndim - 2):
-        raise ValueError(f"head_axis: {head_axis} must not be the layer, q or k axis")
-    a = w.mean(axis=ax)  # [layer, ..., q, k]
+    layer_ax, ax = _rollout_layout(layout, w.ndim, head_axis)
+    a = jnp.moveaxis(w.mean(axis=ax), layer_ax if layer_ax < ax else layer_ax - 1, 0)
     eye = jnp.eye(a.shape[-1], dtype=a.dtype)
     a = residual * eye + (1.0 - residual) * a
     a = a / a.sum(-1, keepdims=True)

@@ -68,8 +68,7 @@ import dataclasses
 import inspect
 import re
 import sys
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -86,6 +85,7 @@ from jaxinterp._checks import check_array, is_traced, poison, value_check
 from jaxinterp.capture import (
     LOST_PATTERNS,
     Selector,
+    _patch,
     as_matcher,
     check_model,
     current_call,
@@ -111,8 +111,6 @@ _BHQK_CODES = frozenset(
 _RECORDER: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar(
     "jaxinterp_attention_recorder", default=None
 )
-_PATCH_LOCK = threading.Lock()
-_PATCH_COUNT = 0
 
 
 def _recording_softmax(x: Any, *args: Any, **kwargs: Any) -> Any:
@@ -176,29 +174,58 @@ def _fused_weights(a: Mapping[str, Any]) -> jax.Array:
     return _ORIG_SOFTMAX(logits, axis=-1).astype(k.dtype)
 
 
-@contextlib.contextmanager
-def _softmax_patched() -> Iterator[None]:
-    """Installs the recording softmax while the block runs (reference counted across threads)."""
-    global _PATCH_COUNT
-    with _PATCH_LOCK:
-        if _PATCH_COUNT == 0:
-            for mod in _SOFTMAX_SITES:
-                if getattr(mod, "softmax", None) is _ORIG_SOFTMAX:
-                    mod.softmax = _recording_softmax
-            if jax.nn.dot_product_attention is _ORIG_DPA:
-                jax.nn.dot_product_attention = _recording_dpa
-        _PATCH_COUNT += 1
-    try:
-        yield
-    finally:
-        with _PATCH_LOCK:
-            _PATCH_COUNT -= 1
-            if _PATCH_COUNT == 0:
-                for mod in _SOFTMAX_SITES:
-                    if getattr(mod, "softmax", None) is _recording_softmax:
-                        mod.softmax = _ORIG_SOFTMAX
-                if jax.nn.dot_product_attention is _recording_dpa:
-                    jax.nn.dot_product_attention = _ORIG_DPA
+def _softmax_patched() -> contextlib.AbstractContextManager[None]:
+    """Installs the recording softmax while the block runs (reference counted across threads).
+
+    Only names that hold the original ``softmax`` are replaced; each gets back the very object
+    it held (:func:`jaxinterp.capture._patch.scoped`, which also unbinds the recorder from
+    modules imported meanwhile).
+    """
+
+    def sites() -> list[tuple[Any, str, Any]]:
+        found = [(m, "softmax", _recording_softmax) for m in _SOFTMAX_SITES]
+        found = [t for t in found if getattr(t[0], "softmax", None) is _ORIG_SOFTMAX]
+        if jax.nn.dot_product_attention is _ORIG_DPA:
+            found.append((jax.nn, "dot_product_attention", _recording_dpa))
+        return found
+
+    return _patch.scoped("softmax", sites)
+
+
+def _binds_softmax(module: Any) -> str | None:
+    """Where the file defining ``module``'s class binds the original softmax by name, if it does.
+
+    A name bound at import (``from jax.nn import softmax``) keeps the original while the
+    recorder is installed, so that module's softmax calls are never seen.
+    """
+    name = type(module).__module__
+    if name.startswith(("jax.", "flax.", "jaxinterp.")) or name in ("jax", "flax"):
+        return None
+    mod = sys.modules.get(name)
+    ns = getattr(mod, "__dict__", {})
+    names = {k for k, v in ns.items() if v is _ORIG_SOFTMAX or v is _ORIG_DPA}
+    names &= _names_used(type(module))
+    if not names:
+        return None
+    names = sorted(names)
+    return f"{getattr(mod, '__file__', name)} (module {name!r}, names {names})"
+
+
+def _names_used(cls: type) -> set[str]:
+    """Global names the methods of ``cls`` (and of its bases from the same file) refer to."""
+    todo = [
+        f.__code__
+        for c in cls.__mro__
+        if c.__module__ == cls.__module__
+        for f in vars(c).values()
+        if hasattr(f, "__code__")
+    ]
+    used: set[str] = set()
+    while todo:
+        code = todo.pop()
+        used.update(code.co_names)
+        todo.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return used
 
 
 @dataclasses.dataclass
@@ -425,6 +452,7 @@ def attention_weights(
     weights_at: Selector | None = None,
     layout: str = "auto",
     method: str | None = None,
+    mutable: Any = False,
 ) -> Callable[..., tuple[Any, Maps]]:
     """Returns ``f(*args, **kwargs) -> (output, {path: weights [batch, head, q, k]})``.
 
@@ -442,6 +470,9 @@ def attention_weights(
         ``"bqhk"`` (``[batch, q, head, k]``, e.g. Gemma) for weights whose layout is not known
         from the function that computed them.
       method: the model method to run (default ``__call__``).
+      mutable: linen only, as in ``model.apply``: collections the call may update
+        (``["cache"]``, ``["batch_stats"]``); the output is then ``(output, updated_variables)``.
+        nnx state changes are written back into the module, as its own call does.
 
     Returns:
       A pure function composing with ``jit``/``vmap``/``grad``. Its second output maps the
@@ -478,9 +509,13 @@ def attention_weights(
     def f(*args: Any, **kwargs: Any) -> tuple[Any, Maps]:
         rec = _Recorder(match, layout)
         all_seen: list[str] = []
+        bound: dict[str, str] = {}  # path -> where its module binds softmax by name
 
         def around(path, module, call_next, a, k):
             all_seen.append(path)
+            where = _binds_softmax(module)
+            if where and match(path):
+                bound.setdefault(path, where)
             is_w = match_w is not None and match_w(path)
             frame = _Frame(path, module, a, k, is_w, current_call().key)
             rec.frames = (*rec.frames, frame)
@@ -495,7 +530,9 @@ def attention_weights(
         token = _RECORDER.set(rec)
         try:
             with _softmax_patched():
-                out, recs = run_with_hook(model, variables, around, *args, method=method, **kwargs)
+                out, recs = run_with_hook(
+                    model, variables, around, *args, method=method, mutable=mutable, **kwargs
+                )
         finally:
             _RECORDER.reset(token)
         paths = list(dict.fromkeys(all_seen))
@@ -510,6 +547,11 @@ def attention_weights(
             for key, w in recs.items():  # eager inside a scan: rows were checked traced
                 if match_w(key.split("@")[0].split("#")[0]) and not is_traced(w):
                     _check_rows(key, w)
+        if recs.lost and recs.bypassed:
+            raise ValueError(
+                f"select: attention weights at {', '.join(map(repr, recs.lost))} cannot be "
+                "recorded: " + " ".join(recs.bypassed)
+            )
         if recs.lost:
             raise ValueError(
                 f"select: attention weights at {', '.join(map(repr, recs.lost))} are computed "
@@ -517,6 +559,16 @@ def attention_weights(
                 f"{LOST_PATTERNS}. Use attention_from_qk on captured query/key projections "
                 "of the enclosing module instead"
             )
+        for path, where in bound.items():
+            got = {key.split("@")[0].split("#")[0] for key in recs}
+            if not any(g == path or g.startswith(path + "/") for g in got):
+                raise ValueError(
+                    f"select: the attention weights of {path!r} cannot be recorded: {where} "
+                    "binds softmax by name before the hook (e.g. 'from jax.nn import softmax' "
+                    "at import), and jaxinterp routes jax.nn.softmax only while the hook runs. "
+                    "Call it as jax.nn.softmax(...) in the model, or compute the weights with "
+                    "attention_from_qk from captured query/key projections"
+                )
         if not recs:
             sites = ", ".join(f"{p!r} {s}" for p, s in rec.seen.items()) or "(none)"
             other = ", ".join(f"{p!r} {s}" for p, s in rec.skipped.items()) or "(none)"

@@ -24,6 +24,7 @@ Path naming per model pattern is in :mod:`jaxinterp.capture._paths`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -33,6 +34,7 @@ from jaxinterp.capture._hooks import (
     LOST_PATTERNS,
     check_model,
     current_call,
+    is_linen,
     record,
     run_with_hook,
 )
@@ -41,7 +43,12 @@ from jaxinterp.capture._paths import Selector, as_matcher, check_selection
 Activations = dict[str, Any]
 
 
-def _lost_error(select: Selector, lost: tuple[str, ...]) -> ValueError:
+def _lost_error(select: Selector, lost: tuple[str, ...], bypassed=()) -> ValueError:
+    if bypassed:
+        return ValueError(
+            f"select: {select!r} picks {', '.join(repr(k) for k in lost)}, which cannot be "
+            "recorded: " + " ".join(bypassed)
+        )
     return ValueError(
         f"select: {select!r} picks {', '.join(repr(k) for k in lost)}, called inside a JAX "
         f"transform whose values jaxinterp cannot carry out: {LOST_PATTERNS}. Select the "
@@ -56,6 +63,7 @@ def capture(
     select: Selector = "**",
     method: str | Callable[..., Any] | None = None,
     methods: Collection[str] | None = None,
+    mutable: Any = False,
 ) -> Callable[..., tuple[Any, Activations]]:
     """Returns ``f(*args, **kwargs) -> (output, activations)`` for the selected submodules.
 
@@ -69,9 +77,14 @@ def capture(
         ``__call__``).
       methods: submodule methods recorded besides ``__call__`` (``("encode", "decode")``);
         their outputs are named ``"path.method"``.
+      mutable: linen only, as in ``model.apply``: the collections the call may update
+        (``["cache"]`` for a decode cache, ``["batch_stats"]`` in training mode); the output
+        is then ``(output, updated_variables)`` as ``apply`` returns it. An nnx model's state
+        changes (caches, BatchNorm statistics) are written back into the module, as its own
+        call does (see :mod:`jaxinterp.capture._hooks`).
 
     Returns:
-      A pure function. Called with the model's inputs (e.g. ``x: [batch, ...]``) it returns
+      A function. Called with the model's inputs (e.g. ``x: [batch, ...]``) it returns
       ``(output, {key: activation})``; each activation is the selected submodule's output as
       the module returns it (``[batch, ..., features]``, or a tuple/pytree), with
       ``[layer, ...]`` in front inside a scan. Keys are in call order (``jax.jit`` sorts
@@ -106,15 +119,26 @@ def capture(
             return out
 
         out, recs = run_with_hook(
-            model, variables, around, *args, method=method, methods=methods, **kwargs
+            model,
+            variables,
+            around,
+            *args,
+            method=method,
+            methods=methods,
+            mutable=mutable,
+            **kwargs,
         )
         lost = tuple(k for k in recs.lost)
         if lost:
-            raise _lost_error(select, lost)
+            raise _lost_error(select, lost, recs.bypassed)
         check_selection(select, list(recs), list(dict.fromkeys(seen)), recs.opaque)
         return out, dict(recs)
 
     return f
+
+
+def _mutable_all(model: Any) -> Any:
+    return True if is_linen(model) else False
 
 
 def list_paths(
@@ -138,7 +162,13 @@ def list_paths(
     Returns:
       ``{key: jax.ShapeDtypeStruct pytree}`` in the order the calls start (outer modules
       before the modules they call); ``{}`` for a model without submodules. Errors of the
-      model itself propagate.
+      model itself propagate. Calls inside a transform whose values cannot be carried out
+      (``lax.cond``, an inner ``jax.jit``) are left out with a warning naming them.
+
+    Raises:
+      ValueError: the model enters ``jax.lax.scan`` / ``jax.vmap`` / ``jax.checkpoint``
+        through a name bound before the hook (``from jax.lax import scan`` at import), so
+        the calls inside cannot be listed; the message names the file and line and the fix.
 
     >>> import jax.numpy as jnp, flax.linen as nn
     >>> model = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
@@ -157,9 +187,32 @@ def list_paths(
 
     def run(*a):
         out, recs = run_with_hook(
-            model, variables, around, *a, method=method, methods=methods, **kwargs
+            model,
+            variables,
+            around,
+            *a,
+            method=method,
+            methods=methods,
+            mutable=_mutable_all(model),
+            update_model=False,  # nothing runs: the model is left as it is
+            **kwargs,
         )
+        lost[:] = [recs.lost, recs.bypassed]
         return dict(recs)
 
+    lost: list[Any] = [(), ()]
     acts = jax.eval_shape(run, *args)
+    keys, bypassed = lost
+    if bypassed:
+        raise ValueError(
+            f"list_paths: the calls {', '.join(map(repr, keys))} cannot be listed: "
+            + " ".join(bypassed)
+        )
+    if keys:
+        warnings.warn(
+            f"list_paths: the calls {', '.join(map(repr, keys))} are left out: they run inside "
+            f"a JAX transform whose values jaxinterp cannot carry out ({LOST_PATTERNS}); "
+            "edits there still apply, capture raises for them",
+            stacklevel=2,
+        )
     return {k: acts[k] for k in dict.fromkeys(order) if k in acts}

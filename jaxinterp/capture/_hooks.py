@@ -15,9 +15,19 @@ arguments, and returns the call's output::
 * nnx: the model is copied (``nnx.split`` / ``nnx.merge(copy=True)``), and in the copy each
   submodule's class is swapped for a cached subclass whose ``__call__`` goes through the hook;
   each submodule also carries its path as a static attribute, so modules rebuilt inside
-  ``nnx.scan`` / ``nnx.vmap`` / ``nnx.remat`` keep their names. The caller's model is never
-  touched: BatchNorm statistics, Dropout RNG counts and ``sow`` state change in the copy only,
-  so the result is a pure function of the inputs and the model state, also under ``jit``.
+  ``nnx.scan`` / ``nnx.vmap`` / ``nnx.remat`` keep their names.
+
+**State the model changes.** A hooked call changes the model's state exactly where the
+model's own call would, and returns it the same way. linen: ``mutable=`` is passed to
+``apply``, so ``mutable=["cache"]`` returns ``(output, updated_variables)`` (without it, a model
+that writes a collection raises, naming ``mutable``). nnx: the copy's changed variables (a
+decode cache of ``nnx.MultiHeadAttention(decode=True)``, BatchNorm statistics in training
+mode, RNG counts, ``sow``) are written back into the caller's module after the call, so a
+decode loop through :func:`jaxinterp.capture.capture` advances the cache as the model's own
+loop does. Like nnx's own call, that needs the model to belong to the current trace: eagerly,
+or passed through ``nnx.jit`` as an argument; inside ``jax.jit`` of a function closing over
+the model a call that changes state raises (``model:``), and one that changes nothing works
+anywhere. ``update_model=False`` keeps the old copy-only behaviour.
 
 **Recording through lifted transforms.** A value kept in a Python dict inside ``lax.scan``,
 ``jax.checkpoint`` (``nn.remat``/``nnx.remat``) or ``jax.vmap`` is a tracer of that transform
@@ -29,8 +39,19 @@ and return its records as extra outputs. So a value recorded inside a scan over 
 comes out stacked, ``[L, ...]``, exactly like the scan's own outputs; inside ``remat`` it comes
 out unchanged; inside ``vmap`` it gains the mapped axis in front. The wrappers are installed
 only for the duration of a hooked forward and call the originals unchanged when no hooked
-forward is active in the calling context. Inside a scan, :func:`current_call` also gives the
-step indices (``Call.steps``, outermost scan first), so an edit can act on one layer only.
+forward is active in the calling context; afterwards every name holds the very object it held
+before, also after exceptions and with several threads hooking at once, and a module imported
+meanwhile is unbound from them (:mod:`jaxinterp.capture._patch`). Inside a scan,
+:func:`current_call` also gives the step indices (``Call.steps``, outermost scan first), so an
+edit can act on one layer only. Inside a routed ``vmap`` (``nn.vmap``/``nnx.vmap`` over
+experts or ensemble members) :func:`on_mapped` applies an edit to the stacked
+``[member, ...]`` value, the axes its record has (``Call.axes``).
+
+**Names bound before the hook.** A model file that did ``from jax.lax import scan`` (or
+``from jax import vmap``) at import calls the original, which is not routed: the values of the
+modules called inside cannot be carried out. The hook finds such a call on the Python stack
+when a module call lands in an unrouted trace and reports it (``Records.bypassed``: file, line
+and fix), and every entry point raises with it instead of dropping the paths.
 
 Transforms that are not routed (``lax.cond`` branches, ``jax.jit`` or ``lax.map`` /
 ``fori_loop`` inside the model, and ``nnx.remat`` / ``nnx.vmap`` / ``jax.checkpoint`` applied
@@ -59,6 +80,7 @@ import contextvars
 import dataclasses
 import itertools
 import re
+import sys
 import threading
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple
@@ -71,6 +93,7 @@ from flax import nnx
 from flax.core import lift as _flax_lift
 from jax.extend import core as jex_core
 
+from jaxinterp.capture import _patch
 from jaxinterp.capture._paths import canonical_path
 
 Around = Callable[[str, Any, Callable[..., Any], tuple, dict], Any]
@@ -117,6 +140,12 @@ def check_model(model: Any, variables: Any) -> None:
                 f"{type(variables).__name__}"
             )
     elif is_nnx(model):
+        if isinstance(model, nnx.bridge.ToNNX):  # issue 20: was "the model has no submodules"
+            raise TypeError(
+                "model: an nnx.bridge.ToNNX wraps a linen module, whose submodules the nnx hook "
+                "cannot see; pass the linen module and its variables instead: "
+                "(model.to_nnx__module, {'params': nnx.state(model, nnx.Param).to_pure_dict()})"
+            )
         if variables is not None:
             raise TypeError(
                 "variables: an nnx module carries its own state; pass variables=None, "
@@ -143,6 +172,7 @@ class _Frame:
     counts: dict[str, int]
     steps: tuple[jax.Array, ...]
     sizes: tuple[int, ...] = ()
+    axes: tuple[str, ...] = ()  # "scan" / "vmap" per routed transform around, outermost first
     records: dict[str, Any] = dataclasses.field(default_factory=dict)
     order: list[str] = dataclasses.field(default_factory=list)  # call keys as calls start
     carried: bool = True  # False: a transform we do not route; records cannot get out
@@ -164,6 +194,11 @@ class Call(NamedTuple):
       sizes: the length of each enclosing scan (static ints), matching ``steps``.
       carried: whether :func:`record` can carry values out of where this call runs (False
         inside ``lax.cond`` branches, ``jax.jit`` or other transforms that are not routed).
+      axes: the routed transforms around the call that give its records a leading axis,
+        outermost first: ``"scan"`` (one step per call, see ``steps``) or ``"vmap"`` (the
+        mapped axis, e.g. the experts of ``nn.vmap``); a value recorded here comes out with
+        one leading axis per entry, in this order. :func:`on_mapped` applies a function to a
+        value the way it comes out of the ``"vmap"`` axes.
     """
 
     path: str
@@ -172,6 +207,7 @@ class Call(NamedTuple):
     steps: tuple[jax.Array, ...]
     carried: bool
     sizes: tuple[int, ...] = ()
+    axes: tuple[str, ...] = ()
 
 
 class Records(dict):
@@ -182,6 +218,9 @@ class Records(dict):
         ``jax.jit`` or ``lax.map`` inside the model); they are not in the dict.
       opaque: paths of ``nnx.bridge.ToLinen`` modules called: the nnx module inside builds
         its own submodules on each call, which the hook does not enter.
+      bypassed: why some keys were lost, when the model enters ``jax.lax.scan``,
+        ``jax.vmap`` or ``jax.checkpoint`` through a name bound before the hook (``from
+        jax.lax import scan`` at import): one message per place, naming file and line.
     """
 
     def __init__(
@@ -189,10 +228,21 @@ class Records(dict):
         items: Mapping[str, Any] = (),
         lost: tuple[str, ...] = (),
         opaque: tuple[str, ...] = (),
+        bypassed: tuple[str, ...] = (),
     ) -> None:
         super().__init__(items)
         self.lost = lost
         self.opaque = opaque
+        self.bypassed = bypassed
+
+    def lost_reason(self) -> str:
+        """Why :attr:`lost` keys could not be carried out, for an error message."""
+        if self.bypassed:
+            return " ".join(self.bypassed)
+        return (
+            "called inside a JAX transform whose values jaxinterp cannot carry out: "
+            + LOST_PATTERNS
+        )
 
 
 class _State:
@@ -202,6 +252,7 @@ class _State:
         self.module: Any = None  # the module of ``call``
         self.linen_prefix: list[str] = []  # paths of the nnx.bridge.ToNNX calls running
         self.opaque: list[str] = []  # paths of nnx.bridge.ToLinen modules called
+        self.bypassed: list[str] = []  # transforms entered through names bound before
 
 
 _STATE: contextvars.ContextVar[_State | None] = contextvars.ContextVar(
@@ -221,9 +272,92 @@ def _frame(state: _State) -> _Frame:
     for f in top.foreign:
         if f.trace == now:
             return f
-    f = _Frame(now, dict(top.counts), top.steps, top.sizes, carried=False)
+    f = _Frame(now, dict(top.counts), top.steps, top.sizes, top.axes, carried=False)
     top.foreign.append(f)
+    cause = _bypass_cause()
+    if cause and cause not in state.bypassed:
+        state.bypassed.append(cause)
     return f
+
+
+def _entry_codes() -> dict[Any, str]:
+    """Code objects of the functions a bypassed transform enters, and the name to report."""
+    import inspect
+
+    from jax._src import ad_checkpoint, api
+
+    codes: dict[Any, str] = {inspect.unwrap(_IMPORTED["scan"]).__code__: "jax.lax.scan"}
+    for mod, name, what in (
+        (api, "vmap_f", "jax.vmap"),
+        (ad_checkpoint, "fun_remat", "jax.checkpoint"),
+    ):
+        for const in _nested_codes(mod):
+            if const.co_name == name:
+                codes[const] = what
+    return codes
+
+
+def _nested_codes(mod: Any) -> list[Any]:
+    import inspect
+
+    funcs = []
+    for v in list(vars(mod).values()):
+        try:
+            funcs.append(inspect.unwrap(v))
+        except (TypeError, ValueError):  # not a function, or a cycle of __wrapped__
+            pass
+    out, todo = [], [f.__code__ for f in funcs if hasattr(f, "__code__")]
+    while todo:
+        code = todo.pop()
+        out.append(code)
+        todo.extend(c for c in code.co_consts if hasattr(c, "co_consts"))
+    return out
+
+
+_ENTRY_CODES: dict[Any, str] = {}
+_OURS = ("jax.", "flax.", "jaxinterp.")
+_JAX_WRAPPERS = ("jax._src.traceback_util", "jax._src.api_util", "jax._src.linear_util")
+
+
+def _bypass_cause() -> str | None:
+    """Why values cannot leave the trace now, when it is a name bound before the hook.
+
+    Walks the Python stack to the innermost entry of ``jax.lax.scan`` / ``jax.vmap`` /
+    ``jax.checkpoint``; if user code (not jax, flax or the hook's routing) called the
+    original there, a name was bound to it before the hook was installed (``from jax.lax
+    import scan`` at import) or the transform was applied before (at class definition).
+    """
+    if not _ENTRY_CODES:
+        _ENTRY_CODES.update(_entry_codes())
+    frame = sys._getframe(2)
+    while frame is not None:
+        what = _ENTRY_CODES.get(frame.f_code)
+        if what is not None:
+            caller = frame.f_back  # the routed wrappers, jax or flax: not a bypass
+            while caller is not None and caller.f_globals.get("__name__") in _JAX_WRAPPERS:
+                caller = caller.f_back  # jax's own decorators around the entry
+            mod = "" if caller is None else str(caller.f_globals.get("__name__", ""))
+            if caller is None or mod.startswith(_OURS) or mod == "jax":
+                return None
+            where = f"{caller.f_code.co_filename}:{caller.f_lineno} (module {mod!r})"
+            if what == "jax.lax.scan":
+                return (
+                    f"{where} calls {what} through a name bound before the hook was installed "
+                    f"(e.g. 'from jax.lax import scan' at import): jaxinterp routes {what} only "
+                    "while a hooked forward pass runs, so values of the modules called inside "
+                    f"this scan cannot be carried out. Call it as {what}(...) (looked up when "
+                    "it runs), or use nn.scan / nnx.scan"
+                )
+            return (
+                f"{where} calls a function transformed by {what} before the hook was "
+                f"installed (a name bound at import, e.g. 'from jax import "
+                f"{what.split('.')[-1]}', or a decorator applied when the class was defined), "
+                f"so values of the modules called inside cannot be carried out. Apply "
+                f"{what}(...) inside the forward pass, or use the flax transform (nn.vmap / "
+                "nnx.vmap, nn.remat / nnx.remat)"
+            )
+        frame = frame.f_back
+    return None
 
 
 def current_call() -> Call:
@@ -266,7 +400,8 @@ def _enter_call(path: str) -> tuple[_State, Call | None]:
     k = f.counts.get(path, 0)
     f.counts[path] = k + 1
     prev = state.call
-    state.call = Call(path, k, path if k == 0 else f"{path}@{k}", f.steps, f.carried, f.sizes)
+    key = path if k == 0 else f"{path}@{k}"
+    state.call = Call(path, k, key, f.steps, f.carried, f.sizes, f.axes)
     if f.carried:
         f.order.append(state.call.key)
     return state, prev
@@ -274,16 +409,31 @@ def _enter_call(path: str) -> tuple[_State, Call | None]:
 
 # ------------------------------------------------------------------- routed JAX transforms
 
-_ORIG = {
+_IMPORTED = {
     "scan": jax.lax.scan,
     "checkpoint": jax.checkpoint,
+    "remat": jax.remat,
     "vmap": jax.vmap,
 }
-_INSTALLED = 0
+_OWNERS = {"scan": jax.lax, "checkpoint": jax, "remat": jax, "vmap": jax}
+
+
+class _Originals:
+    """``_ORIG[name]``: what ``jax.lax.scan`` / ``jax.checkpoint`` / ``jax.vmap`` held before
+    the routing was installed (the objects imported with jaxinterp when it is not)."""
+
+    def __getitem__(self, name: str) -> Callable[..., Any]:
+        return _patch.original("routed", _OWNERS[name], name, _IMPORTED[name])
+
+
+_ORIG = _Originals()
 
 
 def _child(
-    parent: _Frame, steps: tuple[jax.Array, ...] = (), sizes: tuple[int, ...] = ()
+    parent: _Frame,
+    steps: tuple[jax.Array, ...] = (),
+    sizes: tuple[int, ...] = (),
+    kind: str | None = None,
 ) -> _Frame:
     """A frame for a transformed function, opened inside its trace; ``parent`` is outside."""
     return _Frame(
@@ -291,6 +441,7 @@ def _child(
         dict(parent.counts),
         parent.steps + steps,
         parent.sizes + sizes,
+        parent.axes + ((kind,) if kind else ()),
         carried=parent.carried,
     )
 
@@ -320,7 +471,7 @@ def _scan(f, init, xs=None, length=None, reverse=False, unroll=1, **kw):
 
     def body(c, x_i):
         x, i = x_i
-        child = _child(parent, (i,), (int(n),))
+        child = _child(parent, (i,), (int(n),), "scan")
         state.stack.append(child)
         try:
             c2, y = f(c, x)
@@ -335,7 +486,9 @@ def _scan(f, init, xs=None, length=None, reverse=False, unroll=1, **kw):
     return c, ys
 
 
-def _wrap_transform(transform: Callable[[Callable], Callable], fun: Callable) -> Callable:
+def _wrap_transform(
+    transform: Callable[[Callable], Callable], fun: Callable, kind: str | None = None
+) -> Callable:
     """``transform(fun)`` whose records come out as extra outputs, merged into the caller."""
     box: list[_Frame] = []
 
@@ -343,7 +496,7 @@ def _wrap_transform(transform: Callable[[Callable], Callable], fun: Callable) ->
         state = _STATE.get()
         if state is None or not box:
             return fun(*a, **k), {}
-        child = _child(box[0])
+        child = _child(box[0], kind=kind)
         state.stack.append(child)
         try:
             out = fun(*a, **k)
@@ -379,30 +532,81 @@ def _vmap(fun, in_axes=0, out_axes=0, *args, **kw):
     state = _STATE.get()
     if state is None:
         return _ORIG["vmap"](fun, in_axes, out_axes, *args, **kw)
-    return _wrap_transform(lambda g: _ORIG["vmap"](g, in_axes, (out_axes, 0), *args, **kw), fun)
+    return _wrap_transform(
+        lambda g: _ORIG["vmap"](g, in_axes, (out_axes, 0), *args, **kw), fun, "vmap"
+    )
 
 
-@contextlib.contextmanager
+def on_mapped(
+    fn: Callable[[Any], Any], call: Call, like: Callable[[Any], Any] | None = None
+) -> Callable[[Any], Any]:
+    """``fn`` applied to a value of ``call`` as its record comes out of the routed vmaps.
+
+    A module under ``nn.vmap`` / ``nnx.vmap`` (mixture-of-experts experts, ensembles) runs once
+    per member, and inside the hook a value is one member's slice ``[batch, ...]``; its record
+    comes out ``[member, batch, ...]``. The returned function takes the slice (as the hook sees
+    it) and runs ``fn`` on the stacked ``[member, ..., batch, ...]`` value (one leading axis
+    per ``"vmap"`` in ``call.axes``, outermost first, as records have them; values the vmap
+    does not map are broadcast), handing each member its slice of the result. So an edit at
+    such a site addresses the same axes as its capture: ``zero(at={0: e})`` is member ``e``.
+    Built on :func:`jax.custom_batching.custom_vmap`, so it composes with ``jit``, ``grad``
+    and an outer ``vmap`` (which stays invisible, as everywhere). ``fn`` must keep the leading
+    axes; with no routed vmap around ``call`` it is ``fn`` itself. ``like`` maps one member's
+    value to a value shaped like one member's result (default: the same shapes, as edits
+    return); it is only traced for shapes.
+    """
+    levels = call.axes.count("vmap")
+    if levels == 0:
+        return fn
+    return _lift(fn, levels, like or (lambda v: v))
+
+
+def _lift(fn: Callable[[Any], Any], levels: int, like: Callable[[Any], Any]) -> Callable:
+    if levels == 0:
+        return fn
+
+    @jax.custom_batching.custom_vmap
+    def lifted(x):  # one member's result shapes: traced for abstract evaluation only
+        return like(x)
+
+    @lifted.def_vmap
+    def _rule(axis_size, in_batched, x):
+        x = jax.tree.map(
+            lambda v, b: v if b else jnp.broadcast_to(v, (axis_size, *jnp.shape(v))),
+            x,
+            in_batched,
+        )
+        out = _lift(fn, levels - 1, like)(x)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return lifted
+
+
+def _remat(fun=None, **kw):
+    # ``jax.remat`` gets its own replacement object, so that a name bound to it while routed
+    # is set back to ``jax.remat`` itself (not to ``jax.checkpoint``)
+    if fun is None:
+        return lambda g: _remat(g, **kw)
+    if _STATE.get() is None:
+        return _ORIG["remat"](fun, **kw)
+    return _checkpoint(fun, **kw)
+
+
 def _routed_transforms():
-    """Routes jax.lax.scan / jax.checkpoint / jax.remat / jax.vmap through the frame wrappers."""
-    global _INSTALLED
-    with _LOCK:
-        if _INSTALLED == 0:
-            jax.lax.scan = _scan
-            jax.checkpoint = _checkpoint
-            jax.remat = _checkpoint
-            jax.vmap = _vmap
-        _INSTALLED += 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _INSTALLED -= 1
-            if _INSTALLED == 0:
-                jax.lax.scan = _ORIG["scan"]
-                jax.checkpoint = _ORIG["checkpoint"]
-                jax.remat = _ORIG["checkpoint"]
-                jax.vmap = _ORIG["vmap"]
+    """Routes jax.lax.scan / jax.checkpoint / jax.remat / jax.vmap through the frame wrappers.
+
+    Scoped and restored exactly (:func:`jaxinterp.capture._patch.scoped`): after the last
+    hooked forward each name holds the very object it held before.
+    """
+    return _patch.scoped(
+        "routed",
+        [
+            (jax.lax, "scan", _scan),
+            (jax, "checkpoint", _checkpoint),
+            (jax, "remat", _remat),
+            (jax, "vmap", _vmap),
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------ the hook
@@ -559,6 +763,45 @@ def _check_methods(methods: Collection[str] | str | None) -> frozenset[str]:
     return frozenset(("__call__", *methods))
 
 
+def _raw_state(state: Any) -> dict[tuple, Any]:
+    return {path: var.get_raw_value() for path, var in nnx.to_flat_state(state)}
+
+
+def _write_back(model: Any, before: dict[tuple, Any], copy: Any) -> None:
+    """Puts the state the hooked copy changed into ``model``, as the model's own call would.
+
+    Variables whose value is the same object as before the call are left alone, so a call
+    that changes nothing writes nothing (and works anywhere, also under ``jax.jit`` of a
+    function closing over the model).
+
+    Raises:
+      ValueError: the call changed state that cannot be written into ``model`` from this
+        trace (the model's own call raises ``TraceContextError`` there too).
+    """
+    changed = [
+        (path, var)
+        for path, var in nnx.to_flat_state(nnx.state(copy))
+        if path not in before or var.get_raw_value() is not before[path]
+    ]
+    if not changed:
+        return
+    try:
+        nnx.update(model, nnx.from_flat_state(changed))
+    except ferr.TraceContextError as err:
+        names = ", ".join("/".join(map(str, p)) for p, _ in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ValueError(
+            f"model: this call changes the nnx model's state ({names}{more}: e.g. a decode "
+            "cache, BatchNorm statistics, RNG counts or sow), as the model's own call would, "
+            "but the change cannot be written into the model from inside this trace (jax.jit, "
+            "jax.vmap or jax.grad of a function that closes over the model; calling the model "
+            "itself there raises flax's TraceContextError). Pass the model as an argument "
+            "through nnx.jit (nnx.jit(lambda m, x: capture(m, ...)(x))(model, x)), run the "
+            "call eagerly, or put the model in eval mode (model.eval(), deterministic=True, "
+            "use_running_average=True) so that the call changes nothing"
+        ) from err
+
+
 def _nnx_copy(model: Any, methods: frozenset[str]) -> Any:
     graphdef, state = nnx.split(model)
     copy = nnx.merge(graphdef, state, copy=True)
@@ -653,6 +896,7 @@ def run_with_hook(
     mutable: Any = False,
     rngs: Any = None,
     methods: Collection[str] | None = None,
+    update_model: bool = True,
     **kwargs: Any,
 ) -> tuple[Any, Records]:
     """Runs ``model`` with ``around`` wrapped about every submodule call; returns the records.
@@ -669,6 +913,9 @@ def run_with_hook(
       rngs: linen ``rngs`` dict.
       methods: names of submodule methods hooked besides ``__call__`` (e.g.
         ``("encode", "decode")``); their calls have the path ``"path.method"``.
+      update_model: nnx only: write the state the call changes (decode caches, BatchNorm
+        statistics, RNG counts, ``sow``) into ``model``, as the model's own call does
+        (default); ``False`` leaves ``model`` untouched (the hooked forward runs on a copy).
       **kwargs: keyword inputs of the model.
 
     Returns:
@@ -678,7 +925,8 @@ def run_with_hook(
     Raises:
       TypeError, ValueError: bad ``model``/``variables``/``method``; variables that do not fit
         the model or the inputs (named ``variables``, with expected and actual shapes); a
-        linen model that updates an immutable collection (named ``mutable``).
+        linen model that updates an immutable collection (named ``mutable``); an nnx model
+        whose changed state cannot be written back from inside ``jax.jit`` (named ``model``).
 
     >>> import jax, jax.numpy as jnp, flax.linen as nn
     >>> model = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
@@ -734,9 +982,16 @@ def run_with_hook(
                             raise
                         raise new from err
             else:
+                before = _raw_state(nnx.state(model))
                 copy = _nnx_copy(model, hooked)
-                with nn.intercept_methods(interceptor), _unjitted_linen_methods():
-                    out = _call_method(copy, method)(*args, **kwargs)
+                try:
+                    with nn.intercept_methods(interceptor), _unjitted_linen_methods():
+                        out = _call_method(copy, method)(*args, **kwargs)
+                finally:
+                    for _, sub in nnx.iter_modules(copy):
+                        _BRIDGE_PATHS.pop(id(sub), None)  # ids are reused once the copy dies
+                if update_model:
+                    _write_back(model, before, copy)
     finally:
         _STATE.reset(tok_s)
         _AROUND.reset(tok_a)
@@ -746,7 +1001,10 @@ def run_with_hook(
     # constancy check of nn.scan traces the body outside lax.scan) and once where they can.
     lost = tuple(k for k in dict.fromkeys(root.lost) if k not in root.records)
     opaque = tuple(dict.fromkeys(state.opaque))
-    records = Records({k: root.records[k] for k in keys}, lost=lost, opaque=opaque)
+    bypassed = tuple(state.bypassed) if lost else ()
+    records = Records(
+        {k: root.records[k] for k in keys}, lost=lost, opaque=opaque, bypassed=bypassed
+    )
     return out, records
 
 
@@ -759,6 +1017,7 @@ def apply_with_hook(
     mutable: Any = False,
     rngs: Any = None,
     methods: Collection[str] | None = None,
+    update_model: bool = True,
     **kwargs: Any,
 ) -> Any:
     """Runs ``model`` on ``args`` with ``around`` wrapped about every submodule call.
@@ -774,6 +1033,8 @@ def apply_with_hook(
       mutable: linen ``mutable`` collections (returned as ``(out, updates)`` when set).
       rngs: linen ``rngs`` dict.
       methods: submodule methods hooked besides ``__call__`` (path ``"path.method"``).
+      update_model: nnx only: write the state the call changes back into ``model`` (see
+        :func:`run_with_hook`).
       **kwargs: keyword inputs of the model.
 
     Returns:
@@ -796,17 +1057,18 @@ def apply_with_hook(
         mutable=mutable,
         rngs=rngs,
         methods=methods,
+        update_model=update_model,
         **kwargs,
     )[0]
 
 
 def _records_flatten(r: Records):
     keys = tuple(r)
-    return [r[k] for k in keys], (keys, r.lost, r.opaque)
+    return [r[k] for k in keys], (keys, r.lost, r.opaque, r.bypassed)
 
 
 jax.tree_util.register_pytree_node(
     Records,
     _records_flatten,
-    lambda aux, vals: Records(dict(zip(aux[0], vals)), lost=aux[1], opaque=aux[2]),
+    lambda aux, vals: Records(dict(zip(aux[0], vals)), lost=aux[1], opaque=aux[2], bypassed=aux[3]),
 )

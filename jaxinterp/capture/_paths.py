@@ -28,7 +28,9 @@ Paths per pattern (how other people write models):
 * **Rematerialized layers** (``nn.remat``, ``nnx.remat``, ``jax.checkpoint``): no trace in the
   path: ``nn.remat(Block)(name="block_0")`` is ``"block_0"``.
 * **vmapped modules** (``nn.vmap``, ``nnx.vmap`` in the forward pass): the path of the
-  module; activations gain the mapped axis in front.
+  module; activations gain the mapped axis in front (``[expert, batch, ...]`` for the
+  experts of a mixture), and an edit at the same site sees that same stacked value, so
+  ``zero(at={0: e})`` is expert ``e``.
 * **Tuple / pytree outputs**: the path names the whole output, as the module returns it.
 
 A *site* (used by interventions and :func:`jaxinterp.interventions.capture_sites`) names one

@@ -39,7 +39,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.capture._hooks import LOST_PATTERNS, Call, current_call, record, run_with_hook
+from jaxinterp.capture._hooks import (
+    LOST_PATTERNS,
+    Call,
+    current_call,
+    on_mapped,
+    record,
+    run_with_hook,
+)
 from jaxinterp.capture._paths import _GLOB_CHARS, Site, as_matcher, parse_site
 
 
@@ -135,6 +142,9 @@ def get_element(tree: Any, element: tuple, site: Site) -> Any:
             else:
                 if isinstance(x, Mapping) and not hasattr(x, "to_tuple"):
                     raise TypeError("a mapping")
+                n = getattr(x, "shape", (None,))[:1]
+                if n and n[0] is not None and not -n[0] <= key < n[0]:  # jnp would clamp
+                    raise IndexError(f"index {key} is out of range for axis 0 of size {n[0]}")
                 x = x[_output_key(x, key)] if hasattr(x, "to_tuple") else x[key]
         except (KeyError, IndexError, AttributeError, TypeError) as err:
             done = "".join(_describe_key(k) for k in element[:i])
@@ -252,25 +262,32 @@ def step_mask(site: Site, call: Call) -> jax.Array | None:
     return ok
 
 
-def select_steps(site: Site, value: Any, depth: int) -> Any:
-    """The slice of a stacked record (``[step_0, ..., step_{depth-1}, ...]``) a site names."""
+def select_steps(site: Site, value: Any, axes: tuple[str, ...]) -> Any:
+    """The slice of a stacked record a site names.
+
+    ``axes`` are the record's leading axes (:attr:`Call.axes`: ``"scan"`` / ``"vmap"``,
+    outermost first); ``[STEP]`` indices pick the ``"scan"`` axes in order, the ``"vmap"``
+    axes (members of ``nn.vmap``) stay.
+    """
     if not site.steps:
         return value
-    if len(site.steps) > depth:
+    scans = [i for i, kind in enumerate(axes) if kind == "scan"]
+    if len(site.steps) > len(scans):
         raise ValueError(
             f"site: {site.text!r} names {len(site.steps)} scan step(s), but it runs inside "
-            f"{depth} scan(s)"
+            f"{len(scans)} scan(s)"
         )
 
     def take(leaf):
         for j, want in enumerate(site.steps):
-            size = jnp.shape(leaf)[0]
+            axis = scans[j] - j  # the scan axes before it are gone
+            size = jnp.shape(leaf)[axis]
             if want >= size:
                 raise ValueError(
                     f"site: {site.text!r}: step {want} of scan {j} is out of range: expected "
                     f"an int in [0, {size - 1}]"
                 )
-            leaf = leaf[want]
+            leaf = jnp.take(leaf, want, axis=axis)
         return leaf
 
     return jax.tree.map(take, value)
@@ -385,6 +402,20 @@ def to_view(value: Any, layout: Layout | None, text: str, what: str) -> Any:
     return value.reshape(shape[:-1] + (n, shape[-1] // n))
 
 
+def _view_like(layout: Layout | None) -> Callable[[Any], Any]:
+    """One member's :func:`to_view` shapes, unchecked (see :func:`on_mapped`'s ``like``)."""
+
+    def like(value):
+        if layout is None or layout.heads == 0 or not _is_array(value):
+            return value
+        shape = tuple(value.shape)
+        if len(shape) < 1 or shape[-1] % layout.heads:
+            return value  # to_view raises with the site named
+        return value.reshape(shape[:-1] + (layout.heads, shape[-1] // layout.heads))
+
+    return like
+
+
 def from_view(view: Any, old: Any, layout: Layout | None) -> Any:
     """Merges a view made by :func:`to_view` back into ``old``'s shape."""
     if layout is None or layout.heads == 0:
@@ -495,6 +526,7 @@ def run_sites(
     sites: Sequence[str] = (),
     method: str | Callable[..., Any] | None = None,
     methods: Collection[str] | None = None,
+    mutable: Any = False,
     **kwargs: Any,
 ) -> tuple[Any, dict[str, Any]]:
     """Runs the model once, applying ``edits`` and recording ``sites``; the core of interventions.
@@ -515,6 +547,9 @@ def run_sites(
         (``"block_0:input"``, ...).
       method: the model method to run.
       methods: submodule methods hooked besides ``__call__``.
+      mutable: linen only, as in ``model.apply``: collections the call may update
+        (``["cache"]``, ``["batch_stats"]``); the output is then ``(output, updated_variables)``.
+        nnx state changes are written back into the module, as its own call does.
       **kwargs: the model's keyword inputs.
 
     Returns:
@@ -543,7 +578,7 @@ def run_sites(
     hits: set[str] = set()
     unstepped: set[str] = set()
     seen: list[str] = []
-    depth: dict[str, int] = {}
+    depth: dict[str, tuple[str, ...]] = {}  # record key -> Call.axes
     ambiguous: dict[str, list[str]] = {}
     expanded: dict[str, dict[str, str]] = {}  # glob site -> {concrete site: record key}
 
@@ -566,12 +601,16 @@ def run_sites(
             unstepped.add(e.text)
             return value
         mask = step_mask(e.site, call)
-        view = to_view(value, e.layout, e.text, "edits")
-        if getattr(e.fn, "array_edit", False) and not _is_array(view):
-            raise _array_edit_error(e.text, e.site, view)
-        new = e.fn(view)
-        check_same(e.text, view, new)
-        new = from_view(new, value, e.layout)
+
+        def apply(value):  # on the value as capture reports it (routed vmaps: members first)
+            view = to_view(value, e.layout, e.text, "edits")
+            if getattr(e.fn, "array_edit", False) and not _is_array(view):
+                raise _array_edit_error(e.text, e.site, view)
+            new = e.fn(view)
+            check_same(e.text, view, new)
+            return from_view(new, value, e.layout)
+
+        new = on_mapped(apply, call)(value)
         hits.add(e.text)
         if mask is not None:
             new = jax.tree.map(lambda n, o: jnp.where(mask, n, o), new, value)
@@ -582,8 +621,12 @@ def run_sites(
         key = _base_key(site, r.layout)
         if r.match is not None:
             expanded.setdefault(r.text, {}).setdefault(r.concrete(call.path), key)
-        depth[key] = len(call.steps)
-        record(key, to_view(get_element(value, r.site.element, r.site), r.layout, r.text, "sites"))
+        depth[key] = call.axes
+        el = get_element(value, r.site.element, r.site)
+        view = on_mapped(
+            lambda v: to_view(v, r.layout, r.text, "sites"), call, _view_like(r.layout)
+        )
+        record(key, view(el))
 
     def around(path, module, call_next, a, k):
         call = current_call()
@@ -612,7 +655,7 @@ def run_sites(
         return out
 
     out, recs = run_with_hook(
-        model, variables, around, *args, method=method, methods=methods, **kwargs
+        model, variables, around, *args, method=method, methods=methods, mutable=mutable, **kwargs
     )
     listing = ", ".join(repr(p) for p in dict.fromkeys(seen)) or "(none: no submodule calls)"
     for e in parsed_edits:
@@ -650,6 +693,8 @@ def run_sites(
                     f"{listing}"
                 )
         for text, key in found.items():
+            if key in recs.lost and recs.bypassed:
+                raise ValueError(f"sites: {text!r} cannot be recorded: " + " ".join(recs.bypassed))
             if key in recs.lost:
                 raise ValueError(
                     f"sites: {text!r} is called inside a JAX transform whose values jaxinterp "

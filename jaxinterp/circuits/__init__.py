@@ -1,7 +1,32 @@
-"""Circuits: edge attribution, edge and path patching, attribution graphs.
+"""Circuits and change: lenses, steering with generation, edges and attribution graphs, checkpoints.
 
-(Minimal package file of the "edges" branch; the package file of the "lenses" branch has an
-``# --- edges`` section that takes the imports and names below.)
+Built on :mod:`jaxinterp.capture` and :mod:`jaxinterp.interventions`; sites are named as there
+(the :class:`jaxinterp.models.Decoder` residual stream is ``embed``, ``blocks_{i}``).
+
+Lenses (``_lens.py``):
+
+* :func:`logit_lens` — every layer's residual stream through the final norm and unembedding,
+  ``[layer, batch, seq, vocab]`` in one call; :func:`decoder_readout` gives that readout
+  for a :class:`jaxinterp.models.Decoder` (any model: pass your own ``readout``).
+* :func:`init_tuned_lens`, :func:`fit_tuned_lens`, :func:`tuned_lens` — affine translators,
+  one per layer (Belrose et al. 2023), trained with optax on streamed batches, all layers in
+  one compiled step; :func:`lens_metrics` — per-layer KL to the final logits and top-1
+  agreement.
+
+Steering and generation (``_steer.py``):
+
+* :func:`add` — the edit ``act + scale · direction`` at chosen positions (an
+  :func:`jaxinterp.interventions.intervene` edit); :func:`contrastive_direction` — mean
+  activation difference between two prompt sets.
+* :func:`generate` — greedy or sampled (temperature, top-k, top-p) continuation with any
+  ``{site: edit}``, one ``lax.scan`` under ``jit``; :func:`steering_sweep` — layers × scales
+  × directions in one vmapped call.
+
+Across checkpoints (``_checkpoints.py``):
+
+* :func:`stack_checkpoints` stacks variables of one architecture on a leading axis;
+  :func:`over_checkpoints` runs any analysis ``fn(variables, ...)`` over the stack in one
+  compiled call (``jit(vmap(fn))``).
 
 Edges (``_graph.py``, ``_edges.py``):
 
@@ -22,7 +47,6 @@ Attribution graphs (``_attribution.py``):
   circuit-tracer's pruning and front-end JSON.
 """
 
-# --- edges (helper "edges") below ---
 from jaxinterp.circuits._attribution import (
     AttributionGraph,
     Transcoder,
@@ -31,6 +55,7 @@ from jaxinterp.circuits._attribution import (
     mlp_transcoders,
     prune_graph,
 )
+from jaxinterp.circuits._checkpoints import over_checkpoints, stack_checkpoints
 from jaxinterp.circuits._edges import (
     EdgeScores,
     eap,
@@ -47,8 +72,34 @@ from jaxinterp.circuits._graph import (
     rewired_forward,
     transformer_layout,
 )
+from jaxinterp.circuits._lens import (
+    LensMetrics,
+    TunedLens,
+    decoder_readout,
+    fit_tuned_lens,
+    init_tuned_lens,
+    lens_metrics,
+    logit_lens,
+    tuned_lens,
+)
+from jaxinterp.circuits._steer import add, contrastive_direction, generate, steering_sweep
 
 __all__ = [
+    # lenses, steering, checkpoints
+    "LensMetrics",
+    "TunedLens",
+    "add",
+    "contrastive_direction",
+    "decoder_readout",
+    "fit_tuned_lens",
+    "generate",
+    "init_tuned_lens",
+    "lens_metrics",
+    "logit_lens",
+    "over_checkpoints",
+    "stack_checkpoints",
+    "steering_sweep",
+    "tuned_lens",
     # edges
     "AttributionGraph",
     "EdgeGraph",

@@ -13,7 +13,8 @@
   per-example effects ``[site, batch]`` and standard errors ``[site]`` to the result.
 * :func:`capture_sites` records sites, globs included (``"block_*:input"``: the residual
   stream entering each block; ``"block_*/ln_2:input"``: between attention and MLP).
-* :func:`offset_patching_task` builds clean/corrupted pairs for the reference offset task.
+* :func:`offset_patching_task` builds clean/corrupted pairs for the reference offset task;
+  :func:`ioi_task` indirect-object-identification prompts for a real tokenizer.
 
 Bad arguments raise errors naming the argument; indices are never clamped or wrapped. Under
 ``jit``, traced out-of-range indices (``at=``, ``logit_diff`` positions, sweep sites) and
@@ -31,6 +32,7 @@ Example (head 1 of layer 0 zero-ablated)::
 
 from jaxinterp.interventions._edits import Edit, mean, replace, resample, selection_mask, zero
 from jaxinterp.interventions._intervene import capture_sites, intervene
+from jaxinterp.interventions._ioi import IOITask, ioi_task
 from jaxinterp.interventions._metrics import logit_diff, normalize, spearman
 from jaxinterp.interventions._sweep import (
     PatchResult,
@@ -46,6 +48,7 @@ from jaxinterp.interventions._tasks import PatchTask, offset_patching_task
 
 __all__ = [
     "Edit",
+    "IOITask",
     "PatchResult",
     "PatchTask",
     "Sites",
@@ -54,6 +57,7 @@ __all__ = [
     "head_position_sites",
     "head_sites",
     "intervene",
+    "ioi_task",
     "logit_diff",
     "mean",
     "normalize",

@@ -314,9 +314,10 @@ def mean(
     """Mean ablation: the selected entries become their mean over a reference set.
 
     Args:
-      values: reference activations ``[n, ...]`` (e.g. captured on ``n`` other inputs); their
-        mean over axis 0 must broadcast to the activation (``[seq, d_model]`` against
-        ``[batch, seq, d_model]``).
+      values: reference activations ``[n, ...]`` with as many axes as the activation (e.g.
+        ``[n, seq, d_model]`` captured on ``n`` other inputs, against ``[batch, seq,
+        d_model]``); their mean over axis 0 must broadcast to the activation. Fewer axes
+        raise (``[seq, d_model]`` would be averaged over positions); size-1 axes broadcast.
       at: ``{axis: index}`` selection; default everything.
       where: boolean mask broadcastable to the activation; default everything.
       head: head index (int, traced int, int array or bool mask), selecting axis -2 of the
@@ -331,7 +332,8 @@ def mean(
 
     Raises:
       TypeError: ``values`` is not a numeric array.
-      ValueError: ``values`` is empty or its mean does not broadcast to the activation.
+      ValueError: ``values`` is empty, has another number of axes than the activation, or
+        its mean does not broadcast to the activation.
 
     Under jit, a traced ``at`` index outside its axis makes the edited activation all NaN
     instead of clamping or wrapping; see ``jaxinterp.checked``.
@@ -345,6 +347,16 @@ def mean(
     m = values.mean(0)
 
     def new(act):
+        if values.ndim != act.ndim:
+            # [seq, d] against [batch, seq, d] would average over positions without a word
+            want = ", ".join(str(d) for d in act.shape[1:])
+            raise ValueError(
+                f"values: expected references [n, {want}] with the activation's axes (shape "
+                f"{tuple(act.shape)}) after a leading n axis, got shape {values.shape}: the "
+                "mean over axis 0 would be taken over another axis. Pass values[None] for one "
+                "reference; size-1 axes broadcast (e.g. [n, 1, d] averages tokens of any "
+                "position)"
+            )
         _check_broadcast("values", m, act.shape)
         return m
 

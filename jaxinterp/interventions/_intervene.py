@@ -89,6 +89,7 @@ def intervene(
     *,
     method: str | Callable[..., Any] | None = None,
     methods: Collection[str] | None = None,
+    mutable: Any = False,
 ) -> Callable[..., Any]:
     """Returns ``f(*args, **kwargs) -> output`` of the model with ``edits`` applied.
 
@@ -105,6 +106,9 @@ def intervene(
       method: the model method to run: a name or a callable (default ``__call__``).
       methods: submodule methods hooked besides ``__call__`` (``("encode", "decode")``);
         their sites are ``"path.method"`` (``"embedder.encode:input"``).
+      mutable: linen only, as in ``model.apply``: collections the call may update
+        (``["cache"]``, ``["batch_stats"]``); the output is then ``(output, updated_variables)``.
+        nnx state changes are written back into the module, as its own call does.
 
     Returns:
       A pure function of the model's inputs (e.g. ``tokens: [batch, seq]``) returning the
@@ -138,7 +142,14 @@ def intervene(
 
     def f(*args: Any, **kwargs: Any) -> Any:
         return run_sites(
-            model, variables, *args, edits=edits, method=method, methods=methods, **kwargs
+            model,
+            variables,
+            *args,
+            edits=edits,
+            method=method,
+            methods=methods,
+            mutable=mutable,
+            **kwargs,
         )[0]
 
     return f
@@ -152,6 +163,7 @@ def capture_sites(
     edits: Mapping[str, Edit] | None = None,
     method: str | Callable[..., Any] | None = None,
     methods: Collection[str] | None = None,
+    mutable: Any = False,
 ) -> Callable[..., tuple[Any, dict[str, jax.Array]]]:
     """Returns ``f(*args, **kwargs) -> (output, {site: activation})`` recording sites.
 
@@ -169,6 +181,9 @@ def capture_sites(
         the values after the edits at that site.
       method: the model method to run.
       methods: submodule methods hooked besides ``__call__`` (sites ``"path.method"``).
+      mutable: linen only, as in ``model.apply``: collections the call may update
+        (``["cache"]``, ``["batch_stats"]``); the output is then ``(output, updated_variables)``.
+        nnx state changes are written back into the module, as its own call does.
 
     Returns:
       A pure function; activations keep the shapes the model gives them (per-head results are
@@ -209,6 +224,7 @@ def capture_sites(
             sites=sites,
             method=method,
             methods=methods,
+            mutable=mutable,
             **kwargs,
         )
 

@@ -50,7 +50,7 @@ def _per_item(name: str, x: Any, batch: int, lo: int, hi: int) -> tuple[jax.Arra
 
 
 def logit_diff(
-    logits: jax.Array, answer: Any, wrong: Any, position: Any = -1, *, reduce: str = "mean"
+    logits: jax.Array, answer: Any, wrong: Any, position: Any = None, *, reduce: str = "mean"
 ) -> jax.Array:
     """Mean over the batch of ``logits[b, position_b, answer_b] - logits[b, position_b, wrong_b]``.
 
@@ -59,11 +59,12 @@ def logit_diff(
     :class:`~jaxinterp.interventions.PatchResult`).
 
     Args:
-      logits: ``[batch, seq, vocab]`` (or ``[batch, vocab]``, then ``position`` is ignored).
+      logits: ``[batch, seq, vocab]`` (or ``[batch, vocab]``, read out already).
       answer: the correct token, an int or ``[batch]`` ints in ``[0, vocab)``.
       wrong: the competing token (e.g. the corrupted run's answer), an int or ``[batch]``.
       position: the read-out position, an int or ``[batch]`` ints in ``[-seq, seq)`` (negative
-        counts from the end).
+        counts from the end); default ``-1``, the last. 2-D logits have no position axis: a
+        position given with them raises (one example's ``[seq, vocab]`` needs ``logits[None]``).
       reduce: ``"mean"`` (default) or ``"none"``.
 
     Returns:
@@ -86,7 +87,14 @@ def logit_diff(
         raise ValueError(f'reduce: expected "mean" or "none", got {reduce!r}')
     logits = check_array(logits, "logits", ndim=(2, 3), kind="floating")
     ok: Any = True
+    if logits.ndim == 2 and position is not None:
+        raise ValueError(
+            f"position: logits of shape {tuple(logits.shape)} are read as [batch, vocab], which "
+            f"has no position axis, but position={position!r} was given; for one example's "
+            "[seq, vocab] logits pass logits[None]"
+        )
     if logits.ndim == 3:
+        position = -1 if position is None else position
         batch, seq = logits.shape[:2]
         pos, ok = _per_item("position", position, batch, -seq, seq)
         pos = jnp.where(pos < 0, pos + seq, pos)  # NumPy's negative positions

@@ -492,6 +492,19 @@ def _sites_ok(sites: Sites, acts: dict) -> Any:
     under jit those sites come out NaN instead and the check is registered.
     """
     n_layers = len(sites.paths)
+    for p in sites.paths:
+        value = acts[p]
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+            first = (
+                next((i for i, v in enumerate(value) if hasattr(v, "shape")), 0)
+                if isinstance(value, (tuple, list))
+                else 0
+            )
+            example = f"{p}[{first}]" if ":" in p else f"{p}:output[{first}]"
+            raise ValueError(
+                f"sites: {p!r} is a {type(value).__name__}, not one array; name one element "
+                f"of it in the site paths, e.g. {example!r}"
+            )
     sizes = np.asarray([[acts[p].shape[ax] for ax in sites.axes] for p in sites.paths], np.int32)
     sizes = sizes.reshape(n_layers, len(sites.axes))
     if not is_traced((sites.layer, sites.index)):

@@ -74,3 +74,21 @@ __all__ += [
     "init_cache",
     "load_decoder",
 ]
+
+from jaxinterp.models._gguf import (  # noqa: E402
+    GGUFTokenizer,
+    Pretrained,
+    load_gguf,
+    load_gguf_tokenizer,
+    smollm2,
+    smollm2_path,
+)
+
+__all__ += [
+    "GGUFTokenizer",
+    "Pretrained",
+    "load_gguf",
+    "load_gguf_tokenizer",
+    "smollm2",
+    "smollm2_path",
+]

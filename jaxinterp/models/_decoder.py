@@ -884,7 +884,8 @@ def load_decoder(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
 
     Args:
       path: a folder with ``config.json`` and ``model.safetensors`` or a sharded
-        ``model.safetensors.index.json`` (read with numpy, bf16 or f32 tensors).
+        ``model.safetensors.index.json`` (read with numpy, bf16 or f32 tensors); or a
+        ``.gguf`` file (see :func:`jaxinterp.models.load_gguf`).
       dtype: parameter dtype, ``jnp.float32`` (default) or ``jnp.bfloat16``.
 
     Returns:
@@ -900,6 +901,10 @@ def load_decoder(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
     >>> d.model.apply(d.variables, jnp.array([[1, 2, 3]])).shape
     (1, 3, 128)
     """
+    if str(path).endswith(".gguf"):  # llama.cpp's format: jaxinterp.models.load_gguf
+        from jaxinterp.models._gguf import load_gguf
+
+        return load_gguf(path, dtype)
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"path: {folder} has no config.json")

@@ -22,7 +22,8 @@ def image_grid(
 
     Args:
       images: ``[n, h, w]`` or ``[n, h, w, c]`` (``c`` of 1 or 3); each image is scaled to its
-        own min–max range for display (unless ``shared_range``).
+        own min–max range for display (unless ``shared_range``). A 3-D shape ending in 1 or 3
+        raises (one ``[h, w, c]`` image or ``n`` narrow grey ones?): add the missing axis.
       titles: ``n`` labels, e.g. target names.
       ncols: images per row.
       cmap: colormap for single-channel images.
@@ -43,6 +44,13 @@ def image_grid(
     ['a', 'b']
     """
     images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3 and images.shape[-1] in (1, 3):
+        # one [h, w, c] image would be drawn as h strips of [w, c] grey pixels
+        raise ValueError(
+            f"images: shape {images.shape} could be one image [h, w, {images.shape[-1]}] or "
+            f"{images.shape[0]} grey images [n, h, w] of width {images.shape[-1]}, and the shape "
+            "cannot tell; pass images[None] for one image, or [n, h, w, 1] for grey ones"
+        )
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp._checks import check_array, check_int, check_key
-from jaxinterp.capture import check_model, check_sites, run_sites
+from jaxinterp.capture import check_model, check_sites, parse_site, run_sites
 from jaxinterp.sharding import iter_chunks
 
 Array = jax.Array
@@ -173,6 +173,12 @@ def layer_features(
         check_sites(paths)
     except (TypeError, ValueError) as err:
         raise _as_paths_error(err) from None
+    for p in paths:
+        if any(c in parse_site(p).path for c in "*?["):
+            raise ValueError(
+                f"paths: {p!r} is a glob; layer_features takes one exact site per layer (one "
+                "row of features each): name the paths, e.g. from jaxinterp.capture.list_paths"
+            )
     chunk_size = check_int(chunk_size, "chunk_size", lo=1)
     if not (isinstance(pool, str) or callable(pool)):
         raise TypeError(f"pool: expected a string or a callable, got {type(pool).__name__}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +40,11 @@ def model_mesh(
 
     Raises:
       TypeError: ``model`` or ``data`` is not an int.
-      ValueError: ``model < 1``; the device count is not ``data × model``.
+      ValueError: ``model < 1``; ``data × model`` exceeds the device count.
+
+    Warns:
+      UserWarning: ``data × model`` is smaller than the device count (devices left unused;
+        pass exactly the ``devices`` to use to silence it).
 
     >>> mesh = model_mesh(model=1)
     >>> mesh.axis_names, mesh.shape["model"]
@@ -57,6 +62,14 @@ def model_mesh(
     if data * model > len(devices):
         raise ValueError(
             f"data: data × model = {data} × {model} exceeds the {len(devices)} devices"
+        )
+    if data * model < len(devices):
+        warnings.warn(
+            f"data: a mesh of data × model = {data} × {model} devices leaves "
+            f"{len(devices) - data * model} of the {len(devices)} devices unused; pass "
+            f"devices=jax.devices()[:{data * model}] to use fewer on purpose, or data=None to "
+            "use them all",
+            stacklevel=2,
         )
     devices = devices[: data * model]
     return jax.make_mesh(
@@ -203,6 +216,7 @@ def param_specs(
     *,
     fallback: str = "fsdp",
     min_size: int = 1024,
+    unmatched: str = "error",
 ) -> Any:
     """The ``PartitionSpec`` of every leaf of ``params`` (same tree), by path rules.
 
@@ -214,6 +228,10 @@ def param_specs(
         ``None``: :func:`decoder_rules`, with mesh axes the mesh lacks dropped from them.
       fallback: for leaves no rule matches: ``"fsdp"``, ``"replicate"`` or ``"error"``.
       min_size: ``"fsdp"`` replicates leaves with fewer elements than this.
+      unmatched: what a rule of yours that places no leaf does (it matches no path, or only
+        paths an earlier rule took; a typo is the usual cause): ``"error"`` (default),
+        ``"warn"`` or ``"ignore"`` (a rule set written for several models). The default
+        rules are not checked.
 
     Returns:
       The tree of ``PartitionSpec`` (leaves of ``params`` replaced).
@@ -223,7 +241,8 @@ def param_specs(
       ValueError: a rule's spec has more axes than the leaf, names an unknown mesh axis or
         one twice, or an axis that is not divisible by its mesh axes (the message names the
         path, shape and mesh axis); ``fallback="error"`` and a leaf no rule matches; an
-        unknown ``fallback``.
+        unknown ``fallback`` or ``unmatched``; with ``unmatched="error"``, a rule that
+        places no leaf.
 
     >>> import jax.numpy as jnp
     >>> from jax.sharding import AbstractMesh
@@ -239,19 +258,26 @@ def param_specs(
         )
     if fallback not in ("fsdp", "replicate", "error"):
         raise ValueError(f"fallback: expected 'fsdp', 'replicate' or 'error', got {fallback!r}")
+    if unmatched not in ("error", "warn", "ignore"):
+        raise ValueError(f"unmatched: expected 'error', 'warn' or 'ignore', got {unmatched!r}")
     min_size = check_int(min_size, "min_size", lo=0)
     default = rules is None
     checked = _check_rules(decoder_rules() if default else rules)
     if default:
         checked = [(r, c, _restrict(s, mesh.axis_names)) for r, c, s in checked]
 
+    used: set[int] = set()
+    paths: list[str] = []
+
     def spec_of(key_path: Any, leaf: Any) -> P:
         path = param_path(key_path)
+        paths.append(path)
         shape = tuple(np.shape(leaf))
         for i, (regex, compiled, spec) in enumerate(checked):
             if compiled.search(path):
                 why = f"default rule {regex!r}" if default else f"rule {i} ({regex!r})"
                 _validate(spec, shape, mesh, path, why)
+                used.add(i)
                 return spec
         if fallback == "error":
             raise ValueError(
@@ -259,7 +285,23 @@ def param_specs(
             )
         return P() if fallback == "replicate" else _auto_spec(shape, mesh, min_size)
 
-    return jax.tree_util.tree_map_with_path(spec_of, params)
+    out = jax.tree_util.tree_map_with_path(spec_of, params)
+    idle = [i for i in range(len(checked)) if i not in used]
+    if idle and not default and unmatched != "ignore":
+        shadowed = lambda i: any(checked[i][1].search(p) for p in paths)  # noqa: E731
+        said = "; ".join(
+            f"rule {i} ({checked[i][0]!r}) "
+            + ("only matches paths an earlier rule took" if shadowed(i) else "matches no path")
+            for i in idle
+        )
+        msg = (
+            f"rules: {said}, so it places nothing (a typo?). The paths look like "
+            f"{paths[:3]}; pass unmatched='ignore' for a rule set written for several models"
+        )
+        if unmatched == "error":
+            raise ValueError(msg)
+        warnings.warn(msg, stacklevel=2)
+    return out
 
 
 def shard_params(
@@ -269,6 +311,7 @@ def shard_params(
     *,
     fallback: str = "fsdp",
     min_size: int = 1024,
+    unmatched: str = "error",
 ) -> Any:
     """Places ``params`` on ``mesh`` by path rules (see :func:`param_specs`).
 
@@ -280,7 +323,7 @@ def shard_params(
     array becomes a constant of the compiled program, replicated on every device.
 
     Args:
-      params, mesh, rules, fallback, min_size: as in :func:`param_specs`.
+      params, mesh, rules, fallback, min_size, unmatched: as in :func:`param_specs`.
 
     Returns:
       ``params`` with every leaf a ``jax.Array`` sharded by ``NamedSharding(mesh, spec)``.
@@ -295,7 +338,9 @@ def shard_params(
     """
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
-    specs = param_specs(params, mesh, rules, fallback=fallback, min_size=min_size)
+    specs = param_specs(
+        params, mesh, rules, fallback=fallback, min_size=min_size, unmatched=unmatched
+    )
     spec_leaves = jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P))
     leaves, tree = jax.tree.flatten(params)
 

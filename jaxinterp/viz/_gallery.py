@@ -300,6 +300,11 @@ def gallery_from_actmax(
         raise ValueError(f"result: expected inputs [target, batch, ...], got {inputs.shape}")
     idx = np.asarray(top.indices)
     data = np.asarray(data)
+    if data.ndim < 1 or (idx.size and int(idx.max()) >= data.shape[0]):
+        raise ValueError(
+            f"data: top.indices go up to {int(idx.max()) if idx.size else '?'}, but data has "
+            f"shape {data.shape}; pass the dataset top_k_examples ran on"
+        )
     ex = data[np.where(idx < 0, 0, idx)]
     return feature_gallery(
         labels,

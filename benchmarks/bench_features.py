@@ -1,0 +1,175 @@
+"""Benchmark: L sites × K settings of dictionaries trained in one compiled call vs one by one.
+
+Data: a superposition toy per site (``n_features`` random unit directions in ``d`` dimensions,
+each on with probability ``3 / n_features`` with a uniform coefficient; other directions at
+every site), ``[steps, batch, site, d]``. Settings: ReLU (L1), TopK, BatchTopK, JumpReLU.
+
+* ``stacked``: every (site, setting) dictionary in one :func:`jaxinterp.features.train_steps`
+  call (a vmap over the stack inside one ``lax.scan``).
+* ``loop``: the same dictionaries trained one at a time with the same steps (one
+  ``train_steps`` call each; dictionaries of one architecture share a compiled program).
+
+Both are timed twice: first call *with* compilation (what a user waits for) and a second call
+(compiled). Memory: bytes of the training state (params + Adam moments + counters) of the
+stack vs one dictionary, and XLA's temporary-buffer estimate of each compiled program.
+``--recovery`` also trains the settings on the 256-features-in-64-dimensions toy and reports
+the mean max cosine between true features and decoder rows per setting.
+
+    python benchmarks/bench_features.py [--quick] [--recovery STEPS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp import features as F
+from jaxinterp.features._train import _scan, archs_of
+
+SETTINGS = {
+    "relu": F.relu(0.3),
+    "topk": F.topk(4),
+    "batch_topk": F.batch_topk(4),
+    "jumprelu": F.jumprelu(0.1, bandwidth=0.05),
+}
+CFG = F.TrainConfig(
+    lr=3e-3, max_k=4, k_aux=32, dead_tokens=20_000, lr_warmup=50, sparsity_warmup=200
+)
+
+
+def _data(sites: int, steps: int, batch: int, n_features: int, d: int):
+    xs, feats = [], []
+    for s in range(sites):
+        f = F.toy_features(jax.random.key(100 + s), n_features, d)
+        x = F.toy_batch(jax.random.key(200 + s), f, steps * batch, 3 / n_features)
+        xs.append(x.reshape(steps, batch, d))
+        feats.append(f)
+    return jnp.stack(xs, axis=2), feats
+
+
+def _init(n: int, d: int, d_sae: int, seed: int = 0):
+    keys = jax.random.split(jax.random.key(seed), n)
+    return jax.jit(jax.vmap(lambda k: F.init_params(k, d, d_sae, threshold=0.1)))(keys)
+
+
+def _bytes(tree) -> int:
+    return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
+
+
+def _temp_bytes(state, settings, read, xs) -> int:
+    comp = _scan.lower(state, settings, read, read, xs, xs, CFG, archs_of(settings)).compile()
+    mem = comp.memory_analysis()
+    return int(getattr(mem, "temp_size_in_bytes", 0)) if mem is not None else -1
+
+
+def run(quick: bool = False) -> dict:
+    sites, steps, batch, d, d_sae, nf = (
+        (2, 100, 256, 64, 256, 256) if quick else (4, 300, 256, 64, 256, 256)
+    )
+    names = list(SETTINGS)
+    xs, _ = _data(sites, steps, batch, nf, d)
+    pairs = [(s, a) for s in range(sites) for a in names]
+    settings = F.stack_settings([SETTINGS[a] for _, a in pairs])
+    read = np.array([s for s, _ in pairs], np.int32)
+    n = len(pairs)
+
+    def stacked():
+        st = F.init_train(_init(n, d, d_sae), CFG)
+        st, m = F.train_steps(st, settings, xs, read=read, config=CFG)
+        return jax.block_until_ready(st.params)
+
+    def loop():
+        out = []
+        for j, (s, a) in enumerate(pairs):
+            st = F.init_train(_init(1, d, d_sae, seed=j), CFG)
+            st, _ = F.train_steps(st, F.stack_settings([SETTINGS[a]]), xs[:, :, s], config=CFG)
+            out.append(st.params)
+        return jax.block_until_ready(out)
+
+    t0 = time.perf_counter()
+    stacked()
+    t_stacked_first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stacked()
+    t_stacked = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    loop()
+    t_loop_first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    loop()
+    t_loop = time.perf_counter() - t0
+
+    st_all = F.init_train(_init(n, d, d_sae), CFG)
+    st_one = F.init_train(_init(1, d, d_sae), CFG)
+    temp_all = _temp_bytes(st_all, settings, jnp.asarray(read), xs)
+    temp_one = _temp_bytes(
+        st_one, F.stack_settings([SETTINGS["topk"]]), jnp.zeros(1, jnp.int32), xs[:, :, :1]
+    )
+    res = {
+        "dictionaries": n,
+        "sites": sites,
+        "settings": len(names),
+        "steps": steps,
+        "batch": batch,
+        "d": d,
+        "d_sae": d_sae,
+        "stacked_first_s": t_stacked_first,
+        "loop_first_s": t_loop_first,
+        "ratio_with_compile": t_loop_first / t_stacked_first,
+        "stacked_s": t_stacked,
+        "loop_s": t_loop,
+        "ratio_compiled": t_loop / t_stacked,
+        "tokens_per_s_stacked": n * steps * batch / t_stacked,
+        "tokens_per_s_loop": n * steps * batch / t_loop,
+        "state_bytes_stacked": _bytes(st_all),
+        "state_bytes_one": _bytes(st_one),
+        "temp_bytes_stacked": temp_all,
+        "temp_bytes_one": temp_one,
+    }
+    return res
+
+
+def recovery(steps: int, batch: int = 256) -> dict:
+    """Mean max cosine per setting on the 256-features-in-64-dimensions toy."""
+    settings = {
+        "relu l1=0.3": F.relu(0.3),
+        "relu l1=1": F.relu(1.0),
+        "topk k=4": F.topk(4),
+        "batch_topk k=4": F.batch_topk(4),
+        "jumprelu l0=0.1": F.jumprelu(0.1, bandwidth=0.05),
+        "jumprelu l0=0.3": F.jumprelu(0.3, bandwidth=0.05),
+    }
+    xs, feats = _data(1, steps, batch, 256, 64)
+    st = F.init_train(_init(len(settings), 64, 256), CFG)
+    init = np.asarray(F.max_cosine(st.params.W_dec, feats[0]))
+    t0 = time.perf_counter()
+    st, m = F.train_steps(st, F.stack_settings(list(settings.values())), xs, config=CFG)
+    secs = time.perf_counter() - t0
+    mmcs = np.asarray(F.max_cosine(st.params.W_dec, feats[0]))
+    last = jax.tree.map(lambda a: np.asarray(a[-100:]).mean(0), m)
+    out = {"steps": steps, "seconds": secs, "init_mmcs": float(init.mean())}
+    for j, name in enumerate(settings):
+        out[name] = {
+            "mmcs": float(mmcs[j]),
+            "fvu": float(last.fvu[j]),
+            "l0": float(last.l0[j]),
+            "dead": float(last.dead[j]),
+        }
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--recovery", type=int, default=0, help="steps of the recovery run (0: skip)")
+    args = ap.parse_args()
+    if args.recovery:
+        for k, v in recovery(args.recovery).items():
+            print(f"{k:<18} {v}")
+    else:
+        for k, v in run(args.quick).items():
+            print(f"{k:<24} {v:.4g}" if isinstance(v, float) else f"{k:<24} {v}")
