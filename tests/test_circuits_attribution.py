@@ -38,7 +38,7 @@ def _setup(n_layers):
         tie_embeddings=True, mlp_act="gelu_tanh",
     )  # fmt: skip
     model = zoo.Decoder(cfg)
-    variables = model.init(jax.random.key(n_layers), jnp.zeros((1, 5), jnp.int32))
+    variables = jax.jit(model.init)(jax.random.key(n_layers), jnp.zeros((1, 5), jnp.int32))
     variables = jax.tree.map(lambda a: a * 4.0, variables)  # bigger weights: nonlinear
     tokens = jnp.array([3, 7, 1, 9, 4])
     return cfg, model, variables, tokens

@@ -184,13 +184,13 @@ def test_senders_sum_to_the_stream_the_final_norm_reads(which):
         cfg = zoo.TransformerConfig(vocab=32, seq_len=8, d_model=16, n_heads=4, d_mlp=32)
         model, layout, o = zoo.Transformer(cfg), transformer_layout(cfg), "block_{i}/attn/out"
     tokens = jax.random.randint(jax.random.key(3), (2, 8), 0, 32)
-    variables = model.init(jax.random.key(4), tokens)
+    variables = jax.jit(model.init)(jax.random.key(4), tokens)
     variables = jax.tree.map(lambda a: a + 0.1 * jnp.ones_like(a), variables)  # nonzero biases
     run = jax.jit(lambda v, t: rewired_forward(model, v, layout, t, senders=True))
     out, outs = run(variables, tokens)
     assert outs.shape == (1 + 2 * 5, 2, 8, 16)
     sites = ["ln_f:input"] + [o.format(i=i) + ":input" for i in range(2)]
-    ref, caps = capture_sites(model, variables, sites)(tokens)
+    ref, caps = jax.jit(capture_sites(model, variables, sites))(tokens)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     p = variables["params"]
     biases = 0.0
