@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp import features as F
-from jaxinterp.features._train import _scan, archs_of
+from jaxinterp.features._train import _groups, _scan
 
 SETTINGS = {
     "relu": F.relu(0.3),
@@ -61,7 +61,7 @@ def _bytes(tree) -> int:
 
 
 def _temp_bytes(state, settings, read, xs) -> int:
-    comp = _scan.lower(state, settings, read, read, xs, xs, CFG, archs_of(settings)).compile()
+    comp = _scan.lower(state, settings, read, read, xs, xs, CFG, _groups(settings)).compile()
     mem = comp.memory_analysis()
     return int(getattr(mem, "temp_size_in_bytes", 0)) if mem is not None else -1
 

@@ -96,42 +96,35 @@ def run(ctx: DemoContext) -> None:
     # one feature of the TopK SAE after block 1: its top tokens and its direct logit effects
     j = pairs.index((1, "topk k=8"))
     p = jax.tree.map(lambda a: a[j], state.params)
-    feat = int(np.argmax(m.frequency[j]))
-    top = F.top_activations(
-        tf.model,
-        tf.variables,
-        p,
-        SETTINGS["topk k=8"],
-        SITES[1],
-        [held.tokens],
-        [feat],
-        k=8,
-        max_k=8,
-    )
-    toks = np.asarray(held.tokens)
-    ex, pos = top.example[0], top.position[0]
-    back = [int(toks[e, q - offset]) if q >= offset else -1 for e, q in zip(ex, pos)]
     W_U = tf.variables["params"]["unembed"]["kernel"]
-    promoted = np.asarray(jax.lax.top_k(F.logit_effects(p, W_U, [feat])[0], 3)[1]).tolist()
-    ctx.text(
-        f"Most frequent latent of the TopK SAE at `{SITES[1]}` (latent {feat}, fires on "
-        f"{m.frequency[j, feat]:.1%} of tokens): on its top-8 tokens, the token {offset} "
-        f"positions back (the answer) is {back}; its decoder direction through the unembedding "
-        f"promotes tokens {promoted}.\n"
-    )
-    shown = [int(i) for i in np.argsort(-m.frequency[j])[:6]]
+    shown = [int(i) for i in np.argsort(-m.frequency[j], kind="stable")[:6]]
     view = F.feature_dashboard(
         tf.model,
         tf.variables,
         p,
         SETTINGS["topk k=8"],
         SITES[1],
-        held.tokens[:256],
+        held.tokens,
         shown,
-        k=5,
+        k=8,
         W_U=W_U,
         max_k=8,
         title=f"TopK SAE features at {SITES[1]} (offset transformer)",
+    )
+    # the most frequent latent: at its top-8 tokens (the dashboard's first card), which token
+    # lies `offset` positions back (the answer the model must copy)?
+    feat = shown[0]
+    toks = np.asarray(held.tokens)
+    back = []
+    for e in view.data["items"][0]["examples"]:
+        q = int(np.argmax(e["acts"]))
+        back.append(int(toks[e["index"], q - offset]) if q >= offset else -1)
+    promoted = np.asarray(jax.lax.top_k(F.logit_effects(p, W_U, [feat])[0], 3)[1]).tolist()
+    ctx.text(
+        f"Most frequent latent of the TopK SAE at `{SITES[1]}` (latent {feat}, fires on "
+        f"{m.frequency[j, feat]:.1%} of tokens): in its top-8 sequences, the token {offset} "
+        f"positions before its strongest token (the answer) is {back}; its decoder direction "
+        f"through the unembedding promotes tokens {promoted}.\n"
     )
     ctx.view(
         "view_features_toy",

@@ -8,8 +8,9 @@ vmap, and so is the *stack*: dictionaries of one shape and any architecture, spa
 train together in one compiled step (:func:`train_steps`: ``vmap`` over the stack inside a
 ``lax.scan`` over steps). The pieces:
 
-* architectures (:mod:`~jaxinterp.features._arch`): :func:`relu` (decoder-norm-weighted L1),
-  :func:`topk` and :func:`batch_topk` (AuxK loss on dead latents), :func:`jumprelu`
+* architectures (design notes in ``jaxinterp/features/_arch.py``): :func:`relu`
+  (decoder-norm-weighted L1), :func:`topk` and :func:`batch_topk` (AuxK loss on dead
+  latents), :func:`jumprelu`
   (straight-through estimator for the threshold, L0 penalty); transcoders (``in_shape !=
   out_shape``) and crosscoders (``in_shape = (n_sources, d)``, exclusive latents via a
   decoder mask);

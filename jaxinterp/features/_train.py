@@ -5,7 +5,9 @@ Every dictionary of a stack has the same parameter shapes (same ``in_shape``, ``
 (architecture, sparsity coefficient, ``k``) and in the site they read and reconstruct. One
 training step is ``vmap`` over the stack of the single-dictionary step (loss, gradient, optax
 Adam update, decoder-norm projection), and :func:`train_steps` runs ``lax.scan`` over a block
-of batches under one ``jit``. So L sites × K settings train in one compiled program.
+of batches under one ``jit``. So L sites × K settings train in one compiled program. Inside
+it, dictionaries of one architecture are vmapped together (the stack is split by architecture
+once, outside the scan), so no dictionary pays for another architecture's branch.
 
 *Widths.* Dictionaries of different widths do not stack; either make one stack (one compiled
 step) per width, or pad the narrow ones to the widest and pass ``latent_mask`` (padded latents
@@ -274,28 +276,47 @@ def _one_step(params, opt_state, since, lm, dm, step, setting, read, write, xs, 
     return (new, opt_state, since, step + 1), metrics
 
 
-@functools.partial(jax.jit, static_argnames=("config", "archs"), donate_argnums=(0,))
-def _scan(state, settings, read, write, xs, ys, config, archs):
-    def body(carry, batch):
-        params, opt_state, since, step = carry
-        bx, by = batch
-        one = functools.partial(_one_step, xs=bx, ys=by, config=config, archs=archs)
-        out, metrics = jax.vmap(one)(
-            params,
-            opt_state,
-            since,
-            state.latent_mask,
-            state.dec_mask,
-            step,
-            settings,
-            read,
-            write,
-        )
-        return out, metrics
+@functools.partial(jax.jit, static_argnames=("config", "groups"), donate_argnums=(0,))
+def _scan(state, settings, read, write, xs, ys, config, groups):
+    # One compiled program; inside it the stack is split by architecture (static index
+    # groups), each group vmapped with only its own branch, and the scan carries the groups.
+    def take(tree, idx):
+        return jax.tree.map(lambda a: a[np.asarray(idx)], tree)
 
-    carry = (state.params, state.opt_state, state.since_fired, state.step)
-    (params, opt_state, since, step), metrics = jax.lax.scan(body, carry, (xs, ys))
+    carry = tuple(
+        take((state.params, state.opt_state, state.since_fired, state.step), idx)
+        for _, idx in groups
+    )
+    fixed = tuple(
+        take((state.latent_mask, state.dec_mask, settings, read, write), idx) for _, idx in groups
+    )
+
+    def body(carry, batch):
+        bx, by = batch
+        new, mets = [], []
+        for (arch, _), (p, o, since, step), (lm, dm, st, r, w) in zip(groups, carry, fixed):
+            one = functools.partial(_one_step, xs=bx, ys=by, config=config, archs=(arch,))
+            (p, o, since, step), m = jax.vmap(one)(p, o, since, lm, dm, step, st, r, w)
+            new.append((p, o, since, step))
+            mets.append(m)
+        return tuple(new), tuple(mets)
+
+    carry, mets = jax.lax.scan(body, carry, (xs, ys))
+    inv = np.argsort(np.concatenate([np.asarray(idx) for _, idx in groups]))
+    params, opt_state, since, step = jax.tree.map(
+        lambda *parts: jnp.concatenate(parts)[inv], *carry
+    )
+    metrics = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=1)[:, inv], *mets)
     return state._replace(params=params, opt_state=opt_state, since_fired=since, step=step), metrics
+
+
+def _groups(settings: Setting) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    codes = np.asarray(settings.arch).reshape(-1)
+    return tuple(
+        (a, tuple(np.flatnonzero(codes == i).tolist()))
+        for i, a in enumerate(ARCHS)
+        if (codes == i).any()
+    )
 
 
 def archs_of(settings: Setting) -> tuple[str, ...]:
@@ -382,4 +403,4 @@ def train_steps(
         )
     read = _index(read, n, "read", xs.shape[2])
     write = _index(read if write is None else write, n, "write", ys.shape[2])
-    return _scan(state, settings, read, write, xs, ys, config, archs_of(settings))
+    return _scan(state, settings, read, write, xs, ys, config, _groups(settings))
