@@ -312,7 +312,7 @@ def test_class2_patch_sweep_over_experts_matches_patching_by_hand():
 
 # ------------------------------------------------------------------ class 3: model state
 
-T3, D3 = 4, 4
+T3, D3 = 3, 4
 _SEQ = jax.random.normal(jax.random.key(3), (1, T3, D3))
 
 

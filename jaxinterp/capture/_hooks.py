@@ -26,8 +26,9 @@ mode, RNG counts, ``sow``) are written back into the caller's module after the c
 decode loop through :func:`jaxinterp.capture.capture` advances the cache as the model's own
 loop does. Like nnx's own call, that needs the model to belong to the current trace: eagerly,
 or passed through ``nnx.jit`` as an argument; inside ``jax.jit`` of a function closing over
-the model a call that changes state raises (``model:``), and one that changes nothing works
-anywhere. ``update_model=False`` keeps the old copy-only behaviour.
+the model a call that changes a cache or statistics raises (``model:``), RNG counts and
+``sow`` values are left as they were there, and a call that changes nothing works anywhere.
+``update_model=False`` keeps the old copy-only behaviour.
 
 **Recording through lifted transforms.** A value kept in a Python dict inside ``lax.scan``,
 ``jax.checkpoint`` (``nn.remat``/``nnx.remat``) or ``jax.vmap`` is a tracer of that transform
@@ -767,32 +768,73 @@ def _raw_state(state: Any) -> dict[tuple, Any]:
     return {path: var.get_raw_value() for path, var in nnx.to_flat_state(state)}
 
 
+_NEW = object()
+
+
+def _differs(new: Any, old: Any) -> bool:
+    if new is old:
+        return False
+    if old is _NEW:
+        return True
+    leaves_new, leaves_old = jax.tree.leaves(new), jax.tree.leaves(old)
+    if jax.tree.structure(new) != jax.tree.structure(old):
+        return True
+    for a, b in zip(leaves_new, leaves_old):
+        if a is b:
+            continue
+        if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+            return True
+        if not hasattr(a, "dtype") or not hasattr(b, "dtype"):
+            if a != b:
+                return True
+            continue
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        if a.shape != b.shape or a.dtype != b.dtype or not bool(jnp.array_equal(a, b)):
+            return True
+    return False
+
+
 def _write_back(model: Any, before: dict[tuple, Any], copy: Any) -> None:
     """Puts the state the hooked copy changed into ``model``, as the model's own call would.
 
-    Variables whose value is the same object as before the call are left alone, so a call
-    that changes nothing writes nothing (and works anywhere, also under ``jax.jit`` of a
-    function closing over the model).
+    Parameters (``nnx.Param``) are never written: a forward pass does not change them (lifted
+    transforms such as ``nnx.scan`` hand them back as new arrays of the same values). Other
+    variables are written when their value is neither the same object as before nor, both
+    being concrete, equal to it; so a call that changes nothing writes nothing (and works
+    anywhere, also under ``jax.jit`` of a function closing over the model). RNG streams
+    (``nnx.RngState``) and ``sow`` intermediates are written where the model belongs to the
+    current trace and left as they were where it does not (inside ``jax.jit`` of a closure the
+    call is then a pure function of the model's RNG state); any other change (a decode cache,
+    BatchNorm statistics) must be written.
 
     Raises:
-      ValueError: the call changed state that cannot be written into ``model`` from this
-        trace (the model's own call raises ``TraceContextError`` there too).
+      ValueError: the call changed a cache, statistics or other state that cannot be written
+        into ``model`` from this trace (the model's own call raises ``TraceContextError``
+        there too).
     """
     changed = [
         (path, var)
         for path, var in nnx.to_flat_state(nnx.state(copy))
-        if path not in before or var.get_raw_value() is not before[path]
+        if not isinstance(var, nnx.Param) and _differs(var.get_raw_value(), before.get(path, _NEW))
     ]
-    if not changed:
+    soft = [(p, v) for p, v in changed if isinstance(v, (nnx.RngState, nnx.Intermediate))]
+    hard = [(p, v) for p, v in changed if not isinstance(v, (nnx.RngState, nnx.Intermediate))]
+    for item in soft:
+        try:
+            nnx.update(model, nnx.from_flat_state([item]))
+        except ferr.TraceContextError:
+            pass  # documented above: RNG counts and sow stay where they cannot be written
+    if not hard:
         return
     try:
-        nnx.update(model, nnx.from_flat_state(changed))
+        nnx.update(model, nnx.from_flat_state(hard))
     except ferr.TraceContextError as err:
-        names = ", ".join("/".join(map(str, p)) for p, _ in changed[:6])
-        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        names = ", ".join("/".join(map(str, p)) for p, _ in hard[:6])
+        more = f" and {len(hard) - 6} more" if len(hard) > 6 else ""
         raise ValueError(
             f"model: this call changes the nnx model's state ({names}{more}: e.g. a decode "
-            "cache, BatchNorm statistics, RNG counts or sow), as the model's own call would, "
+            "cache or BatchNorm statistics), as the model's own call would, "
             "but the change cannot be written into the model from inside this trace (jax.jit, "
             "jax.vmap or jax.grad of a function that closes over the model; calling the model "
             "itself there raises flax's TraceContextError). Pass the model as an argument "
