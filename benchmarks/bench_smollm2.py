@@ -239,8 +239,8 @@ def _metric_torch(task):
     import torch
 
     rows = torch.arange(len(task.answer))
-    ans = torch.from_numpy(np.asarray(task.answer)).long()
-    wrong = torch.from_numpy(np.asarray(task.wrong)).long()
+    ans = torch.from_numpy(np.array(task.answer)).long()
+    wrong = torch.from_numpy(np.array(task.wrong)).long()
 
     def metric(logits):
         last = logits[:, -1]
@@ -462,8 +462,8 @@ def run_peers(repeats: int = 3, threads=(1, 2)) -> dict:
     task = ioi.task
     B, S = task.clean.shape
     assert (np.asarray(task.position) == S - 1).all()  # the torch metric reads position -1
-    clean = torch.from_numpy(np.asarray(task.clean)).long()
-    corr = torch.from_numpy(np.asarray(task.corrupted)).long()
+    clean = torch.from_numpy(np.array(task.clean)).long()
+    corr = torch.from_numpy(np.array(task.corrupted)).long()
     metric = _metric_torch(task)
     t0 = time.perf_counter()
     hf = hf_model(sm.variables)
