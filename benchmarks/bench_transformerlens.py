@@ -136,6 +136,7 @@ def jax_model(w):
         o_bias=True,
         mlp_bias=True,
         tie_embeddings=True,
+        mlp_act="gelu_tanh",  # GPT-2's gelu_new (the config's default is Llama's silu)
     )
     p = {"embed": {"tok": {"embedding": w["wte"]}, "pos": {"embedding": w["wpe"]}}}
     for i, b in enumerate(w["blocks"]):
