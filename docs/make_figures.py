@@ -56,7 +56,7 @@ def capture_figures(out: Path) -> None:
     """The first conv layer's feature maps of the digits CNN for one digit, via ``capture``."""
     cnn = models.digits_cnn()
     x = jnp.asarray(models.load_digits().test.x[:1])  # [1, 8, 8, 1]
-    _, acts = jax.jit(capture(cnn.model, cnn.variables, select="act_0"))(x)
+    _, acts = jax.jit(lambda v, x: capture(cnn.model, v, select="act_0")(x))(cnn.variables, x)
     maps = np.moveaxis(np.asarray(acts["act_0"][0]), -1, 0)  # [channel, 8, 8]
     fig = plotting.image_grid(
         np.concatenate([np.asarray(x[:, :, :, 0]), maps]),
@@ -139,7 +139,7 @@ def attention_figures(out: Path) -> None:
     _save(out, "attention_entropy", fig)
 
     toks = data[:1]
-    _, maps = jax.jit(attention.attention_weights(tf.model, tf.variables))(toks)
+    _, maps = jax.jit(lambda v, x: attention.attention_weights(tf.model, v)(x))(tf.variables, toks)
     w = attention.stack_layers(maps)[:, 0]  # [layer, head, q, k]
     labels = [str(t) for t in toks[0]]
     fig = plotting.attention_grid(np.asarray(w), labels, suptitle="one sequence, layer × head")
@@ -186,21 +186,19 @@ def intervention_figures(out: Path) -> None:
     k = int(tf.metrics["offset"])
     task = iv.offset_patching_task(jax.random.key(0), 32, cfg, k)
     fixed = iv.offset_patching_task(jax.random.key(1), 32, cfg, k, position=10)
-    sweep = jax.jit(
-        lambda t, s: iv.patch_sweep(model, variables, t.clean, t.corrupted, s, t.metric)
-    )
+    sweep = jax.jit(lambda v, t, s: iv.patch_sweep(model, v, t.clean, t.corrupted, s, t.metric))
     attrib = jax.jit(
-        lambda t, s: iv.attribution_patch(model, variables, t.clean, t.corrupted, s, t.metric)
+        lambda v, t, s: iv.attribution_patch(model, v, t.clean, t.corrupted, s, t.metric)
     )
     heads = iv.head_sites(cfg.n_layers, cfg.n_heads)
-    res = sweep(task, heads)
+    res = sweep(variables, task, heads)
     fig = plotting.patching_heatmap(
         np.asarray(heads.unflatten(res.normalized)),
         title="patch clean → corrupted, per head (all positions)",
     )
     _save(out, "patching_layer_head", fig)
     pos = iv.position_sites(cfg.n_layers, cfg.seq_len)
-    pres = sweep(fixed, pos)
+    pres = sweep(variables, fixed, pos)
     fig = plotting.patching_heatmap(
         np.asarray(pos.unflatten(pres.normalized)),
         col_name="position",
@@ -208,7 +206,7 @@ def intervention_figures(out: Path) -> None:
     )
     _save(out, "patching_layer_position", fig)
     hp = iv.head_position_sites(cfg.n_layers, cfg.n_heads, cfg.seq_len)
-    real, est = sweep(task, hp).normalized, attrib(task, hp).normalized
+    real, est = sweep(variables, task, hp).normalized, attrib(variables, task, hp).normalized
     fig = plotting.effect_scatter(
         np.asarray(real),
         np.asarray(est),
@@ -224,8 +222,8 @@ def decoder_figures(out: Path) -> None:
     """Attention of the Llama-family decoder test checkpoint (random weights) via ``probs``."""
     d = models.load_decoder(ROOT / "tests" / "fixtures" / "decoders" / "llama")
     ids = jnp.arange(1, 13)[None]  # [1, 12] token ids
-    f = attention.attention_weights(d.model, d.variables, weights_at="blocks_*/attn/probs")
-    _, maps = jax.jit(f)(ids)
+    f = lambda v, x: attention.attention_weights(d.model, v, weights_at="blocks_*/attn/probs")(x)
+    _, maps = jax.jit(f)(d.variables, ids)
     w = attention.stack_layers(maps)[:, 0]  # [layer, head, q, k]
     fig = plotting.attention_grid(
         np.asarray(w), [str(int(t)) for t in ids[0]], suptitle="Llama-family decoder, causal"

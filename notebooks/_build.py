@@ -338,9 +338,9 @@ print("input_ids", ids.shape)
 for t in tok.tokens:
     print(" ", " ".join(t))
 
-f = jax.jit(attention_weights(minilm.model, minilm.variables))
+f = jax.jit(lambda v, *x: attention_weights(minilm.model, v)(*x))  # weights as an argument
 t0 = time.perf_counter()
-out, maps = f(ids, mask)
+out, maps = f(minilm.variables, ids, mask)
 w = jax.block_until_ready(stack_layers(maps))        # [layer, batch, head, q, k]
 print(f"forward with attention capture: {time.perf_counter() - t0:.1f} s (with compilation)")
 print("captured paths:", list(maps))
@@ -471,7 +471,7 @@ head_score_map(off, title=f"attention mass at offset {k} (512 sequences)")
 """),
     code("""
 one = seqs[:1]
-_, toy_maps = jax.jit(attention_weights(tf.model, tf.variables))(one)
+_, toy_maps = jax.jit(lambda v, x: attention_weights(tf.model, v)(x))(tf.variables, one)
 attention_grid(np.asarray(stack_layers(toy_maps)[:, 0]), [str(t) for t in one[0]],
                suptitle="offset transformer, one sequence")
 """),

@@ -127,7 +127,7 @@ def _check_policy(ns):  # block 6
 
 
 def _check_sharding(ns):  # block 7
-    ref_logits, ref_acts = jax.jit(ns["f"])(ns["tokens"])
+    ref_logits, ref_acts = jax.jit(ns["f"])(ns["tf"].variables, ns["tokens"])
     np.testing.assert_allclose(ns["logits"], ref_logits, rtol=1e-5, atol=1e-5)
     for k in ref_acts:
         np.testing.assert_allclose(ns["acts"][k], ref_acts[k], rtol=1e-5, atol=1e-5)

@@ -491,8 +491,8 @@ def attention_weights(
 
     >>> from jaxinterp import models
     >>> tf = models.offset_transformer()
-    >>> f = jax.jit(attention_weights(tf.model, tf.variables))
-    >>> _, maps = f(jnp.zeros((2, 16), jnp.int32))
+    >>> f = jax.jit(lambda v, x: attention_weights(tf.model, v)(x))  # weights as an argument
+    >>> _, maps = f(tf.variables, jnp.zeros((2, 16), jnp.int32))
     >>> sorted(maps), maps["block_0/attn"].shape
     (['block_0/attn', 'block_1/attn'], (2, 4, 16, 16))
     """
