@@ -65,7 +65,6 @@ keys/values are written at positions ``start ..`` and attention reads the whole 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from functools import partial
@@ -78,249 +77,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp._checks import check_array, check_int, poison, value_check
+from jaxinterp.models._decoder_config import DecoderConfig
 from jaxinterp.models._safetensors import read_safetensors
-
-_GEMMA_DEFAULTS: dict[str, dict[str, Any]] = {  # transformers 4.57 config defaults
-    "gemma2": {
-        "vocab_size": 256000,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
-        "head_dim": 256,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True,
-        "rope_theta": 10000.0,
-        "attention_bias": False,
-        "query_pre_attn_scalar": 256,
-        "sliding_window": 4096,
-        "final_logit_softcapping": 30.0,
-        "attn_logit_softcapping": 50.0,
-    },
-    "gemma3_text": {
-        "vocab_size": 262208,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
-        "head_dim": 256,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True,
-        "rope_theta": 1000000.0,
-        "attention_bias": False,
-        "query_pre_attn_scalar": 256,
-        "sliding_window": 4096,
-        "final_logit_softcapping": None,
-        "rope_local_base_freq": 10000.0,
-    },
-}
-_ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
-
-
-def _rope_scaling(config: dict[str, Any]) -> tuple:
-    scaling = config.get("rope_scaling") or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind not in ("default", "linear", "llama3"):
-        raise ValueError(f"config: rope_scaling type {kind!r} is not supported")
-    return tuple(sorted((k, v) for k, v in scaling.items()))
-
-
-def _local_layers(config: dict[str, Any], n: int, sliding: list[bool]) -> tuple[int, ...]:
-    types = config.get("layer_types")
-    if types is None:
-        return tuple(i for i in range(n) if sliding[i])
-    if len(types) != n or not set(types) <= {"sliding_attention", "full_attention"}:
-        raise ValueError(f"config: layer_types must be {n} of sliding/full_attention, got {types}")
-    return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
-
-
-@dataclasses.dataclass(frozen=True)
-class DecoderConfig:
-    """Hyperparameters of a decoder LM (``family`` ``"gpt2"``, ``"llama"`` or ``"gemma"``).
-
-    ``sliding_window`` applies to the layers in ``local_layers`` (all layers when that is
-    ``None``); ``query_scale`` is ``query_pre_attn_scalar`` (scores are multiplied by
-    ``query_scale ** -0.5``, ``None`` means ``d_head``); ``attn_softcap`` / ``final_softcap``
-    cap scores / logits as ``cap * tanh(x / cap)``; ``rope_local_theta`` is the RoPE base of the
-    local layers (Gemma 3; no scaling there); ``mlp_act`` is ``"silu"``, ``"gelu_tanh"`` or
-    ``"gelu"`` (gated for the llama and gemma families).
-    """
-
-    family: str = "llama"
-    vocab_size: int = 128
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    d_head: int = 16
-    d_mlp: int = 128
-    max_positions: int = 128
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    rope_scaling: tuple = ()  # sorted (key, value) items of HF rope_scaling
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-    tie_embeddings: bool = False
-    sliding_window: int | None = None
-    local_layers: tuple[int, ...] | None = None
-    qk_norm: bool = False
-    query_scale: float | None = None
-    attn_softcap: float | None = None
-    final_softcap: float | None = None
-    rope_local_theta: float | None = None
-    mlp_act: str = "silu"
-
-    def is_local(self, layer: int) -> bool:
-        """Whether ``layer`` attends through the sliding window."""
-        if self.sliding_window is None:
-            return False
-        return self.local_layers is None or layer in self.local_layers
-
-    @classmethod
-    def from_hf(cls, config: dict[str, Any]) -> DecoderConfig:
-        """Builds the config from a Hugging Face ``config.json`` dict.
-
-        Supported ``model_type``: ``gpt2``, ``llama``, ``mistral``, ``qwen2``, ``qwen3``,
-        ``gemma2``, ``gemma3_text`` and ``gemma3`` (the text part of its ``text_config``; the
-        vision tower is not loaded). Keys a Gemma ``config.json`` leaves out take the
-        ``transformers`` defaults.
-
-        Raises:
-          ValueError: an unsupported ``model_type`` or option; the message names it.
-
-        >>> DecoderConfig.from_hf({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 2,
-        ...     "vocab_size": 128, "n_positions": 32, "layer_norm_epsilon": 1e-5}).d_head
-        16
-        >>> c = DecoderConfig.from_hf({"model_type": "gemma2", "hidden_size": 64,
-        ...     "intermediate_size": 128, "num_hidden_layers": 4})
-        >>> c.family, c.local_layers, c.attn_softcap, c.final_softcap
-        ('gemma', (0, 2), 50.0, 30.0)
-        """
-        if not isinstance(config, dict):
-            raise TypeError(f"config: expected a dict, got {type(config).__name__}")
-        mt = config.get("model_type")
-        if mt == "gpt2":
-            if config.get("scale_attn_by_inverse_layer_idx") or config.get(
-                "reorder_and_upcast_attn"
-            ):
-                raise ValueError("config: GPT-2 attention variants are not supported")
-            if config.get("activation_function", "gelu_new") != "gelu_new":
-                raise ValueError(f"config: activation {config['activation_function']!r}")
-            d, h = config["n_embd"], config["n_head"]
-            return cls(
-                family="gpt2",
-                vocab_size=config["vocab_size"],
-                d_model=d,
-                n_layers=config["n_layer"],
-                n_heads=h,
-                n_kv_heads=h,
-                d_head=d // h,
-                d_mlp=config.get("n_inner") or 4 * d,
-                max_positions=config["n_positions"],
-                norm_eps=config["layer_norm_epsilon"],
-                qkv_bias=True,
-                o_bias=True,
-                mlp_bias=True,
-                tie_embeddings=True,
-                mlp_act="gelu_tanh",
-            )
-        if mt in ("llama", "mistral", "qwen2", "qwen3"):
-            if config.get("hidden_act", "silu") != "silu":
-                raise ValueError(f"config: hidden_act {config['hidden_act']!r} is not 'silu'")
-            d, h = config["hidden_size"], config["num_attention_heads"]
-            kvh = config.get("num_key_value_heads") or h
-            if h % kvh:
-                raise ValueError(f"config: {h} heads not divisible by {kvh} kv heads")
-            n = config["num_hidden_layers"]
-            window = config.get("sliding_window")
-            sliding = [window is not None] * n
-            if mt in ("qwen2", "qwen3"):
-                if not config.get("use_sliding_window", False):
-                    window = None
-                first = config.get("max_window_layers", 28)
-                sliding = [window is not None and i >= first for i in range(n)]
-            if mt == "llama":
-                window = None
-            local = _local_layers(config, n, sliding) if window is not None else None
-            return cls(
-                family="llama",
-                vocab_size=config["vocab_size"],
-                d_model=d,
-                n_layers=n,
-                n_heads=h,
-                n_kv_heads=kvh,
-                d_head=config.get("head_dim") or d // h,
-                d_mlp=config["intermediate_size"],
-                max_positions=config.get("max_position_embeddings", 2048),
-                norm_eps=config["rms_norm_eps"],
-                rope_theta=config.get("rope_theta", 10000.0),
-                rope_scaling=_rope_scaling(config),
-                qkv_bias=bool(config.get("attention_bias", False)) or mt == "qwen2",
-                o_bias=bool(config.get("attention_bias", False)),
-                mlp_bias=bool(config.get("mlp_bias", False)),
-                tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-                sliding_window=window,
-                local_layers=local,
-                qk_norm=mt == "qwen3",
-            )
-        if mt == "gemma3":  # multimodal wrapper: the language model's config
-            text = dict(config.get("text_config") or {})
-            text.setdefault("tie_word_embeddings", config.get("tie_word_embeddings", True))
-            config = {**text, "model_type": "gemma3_text"}
-            mt = "gemma3_text"
-        if mt in ("gemma2", "gemma3_text"):
-            c = {**_GEMMA_DEFAULTS[mt], **config}
-            act = c.get("hidden_activation") or c.get("hidden_act")
-            if act not in _ACTS:
-                raise ValueError(f"config: hidden_activation {act!r} is not supported")
-            if c.get("use_bidirectional_attention"):
-                raise ValueError("config: use_bidirectional_attention is not supported")
-            d, h, kvh, n = (
-                c["hidden_size"],
-                c["num_attention_heads"],
-                c["num_key_value_heads"],
-                c["num_hidden_layers"],
-            )
-            if h % kvh:
-                raise ValueError(f"config: {h} heads not divisible by {kvh} kv heads")
-            every = (
-                2
-                if mt == "gemma2"
-                else c.get("sliding_window_pattern", c.get("_sliding_window_pattern", 6))
-            )
-            sliding = [bool((i + 1) % every) for i in range(n)]
-            gemma3 = mt == "gemma3_text"
-            return cls(
-                family="gemma",
-                vocab_size=c["vocab_size"],
-                d_model=d,
-                n_layers=n,
-                n_heads=h,
-                n_kv_heads=kvh,
-                d_head=c["head_dim"],
-                d_mlp=c["intermediate_size"],
-                max_positions=c["max_position_embeddings"],
-                norm_eps=c["rms_norm_eps"],
-                rope_theta=c["rope_theta"],
-                rope_scaling=_rope_scaling(c),
-                qkv_bias=bool(c["attention_bias"]),
-                o_bias=bool(c["attention_bias"]),
-                tie_embeddings=bool(c["tie_word_embeddings"]),
-                sliding_window=c["sliding_window"],
-                local_layers=_local_layers(c, n, sliding),
-                qk_norm=gemma3,
-                query_scale=float(c["query_pre_attn_scalar"]),
-                # transformers' Gemma 3 attention ignores attn_logit_softcapping
-                attn_softcap=None if gemma3 else c.get("attn_logit_softcapping"),
-                final_softcap=c.get("final_logit_softcapping"),
-                rope_local_theta=c["rope_local_base_freq"] if gemma3 else None,
-                mlp_act=_ACTS[act],
-            )
-        raise ValueError(
-            f"config: model_type {mt!r} is not one of gpt2, llama, mistral, qwen2, qwen3, "
-            "gemma2, gemma3_text, gemma3"
-        )
 
 
 class _Id(nn.Module):
@@ -519,7 +277,8 @@ class _Attention(nn.Module):
         kk, vv = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
         scores = _einsum("bqhd,bkhd->bhqk", q, kk)
         if c.family == "gpt2":
-            scores = scores / jnp.sqrt(jnp.float32(c.d_head)).astype(scores.dtype)
+            if c.scale_scores:
+                scores = scores / jnp.sqrt(jnp.float32(c.d_head)).astype(scores.dtype)
         else:
             scores = scores * (c.query_scale or c.d_head) ** -0.5
         scores = _softcap(scores, c.attn_softcap)
@@ -824,6 +583,8 @@ def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, d
                 },
             }
         p["ln_f"] = {"scale": get("ln_f.weight"), "bias": get("ln_f.bias")}
+        if not cfg.tie_embeddings:
+            p["unembed"] = {"kernel": get("lm_head.weight").T}
     else:
         p["embed"] = {"tok": {"embedding": get("embed_tokens.weight")}}
 
@@ -865,9 +626,7 @@ def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, d
             p[f"blocks_{i}"] = blk
         p["ln_f"] = {"scale": get("norm.weight")}
         if not cfg.tie_embeddings:
-            if "lm_head.weight" not in t:
-                raise KeyError("tensors: missing 'lm_head.weight' (config has untied embeddings)")
-            p["unembed"] = {"kernel": np.asarray(t["lm_head.weight"], np.float32).T}
+            p["unembed"] = {"kernel": get("lm_head.weight").T}
     return {"params": jax.tree.map(lambda a: jnp.asarray(a, dtype), p)}
 
 
