@@ -272,3 +272,16 @@ def test_unknown_unicode_class_raises():
                                    "behavior": "Isolated", "invert": False}))  # fmt: skip
     with pytest.raises(ValueError, match=r"\\p\{Han\}"):
         BPETokenizer(spec).encode("x")
+
+
+def test_tokenize_left_padding():
+    tok = BPETokenizer.from_file(FIX / "llama3.json")
+    texts = ["Hello world", "a much longer sentence with more tokens 12345"]
+    right, left = tokenize(tok, texts), tokenize(tok, texts, padding_side="left")
+    for r, lft, rm, lm in zip(right.input_ids, left.input_ids, right.attention_mask,
+                              left.attention_mask):  # fmt: skip
+        np.testing.assert_array_equal(r[rm == 1], lft[lm == 1])
+        assert lm[-1] == 1 and rm.sum() == lm.sum()
+    assert left.attention_mask[0, 0] == 0
+    with pytest.raises(ValueError, match="^padding_side"):
+        tokenize(tok, texts, padding_side="middle")

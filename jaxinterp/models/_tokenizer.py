@@ -80,7 +80,12 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def tokenize(
-    tokenizer: Any, sentences: Sequence[str], *, max_length: int | None = None, pad_id: int = 0
+    tokenizer: Any,
+    sentences: Sequence[str],
+    *,
+    max_length: int | None = None,
+    pad_id: int = 0,
+    padding_side: str = "right",
 ) -> Tokenized:
     """Tokenizes ``sentences`` and pads the batch to its longest sentence.
 
@@ -91,6 +96,8 @@ def tokenize(
       max_length: if given, a sentence longer than this many tokens raises (nothing is cut
         silently).
       pad_id: the id used for padding.
+      padding_side: ``"right"`` (default) or ``"left"`` (what batched generation of a decoder
+        expects: every row ends at the last column; pass ``attention_mask`` to the model).
 
     Returns:
       A :class:`Tokenized` batch.
@@ -114,6 +121,8 @@ def tokenize(
     if max_length is not None:
         max_length = check_int(max_length, "max_length", lo=1)
     pad_id = check_int(pad_id, "pad_id", lo=0)
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side: expected 'right' or 'left', got {padding_side!r}")
     if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
         raise TypeError(f"sentences: expected a sequence of strings, got {sentences!r:.80}")
     if len(sentences) == 0:
@@ -129,8 +138,11 @@ def tokenize(
     ids = np.full((len(encs), longest), pad_id, np.int32)
     mask = np.zeros((len(encs), longest), np.int32)
     for i, e in enumerate(encs):
-        ids[i, : len(e.ids)] = e.ids
-        mask[i, : len(e.ids)] = 1
+        cols = (
+            slice(0, len(e.ids)) if padding_side == "right" else slice(longest - len(e.ids), None)
+        )
+        ids[i, cols] = e.ids
+        mask[i, cols] = 1
     return Tokenized(ids, mask, [list(e.tokens) for e in encs])
 
 
