@@ -420,6 +420,10 @@ class Decoder(nn.Module):
     >>> bool(jnp.allclose(m.apply(v, jnp.zeros((1, 3), int), embeddings=e),
     ...                   m.apply(v, jnp.array([[1, 2, 3]]))))
     True
+    >>> padded = m.apply(v, jnp.array([[0, 0, 1, 2, 3]]),
+    ...                  attention_mask=jnp.array([[0, 0, 1, 1, 1]]))  # left padding
+    >>> bool(jnp.allclose(padded[:, 2:], m.apply(v, jnp.array([[1, 2, 3]])), atol=1e-5))
+    True
     """
 
     cfg: DecoderConfig = DecoderConfig()
