@@ -63,8 +63,7 @@ def logit_diff(
       answer: the correct token, an int or ``[batch]`` ints in ``[0, vocab)``.
       wrong: the competing token (e.g. the corrupted run's answer), an int or ``[batch]``.
       position: the read-out position, an int or ``[batch]`` ints in ``[-seq, seq)`` (negative
-        counts from the end). For a padded batch, read each row at its own last real token:
-        ``position=jaxinterp.models.last_token_index(attention_mask)``.
+        counts from the end).
       reduce: ``"mean"`` (default) or ``"none"``.
 
     Returns:
