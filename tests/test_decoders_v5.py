@@ -143,6 +143,7 @@ REFUSED = [
     ("gpt2 cross attention", {**_GPT2, "add_cross_attention": True}, "add_cross_attention"),
     ("gpt2 relu", {**_GPT2, "activation_function": "relu"}, "activation_function"),
     ("llama relu", {**_LLAMA, "hidden_act": "relu"}, "hidden_act"),
+    ("interleaved rope", {**_LLAMA, "rope_interleaved": True}, "rope_interleaved"),
 ]
 
 
@@ -154,14 +155,18 @@ def test_maths_keys_refused_by_name(case):
 
 
 def test_unknown_key_warns_by_name_and_known_keys_do_not():
-    with pytest.warns(UserWarning, match="rope_interleaved"):
-        DecoderConfig.from_hf({**_LLAMA, "rope_interleaved": True})
+    with pytest.warns(UserWarning, match="rope_pairs"):
+        DecoderConfig.from_hf({**_LLAMA, "rope_pairs": "interleaved"})
     with pytest.warns(UserWarning, match="attn_logit_softcapping"):  # Llama has no soft-cap
         DecoderConfig.from_hf({**_LLAMA, "attn_logit_softcapping": 30.0})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for name in ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"]:
             DecoderConfig.from_hf(json.loads((FIX / name / "config.json").read_text()))
+        # SmolLM2's own config.json keys (the project's real model)
+        smol = {"is_llama_config": True, "rope_interleaved": False, "pretraining_tp": 1,
+                "transformers.js_config": {"kv_cache_dtype": {"q4f16": "float16"}}}  # fmt: skip
+        DecoderConfig.from_hf({**_LLAMA, **smol})
 
 
 def test_implemented_variants_change_the_config():

@@ -74,7 +74,7 @@ _NO_MATHS = frozenset(
     return_dict_in_generate forced_bos_token_id forced_eos_token_id remove_invalid_values
     exponential_decay_length_penalty suppress_tokens begin_suppress_tokens pruned_heads
     add_cross_attention_to_decoder use_return_dict _attn_implementation_autoset
-    n_ctx""".split()
+    n_ctx is_llama_config transformers.js_config""".split()
 )
 _READ = {
     "gpt2": """vocab_size n_embd n_head n_layer n_positions n_inner layer_norm_epsilon
@@ -82,7 +82,8 @@ _READ = {
         reorder_and_upcast_attn add_cross_attention tie_word_embeddings""",
     "llama": """vocab_size hidden_size num_attention_heads num_key_value_heads num_hidden_layers
         head_dim intermediate_size max_position_embeddings rms_norm_eps rope_theta rope_scaling
-        rope_parameters attention_bias mlp_bias tie_word_embeddings hidden_act pretraining_tp""",
+        rope_parameters attention_bias mlp_bias tie_word_embeddings hidden_act pretraining_tp
+        rope_interleaved""",
     "mistral": """vocab_size hidden_size num_attention_heads num_key_value_heads
         num_hidden_layers head_dim intermediate_size max_position_embeddings rms_norm_eps
         rope_theta rope_scaling rope_parameters sliding_window tie_word_embeddings hidden_act""",
@@ -343,6 +344,8 @@ class DecoderConfig:
     @classmethod
     def _from_llama(cls, config: dict[str, Any], mt: str) -> DecoderConfig:
         act = _act(config, "hidden_act", "silu")
+        if config.get("rope_interleaved"):  # SmolLM's configs carry it (False: HF's rotate-half)
+            raise ValueError("config: rope_interleaved=True is not supported (rotate-half only)")
         d, h = config["hidden_size"], config["num_attention_heads"]
         kvh = config.get("num_key_value_heads") or h
         if h % kvh:
