@@ -167,3 +167,121 @@ def test_sequence_post_processor_as_llama3_ships_it():
     for t in FIXED:
         assert ours.encode(t) == ref.encode(t).ids
     assert ours.encode("hi")[0] == ours.vocab["<|begin_of_text|>"]
+
+
+# Unicode digits beyond 0-9: Arabic-Indic, superscript, circled, full-width, Roman numeral,
+# vulgar fraction, mathematical bold, Tibetan (categories Nd, No, Nl)
+UNICODE_DIGITS = "٣٤²①１２Ⅻ¾𝟙༣"
+
+
+def _digit_spec(pre_tokenizer, decoder=None, normalizer=None) -> str:
+    """A small BPE whose merges join digits to each other and to letters, so any difference
+    in where a pre-tokenizer cuts shows in the ids."""
+    chars = ["a", "b", " ", "▁", *UNICODE_DIGITS, *"0123456789"]
+    merges = [("٣", "٤"), ("a", "٣"), ("１", "２"), ("²", "①"), ("b", "²"), ("1", "2"),
+              ("a", "1"), ("Ⅻ", "¾"), ("▁", "a"), ("▁", "▁")]  # fmt: skip
+    vocab = {"<unk>": 0, **{c: i + 1 for i, c in enumerate(chars)}}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    return json.dumps(
+        {
+            "version": "1.0",
+            "added_tokens": [],
+            "normalizer": normalizer,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": None,
+            "decoder": decoder,
+            "model": {
+                "type": "BPE",
+                "vocab": vocab,
+                "merges": [f"{a} {b}" for a, b in merges],
+                "unk_token": "<unk>",
+                "fuse_unk": False,
+                "byte_fallback": False,
+            },
+        },  # fmt: skip
+        ensure_ascii=False,
+    )
+
+
+def _digit_texts(n: int) -> list[str]:
+    rng = random.Random(1)
+    pool = UNICODE_DIGITS + "0123456789ab ▁ΣΟ"
+    fixed = ["a٣٤b²①x１２", "Ⅻ¾ 12 a1 a٣", "𝟙𝟙 ༣༣ b²", "ΟΔΟΣ ΣΑΣ"]
+    return fixed + ["".join(rng.choice(pool) for _ in range(rng.randint(1, 14))) for _ in range(n)]
+
+
+DIGIT_SPECS = {
+    "digits individual": {"type": "Digits", "individual_digits": True},
+    "digits grouped": {"type": "Digits", "individual_digits": False},
+    "split \\d": {"type": "Split", "pattern": {"Regex": "\\d+"}, "behavior": "Isolated",
+                  "invert": False},
+    "split \\p{N}": {"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}"},
+                     "behavior": "Isolated", "invert": False},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(DIGIT_SPECS))
+def test_unicode_digits_equal_tokenizers(name):
+    """Digits (Rust's char::is_numeric: Nd, Nl, No) and digit regexes on non-ASCII digits."""
+    text = _digit_spec(DIGIT_SPECS[name])
+    ours, ref = BPETokenizer(json.loads(text)), Tokenizer.from_str(text)
+    merged = 0
+    for t in _digit_texts(200):
+        ids = ref.encode(t).ids
+        assert ours.encode(t) == ids, t
+        merged += any(i > len(UNICODE_DIGITS) + 14 for i in ids)
+    assert merged  # merges happen, so a wrong cut would change the ids
+
+
+DECODER_CHAINS = {
+    "metaspace first": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first"},
+    "metaspace always": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always"},
+    "metaspace never": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never"},
+    "replace+strip": {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+    "none": None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(DECODER_CHAINS))
+def test_decoder_chains_equal_tokenizers(name):
+    """Decoding random id sequences: Metaspace drops every replacement character of the first
+    token (not only a leading one); without a decoder tokens are joined with spaces."""
+    text = _digit_spec(None, decoder=DECODER_CHAINS[name])
+    ours, ref = BPETokenizer(json.loads(text)), Tokenizer.from_str(text)
+    rng = random.Random(2)
+    n = ref.get_vocab_size()
+    for _ in range(300):
+        ids = [rng.randrange(n) for _ in range(rng.randint(1, 6))]
+        assert ours.decode(ids) == ref.decode(ids), [ref.id_to_token(i) for i in ids]
+
+
+def test_lowercase_per_character_equal_tokenizers():
+    """tokenizers lowercases character by character: a final capital sigma becomes σ, not ς."""
+    norm = {"type": "Lowercase"}
+    text = _digit_spec(None, normalizer=norm)
+    ours, ref = BPETokenizer(json.loads(text)), Tokenizer.from_str(text)
+    for t in ["ΟΔΟΣ ΣΑΣ", "AΣ", "İx", *_digit_texts(50)]:
+        assert ours.encode(t) == ref.encode(t).ids, t
+
+
+def test_unknown_unicode_class_raises():
+    spec = json.loads(_digit_spec({"type": "Split", "pattern": {"Regex": "\\p{Han}+"},
+                                   "behavior": "Isolated", "invert": False}))  # fmt: skip
+    with pytest.raises(ValueError, match=r"\\p\{Han\}"):
+        BPETokenizer(spec).encode("x")
+
+
+def test_tokenize_left_padding():
+    tok = BPETokenizer.from_file(FIX / "llama3.json")
+    texts = ["Hello world", "a much longer sentence with more tokens 12345"]
+    right, left = tokenize(tok, texts), tokenize(tok, texts, padding_side="left")
+    for r, lft, rm, lm in zip(right.input_ids, left.input_ids, right.attention_mask,
+                              left.attention_mask):  # fmt: skip
+        np.testing.assert_array_equal(r[rm == 1], lft[lm == 1])
+        assert lm[-1] == 1 and rm.sum() == lm.sum()
+    assert left.attention_mask[0, 0] == 0
+    with pytest.raises(ValueError, match="^padding_side"):
+        tokenize(tok, texts, padding_side="middle")

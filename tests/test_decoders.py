@@ -323,8 +323,8 @@ BAD = [
         "^config",
     ),
     (
-        "gelu variant",
-        lambda d: DecoderConfig.from_hf({"model_type": "llama", "hidden_act": "gelu"}),
+        "relu llama",
+        lambda d: DecoderConfig.from_hf({"model_type": "llama", "hidden_act": "relu"}),
         ValueError,
         "^config",
     ),
@@ -336,7 +336,7 @@ BAD = [
             {"model_type": "gemma3_text", **_G, "rope_scaling": {"rope_type": "yarn"}}
         ),
         ValueError,
-        "^config: rope_scaling type 'yarn'",
+        "^config: rope_scaling rope_type 'yarn'",
     ),
     (
         "layer_types length",

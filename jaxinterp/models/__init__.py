@@ -62,6 +62,7 @@ from jaxinterp.models._decoder import (  # noqa: E402
     decoder_params_from_hf,
     generate,
     init_cache,
+    last_token_index,
     load_decoder,
 )
 
@@ -72,6 +73,7 @@ __all__ += [
     "decoder_params_from_hf",
     "generate",
     "init_cache",
+    "last_token_index",
     "load_decoder",
 ]
 

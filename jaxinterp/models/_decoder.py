@@ -57,17 +57,29 @@ For Gemma, the term that attention adds to the residual stream is ``post_ln_1`` 
 ``attn``): an intervention on ``attn`` passes through that norm. Zeroing one head's ``z``
 still removes exactly that head's contribution to the ``o`` projection.
 
-``__call__(input_ids, start=0, decode=False)`` returns logits. With ``decode=True`` and a
-``"cache"`` collection from :func:`init_cache` (applied with ``mutable="cache"``), the chunk's
-keys/values are written at positions ``start ..`` and attention reads the whole cache (used by
-:func:`generate`); local layers mask keys more than ``sliding_window - 1`` positions back.
+``__call__(input_ids, start=0, decode=False, *, attention_mask=None)`` returns logits. With
+``decode=True`` and a ``"cache"`` collection from :func:`init_cache` (applied with
+``mutable="cache"``), the chunk's keys/values are written at cache slots ``start ..`` and
+attention reads the whole cache (used by :func:`generate`); local layers mask keys more than
+``sliding_window - 1`` positions back. A chunk that would run past the end of the cache
+raises (concrete ``start``) or gives NaN logits (traced): never a clamped write.
+
+Padding. ``attention_mask [batch, seq]`` (1 = real token; ``[batch, cache length]`` with
+``decode=True``) masks padded keys out and numbers each row's real tokens ``0, 1, ...``
+(``cumsum(mask) - 1``, as transformers' ``generate``), so a left- or right-padded row gives at
+its real positions the logits of the same row run alone. Padded query rows get finite values
+(uniform attention over nothing real; ignore them). Ids at padded positions are not checked.
+Read each row at :func:`last_token_index`; the analyses pass the mask as a keyword input
+(``capture(...)(ids, attention_mask=mask)``, ``patch_sweep(..., kwargs={"attention_mask":
+mask})``; ``layer_features`` with ``inputs=(ids, mask)`` and ``method=lambda m, i, a: m(i,
+attention_mask=a)``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -77,250 +89,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp._checks import check_array, check_int, poison, value_check
+from jaxinterp._checks import check_array, check_int, is_traced, poison, value_check
+from jaxinterp.models._decoder_config import DecoderConfig
 from jaxinterp.models._safetensors import read_safetensors
-
-_GEMMA_DEFAULTS: dict[str, dict[str, Any]] = {  # transformers 4.57 config defaults
-    "gemma2": {
-        "vocab_size": 256000,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
-        "head_dim": 256,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True,
-        "rope_theta": 10000.0,
-        "attention_bias": False,
-        "query_pre_attn_scalar": 256,
-        "sliding_window": 4096,
-        "final_logit_softcapping": 30.0,
-        "attn_logit_softcapping": 50.0,
-    },
-    "gemma3_text": {
-        "vocab_size": 262208,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 4,
-        "head_dim": 256,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True,
-        "rope_theta": 1000000.0,
-        "attention_bias": False,
-        "query_pre_attn_scalar": 256,
-        "sliding_window": 4096,
-        "final_logit_softcapping": None,
-        "rope_local_base_freq": 10000.0,
-    },
-}
-_ACTS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
-
-
-def _rope_scaling(config: dict[str, Any]) -> tuple:
-    scaling = config.get("rope_scaling") or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind not in ("default", "linear", "llama3"):
-        raise ValueError(f"config: rope_scaling type {kind!r} is not supported")
-    return tuple(sorted((k, v) for k, v in scaling.items()))
-
-
-def _local_layers(config: dict[str, Any], n: int, sliding: list[bool]) -> tuple[int, ...]:
-    types = config.get("layer_types")
-    if types is None:
-        return tuple(i for i in range(n) if sliding[i])
-    if len(types) != n or not set(types) <= {"sliding_attention", "full_attention"}:
-        raise ValueError(f"config: layer_types must be {n} of sliding/full_attention, got {types}")
-    return tuple(i for i, t in enumerate(types) if t == "sliding_attention")
-
-
-@dataclasses.dataclass(frozen=True)
-class DecoderConfig:
-    """Hyperparameters of a decoder LM (``family`` ``"gpt2"``, ``"llama"`` or ``"gemma"``).
-
-    ``sliding_window`` applies to the layers in ``local_layers`` (all layers when that is
-    ``None``); ``query_scale`` is ``query_pre_attn_scalar`` (scores are multiplied by
-    ``query_scale ** -0.5``, ``None`` means ``d_head``); ``attn_softcap`` / ``final_softcap``
-    cap scores / logits as ``cap * tanh(x / cap)``; ``rope_local_theta`` is the RoPE base of the
-    local layers (Gemma 3; no scaling there); ``mlp_act`` is ``"silu"``, ``"gelu_tanh"`` or
-    ``"gelu"`` (gated for the llama and gemma families).
-    """
-
-    family: str = "llama"
-    vocab_size: int = 128
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    d_head: int = 16
-    d_mlp: int = 128
-    max_positions: int = 128
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    rope_scaling: tuple = ()  # sorted (key, value) items of HF rope_scaling
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-    tie_embeddings: bool = False
-    sliding_window: int | None = None
-    local_layers: tuple[int, ...] | None = None
-    qk_norm: bool = False
-    query_scale: float | None = None
-    attn_softcap: float | None = None
-    final_softcap: float | None = None
-    rope_local_theta: float | None = None
-    mlp_act: str = "silu"
-
-    def is_local(self, layer: int) -> bool:
-        """Whether ``layer`` attends through the sliding window."""
-        if self.sliding_window is None:
-            return False
-        return self.local_layers is None or layer in self.local_layers
-
-    @classmethod
-    def from_hf(cls, config: dict[str, Any]) -> DecoderConfig:
-        """Builds the config from a Hugging Face ``config.json`` dict.
-
-        Supported ``model_type``: ``gpt2``, ``llama``, ``mistral``, ``qwen2``, ``qwen3``,
-        ``gemma2``, ``gemma3_text`` and ``gemma3`` (the text part of its ``text_config``; the
-        vision tower is not loaded). Keys a Gemma ``config.json`` leaves out take the
-        ``transformers`` defaults.
-
-        Raises:
-          ValueError: an unsupported ``model_type`` or option; the message names it.
-
-        >>> DecoderConfig.from_hf({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 2,
-        ...     "vocab_size": 128, "n_positions": 32, "layer_norm_epsilon": 1e-5}).d_head
-        16
-        >>> c = DecoderConfig.from_hf({"model_type": "gemma2", "hidden_size": 64,
-        ...     "intermediate_size": 128, "num_hidden_layers": 4})
-        >>> c.family, c.local_layers, c.attn_softcap, c.final_softcap
-        ('gemma', (0, 2), 50.0, 30.0)
-        """
-        if not isinstance(config, dict):
-            raise TypeError(f"config: expected a dict, got {type(config).__name__}")
-        mt = config.get("model_type")
-        if mt == "gpt2":
-            if config.get("scale_attn_by_inverse_layer_idx") or config.get(
-                "reorder_and_upcast_attn"
-            ):
-                raise ValueError("config: GPT-2 attention variants are not supported")
-            if config.get("activation_function", "gelu_new") != "gelu_new":
-                raise ValueError(f"config: activation {config['activation_function']!r}")
-            d, h = config["n_embd"], config["n_head"]
-            return cls(
-                family="gpt2",
-                vocab_size=config["vocab_size"],
-                d_model=d,
-                n_layers=config["n_layer"],
-                n_heads=h,
-                n_kv_heads=h,
-                d_head=d // h,
-                d_mlp=config.get("n_inner") or 4 * d,
-                max_positions=config["n_positions"],
-                norm_eps=config["layer_norm_epsilon"],
-                qkv_bias=True,
-                o_bias=True,
-                mlp_bias=True,
-                tie_embeddings=True,
-                mlp_act="gelu_tanh",
-            )
-        if mt in ("llama", "mistral", "qwen2", "qwen3"):
-            if config.get("hidden_act", "silu") != "silu":
-                raise ValueError(f"config: hidden_act {config['hidden_act']!r} is not 'silu'")
-            d, h = config["hidden_size"], config["num_attention_heads"]
-            kvh = config.get("num_key_value_heads") or h
-            if h % kvh:
-                raise ValueError(f"config: {h} heads not divisible by {kvh} kv heads")
-            n = config["num_hidden_layers"]
-            window = config.get("sliding_window")
-            sliding = [window is not None] * n
-            if mt in ("qwen2", "qwen3"):
-                if not config.get("use_sliding_window", False):
-                    window = None
-                first = config.get("max_window_layers", 28)
-                sliding = [window is not None and i >= first for i in range(n)]
-            if mt == "llama":
-                window = None
-            local = _local_layers(config, n, sliding) if window is not None else None
-            return cls(
-                family="llama",
-                vocab_size=config["vocab_size"],
-                d_model=d,
-                n_layers=n,
-                n_heads=h,
-                n_kv_heads=kvh,
-                d_head=config.get("head_dim") or d // h,
-                d_mlp=config["intermediate_size"],
-                max_positions=config.get("max_position_embeddings", 2048),
-                norm_eps=config["rms_norm_eps"],
-                rope_theta=config.get("rope_theta", 10000.0),
-                rope_scaling=_rope_scaling(config),
-                qkv_bias=bool(config.get("attention_bias", False)) or mt == "qwen2",
-                o_bias=bool(config.get("attention_bias", False)),
-                mlp_bias=bool(config.get("mlp_bias", False)),
-                tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-                sliding_window=window,
-                local_layers=local,
-                qk_norm=mt == "qwen3",
-            )
-        if mt == "gemma3":  # multimodal wrapper: the language model's config
-            text = dict(config.get("text_config") or {})
-            text.setdefault("tie_word_embeddings", config.get("tie_word_embeddings", True))
-            config = {**text, "model_type": "gemma3_text"}
-            mt = "gemma3_text"
-        if mt in ("gemma2", "gemma3_text"):
-            c = {**_GEMMA_DEFAULTS[mt], **config}
-            act = c.get("hidden_activation") or c.get("hidden_act")
-            if act not in _ACTS:
-                raise ValueError(f"config: hidden_activation {act!r} is not supported")
-            if c.get("use_bidirectional_attention"):
-                raise ValueError("config: use_bidirectional_attention is not supported")
-            d, h, kvh, n = (
-                c["hidden_size"],
-                c["num_attention_heads"],
-                c["num_key_value_heads"],
-                c["num_hidden_layers"],
-            )
-            if h % kvh:
-                raise ValueError(f"config: {h} heads not divisible by {kvh} kv heads")
-            every = (
-                2
-                if mt == "gemma2"
-                else c.get("sliding_window_pattern", c.get("_sliding_window_pattern", 6))
-            )
-            sliding = [bool((i + 1) % every) for i in range(n)]
-            gemma3 = mt == "gemma3_text"
-            return cls(
-                family="gemma",
-                vocab_size=c["vocab_size"],
-                d_model=d,
-                n_layers=n,
-                n_heads=h,
-                n_kv_heads=kvh,
-                d_head=c["head_dim"],
-                d_mlp=c["intermediate_size"],
-                max_positions=c["max_position_embeddings"],
-                norm_eps=c["rms_norm_eps"],
-                rope_theta=c["rope_theta"],
-                rope_scaling=_rope_scaling(c),
-                qkv_bias=bool(c["attention_bias"]),
-                o_bias=bool(c["attention_bias"]),
-                tie_embeddings=bool(c["tie_word_embeddings"]),
-                sliding_window=c["sliding_window"],
-                local_layers=_local_layers(c, n, sliding),
-                qk_norm=gemma3,
-                query_scale=float(c["query_pre_attn_scalar"]),
-                # transformers' Gemma 3 attention ignores attn_logit_softcapping
-                attn_softcap=None if gemma3 else c.get("attn_logit_softcapping"),
-                final_softcap=c.get("final_logit_softcapping"),
-                rope_local_theta=c["rope_local_base_freq"] if gemma3 else None,
-                mlp_act=_ACTS[act],
-            )
-        raise ValueError(
-            f"config: model_type {mt!r} is not one of gpt2, llama, mistral, qwen2, qwen3, "
-            "gemma2, gemma3_text, gemma3"
-        )
 
 
 class _Id(nn.Module):
@@ -393,9 +164,11 @@ def rope_frequencies(cfg: DecoderConfig, local: bool = False) -> np.ndarray:
 
 
 def _rope(x: jax.Array, pos: jax.Array, inv: np.ndarray) -> jax.Array:
-    ang = pos[:, None].astype(jnp.float32) * jnp.asarray(inv)[None, :]  # [seq, d/2]
+    """RoPE of ``x [batch, seq, head, d]`` at positions ``pos`` ``[seq]`` or ``[batch|1, seq]``."""
+    pos = pos if pos.ndim == 2 else pos[None]
+    ang = pos[..., None].astype(jnp.float32) * jnp.asarray(inv)  # [batch|1, seq, d/2]
     emb = jnp.concatenate([ang, ang], -1)
-    cos, sin = jnp.cos(emb)[None, :, None, :], jnp.sin(emb)[None, :, None, :]
+    cos, sin = jnp.cos(emb)[:, :, None, :], jnp.sin(emb)[:, :, None, :]
     cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
     half = x.shape[-1] // 2
     rot = jnp.concatenate([-x[..., half:], x[..., :half]], -1)
@@ -493,8 +266,12 @@ class _Attention(nn.Module):
     local: bool = False
 
     @nn.compact
-    def __call__(self, x, pos, decode):
+    def __call__(self, x, pos, decode, keys=None):
+        # pos: query positions [seq] or [batch|1, seq]; keys: (write_at, key positions
+        # [batch|1, K] or None, key mask [batch|1, K] or None), see Decoder.__call__
         c = self.cfg
+        pos = pos if pos.ndim == 2 else pos[None]
+        write_at, kpos, key_ok = (pos[0, 0], None, None) if keys is None else keys
 
         def proj(n, name):
             return nn.DenseGeneral(
@@ -512,22 +289,31 @@ class _Attention(nn.Module):
             k = _Id(name="k_rot")(_rope(k, pos, inv))
         if decode:
             ck, cv = self.variable("cache", "k_cache"), self.variable("cache", "v_cache")
-            k = jax.lax.dynamic_update_slice_in_dim(ck.value, k.astype(ck.value.dtype), pos[0], 1)
-            v = jax.lax.dynamic_update_slice_in_dim(cv.value, v.astype(cv.value.dtype), pos[0], 1)
+            # the caller has checked write_at + seq <= cache length (no clamped write)
+            k = jax.lax.dynamic_update_slice_in_dim(ck.value, k.astype(ck.value.dtype), write_at, 1)
+            v = jax.lax.dynamic_update_slice_in_dim(cv.value, v.astype(cv.value.dtype), write_at, 1)
             ck.value, cv.value = k, v
         rep = c.n_heads // c.n_kv_heads
         kk, vv = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
         scores = _einsum("bqhd,bkhd->bhqk", q, kk)
         if c.family == "gpt2":
-            scores = scores / jnp.sqrt(jnp.float32(c.d_head)).astype(scores.dtype)
+            if c.scale_scores:
+                scores = scores / jnp.sqrt(jnp.float32(c.d_head)).astype(scores.dtype)
         else:
             scores = scores * (c.query_scale or c.d_head) ** -0.5
         scores = _softcap(scores, c.attn_softcap)
-        kpos = jnp.arange(k.shape[1])
-        mask = kpos[None, :] <= pos[:, None]
+        # causal by index (cache slot), window by position; padded keys never attended to. A
+        # query with no key left (a padded row) gets uniform weights: finite, never NaN.
+        kidx = jnp.arange(k.shape[1])
+        qidx = (write_at if decode else 0) + jnp.arange(x.shape[1])
+        mask = (kidx[None, :] <= qidx[:, None])[None]  # [1, q, k]
+        if key_ok is not None:
+            mask = mask & key_ok[:, None, :]
         if self.local:
-            mask &= kpos[None, :] > pos[:, None] - c.sliding_window
-        scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+            if kpos is None:
+                kpos = kidx[None] if decode else pos
+            mask = mask & (kpos[:, None, :] > pos[:, :, None] - c.sliding_window)
+        scores = jnp.where(mask[:, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
         p = _Softmax(name="probs")(scores)
         z = _Id(name="z")(_einsum("bhqk,bkhd->bqhd", p.astype(vv.dtype), vv))
         out = nn.DenseGeneral(
@@ -566,9 +352,9 @@ class _Block(nn.Module):
     local: bool = False
 
     @nn.compact
-    def __call__(self, x, pos, decode):
+    def __call__(self, x, pos, decode, keys=None):
         c = self.cfg
-        a = _Attention(c, self.local, name="attn")(_norm(c, "ln_1")(x), pos, decode)
+        a = _Attention(c, self.local, name="attn")(_norm(c, "ln_1")(x), pos, decode, keys)
         if c.family == "gemma":
             a = _norm(c, "post_ln_1")(a)
         x = x + a
@@ -587,7 +373,7 @@ class _Embed(nn.Module):
         if embeddings is not None:  # the lookup above only creates the table (dead code)
             x = embeddings.astype(x.dtype)
         if self.cfg.family == "gpt2":
-            x = x + nn.Embed(self.cfg.max_positions, self.cfg.d_model, name="pos")(pos)[None]
+            x = x + nn.Embed(self.cfg.max_positions, self.cfg.d_model, name="pos")(pos)
         if self.cfg.family == "gemma":  # HF rounds the scale to the embedding dtype
             x = x * jnp.asarray(self.cfg.d_model**0.5, x.dtype)
         return x
@@ -612,10 +398,12 @@ class Decoder(nn.Module):
     ``ln_f``, ``unembed``), Gemma adding ``blocks_{i}/post_ln_{1,2}`` (the terms added to the
     residual stream) and Qwen3 / Gemma 3 ``blocks_{i}/attn/{q,k}_norm``.
 
-    ``start`` (int, may be traced) is the position of the first token; ``decode=True`` reads and
-    updates the ``"cache"`` collection (see :func:`init_cache`, :func:`generate`). Token ids outside
-    ``[0, vocab_size)`` raise ``ValueError`` when concrete; under jit, the logits of the affected
-    batch rows are NaN; see ``jaxinterp.checked``.
+    ``start`` (int, may be traced) is the position of the first token (the cache slot with
+    ``decode=True``); ``decode=True`` reads and updates the ``"cache"`` collection (see
+    :func:`init_cache`, :func:`generate`). Token ids outside ``[0, vocab_size)`` raise
+    ``ValueError`` when concrete; under jit, the logits of the affected batch rows are NaN; see
+    ``jaxinterp.checked``. ``attention_mask [batch, seq]`` (keyword; 1 = real token) handles
+    padded batches: see the module docstring.
 
     ``embeddings [batch, seq, d_model]`` (keyword), when given, replaces the token-table lookup
     of ``input_ids`` (which then only sets the shape, e.g. zeros): the rows are used as if they
@@ -632,6 +420,10 @@ class Decoder(nn.Module):
     >>> bool(jnp.allclose(m.apply(v, jnp.zeros((1, 3), int), embeddings=e),
     ...                   m.apply(v, jnp.array([[1, 2, 3]]))))
     True
+    >>> padded = m.apply(v, jnp.array([[0, 0, 1, 2, 3]]),
+    ...                  attention_mask=jnp.array([[0, 0, 1, 1, 1]]))  # left padding
+    >>> bool(jnp.allclose(padded[:, 2:], m.apply(v, jnp.array([[1, 2, 3]])), atol=1e-5))
+    True
     """
 
     cfg: DecoderConfig = DecoderConfig()
@@ -644,10 +436,11 @@ class Decoder(nn.Module):
         decode: bool = False,
         *,
         embeddings: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
     ) -> jax.Array:
         c = self.cfg
         ids = check_array(input_ids, "input_ids", ndim=2, kind="integer")
-        seq = ids.shape[1]
+        batch, seq = ids.shape
         if embeddings is not None:
             embeddings = check_array(embeddings, "embeddings", kind="floating")
             if embeddings.shape != (*ids.shape, c.d_model):
@@ -655,24 +448,46 @@ class Decoder(nn.Module):
                     f"embeddings: expected [batch, seq, d_model] = {(*ids.shape, c.d_model)}, "
                     f"got {embeddings.shape}"
                 )
+        start_ok = True
         if decode:
             if "blocks_0" not in self.variables.get("cache", {}):
                 raise ValueError("decode: needs a 'cache' collection from init_cache (mutable)")
             length = self.variables["cache"]["blocks_0"]["attn"]["k_cache"].shape[1]
             if seq > length:
                 raise ValueError(f"input_ids: expected at most {length} (cache length), got {seq}")
+            # never a clamped write: dynamic_update_slice would move the chunk back silently
+            start_ok = (jnp.asarray(start) >= 0) & (jnp.asarray(start) + seq <= length)
+            value_check(
+                start_ok,
+                f"start: expected 0 <= start and start + {seq} tokens <= {length} (cache "
+                "length), got start={}",
+                jnp.asarray(start),
+            )
         if c.family == "gpt2" and seq > c.max_positions:
             raise ValueError(f"input_ids: expected at most {c.max_positions} positions, got {seq}")
-        ok = (ids >= 0) & (ids < c.vocab_size)
+        start = jnp.asarray(start, jnp.int32)
+        in_vocab = (ids >= 0) & (ids < c.vocab_size)
+        if attention_mask is None:
+            ok = in_vocab
+            pos = (start + jnp.arange(seq, dtype=jnp.int32))[None]
+            keys = (start, None, None)
+        else:
+            real, kpos, mask_ok = _check_mask(attention_mask, (batch, length if decode else seq))
+            pos, real_q = kpos, real
+            if decode:
+                pos = jax.lax.dynamic_slice_in_dim(kpos, start, seq, 1)
+                real_q = jax.lax.dynamic_slice_in_dim(real, start, seq, 1)
+            keys = (start, kpos, real)
+            # ids at padded positions (mask 0) may be anything, e.g. a pad id of -1
+            ok = (in_vocab | ~real_q) & mask_ok[:, None]
         value_check(
             ok.all(),
             f"input_ids: expected ids in [0, {c.vocab_size}), got {{}}",
             ids.ravel()[jnp.argmin(ok.ravel())],
         )
-        pos = jnp.asarray(start, jnp.int32) + jnp.arange(seq, dtype=jnp.int32)
-        x = _Embed(c, name="embed")(jnp.where(ok, ids, 0), pos, embeddings)
+        x = _Embed(c, name="embed")(jnp.where(in_vocab, ids, 0), pos, embeddings)
         for i in range(c.n_layers):
-            x = _Block(c, c.is_local(i), name=f"blocks_{i}")(x, pos, decode)
+            x = _Block(c, c.is_local(i), name=f"blocks_{i}")(x, pos, decode, keys)
         x = _norm(c, "ln_f")(x)
         if c.tie_embeddings:
             tok = self.variables["params"]["embed"]["tok"]["embedding"]
@@ -681,7 +496,34 @@ class Decoder(nn.Module):
             logits = _Unembed(c, name="unembed")(x)
         logits = _softcap(logits, c.final_softcap)
         logits = poison(logits, ok.all(-1)[:, None])  # a bad id spoils its whole row
-        return logits
+        return poison(logits, start_ok)
+
+
+def _check_mask(mask: Any, shape: tuple[int, int]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(real [batch, n] bool, positions [batch, n] int32, ok [batch])`` of an
+    ``attention_mask`` (``ok``: the row holds only 0/1; under jit a bad row's logits are NaN).
+
+    Positions count real tokens (``cumsum(mask) - 1``, as transformers' ``generate`` makes
+    them), so a left-padded row has its real tokens at ``0, 1, ...``; padded slots get the
+    position of the real token before them (0 before any).
+    """
+    mask = check_array(mask, "attention_mask", ndim=2)
+    if not (jnp.issubdtype(mask.dtype, jnp.integer) or mask.dtype == jnp.bool_):
+        raise TypeError(f"attention_mask: expected integer or bool 0/1 values, got {mask.dtype}")
+    if mask.shape != shape:
+        raise ValueError(
+            f"attention_mask: expected shape {shape} ([batch, seq], or [batch, cache length] "
+            f"with decode=True), got {mask.shape}"
+        )
+    binary = (mask == 0) | (mask == 1)
+    value_check(
+        binary.all(),
+        "attention_mask: expected 0/1 values, got {}",
+        mask.ravel()[jnp.argmin(binary.ravel())],
+    )
+    real = mask == 1
+    pos = jnp.maximum(jnp.cumsum(real, -1, dtype=jnp.int32) - 1, 0)
+    return real, pos, binary.all(-1)
 
 
 def init_cache(cfg: DecoderConfig, batch: int, length: int, dtype: Any = jnp.float32) -> dict:
@@ -701,50 +543,177 @@ def init_cache(cfg: DecoderConfig, batch: int, length: int, dtype: Any = jnp.flo
     return {f"blocks_{i}": {"attn": dict(kv)} for i in range(cfg.n_layers)}
 
 
-@partial(jax.jit, static_argnums=(0, 3))
-def _generate(model, variables, prompt, n_new):
+def last_token_index(attention_mask: Any) -> jax.Array:
+    """Index of each row's last real token, ``[batch]`` int32, from ``attention_mask [batch, seq]``.
+
+    The read-out position of a padded batch, left- or right-padded: pass it as the
+    ``position`` of :func:`jaxinterp.interventions.logit_diff` (or index the logits with it)
+    so each row is read at its own last token. A row with no real token raises (concrete) or
+    gives -1 (traced).
+
+    >>> last_token_index(jnp.array([[0, 0, 1, 1], [1, 1, 1, 0]])).tolist()
+    [3, 2]
+    """
+    mask = check_array(attention_mask, "attention_mask", ndim=2)
+    real = mask != 0
+    seq = mask.shape[1]
+    last = seq - 1 - jnp.argmax(real[:, ::-1], axis=1).astype(jnp.int32)
+    has = real.any(1)
+    value_check(has.all(), "attention_mask: expected a real token in every row, got row {}",
+                jnp.argmin(has))  # fmt: skip
+    return jnp.where(has, last, -1)
+
+
+def _pick(logits: jax.Array, key: Any, temperature: Any, top_k: int | None, top_p: Any):
+    """Next tokens ``[batch]`` from ``logits [batch, vocab]``: argmax without a key, else a
+    sample after temperature, then top-k, then top-p (nucleus) truncation."""
+    if key is None:
+        return jnp.argmax(logits, -1)
+    x = logits.astype(jnp.float32) / temperature
+    low = jnp.finfo(jnp.float32).min
+    if top_k is not None:
+        kth = jax.lax.top_k(x, top_k)[0][:, -1:]
+        x = jnp.where(x < kth, low, x)
+    if top_p is not None:
+        # keep the smallest set of most likely tokens whose probability reaches top_p (the most
+        # likely always; ties at the cut are kept)
+        srt = jnp.sort(x, -1)[:, ::-1]
+        p = jax.nn.softmax(srt, -1)
+        before = jnp.cumsum(p, -1) - p
+        cut = jnp.min(jnp.where(before < top_p, srt, jnp.inf), -1, keepdims=True)
+        x = jnp.where(x < cut, low, x)
+    return jax.random.categorical(key, x, -1)
+
+
+@partial(jax.jit, static_argnums=(0, 3, 6))
+def _generate(model, variables, prompt, n_new, key, temperature, top_k, top_p, mask):
     b, s = prompt.shape
     cache = init_cache(model.cfg, b, s + n_new)
-    logits, cache = model.apply({**variables, "cache": cache}, prompt, 0, True, mutable="cache")
-    tok = jnp.argmax(logits[:, -1], -1).astype(prompt.dtype)
+    full = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, n_new), jnp.int32)], 1)
+    logits, cache = model.apply(
+        {**variables, "cache": cache}, prompt, 0, True, attention_mask=full, mutable="cache"
+    )
+    # each row continues from its own last real token (right padding too: the padded slots
+    # stay masked and positions count real tokens only)
+    last = last_token_index(mask)
+    keys = None if key is None else jax.random.split(key, n_new)
+    first = logits[jnp.arange(b), last]
+    tok = _pick(first, None if key is None else keys[0], temperature, top_k, top_p)
+    tok = tok.astype(prompt.dtype)
 
     def step(carry, t):
         tok, cache = carry
         logits, cache = model.apply(
-            {**variables, **cache}, tok[:, None], s + t, True, mutable="cache"
-        )
-        nxt = jnp.argmax(logits[:, -1], -1).astype(prompt.dtype)
+            {**variables, **cache}, tok[:, None], s + t, True, attention_mask=full,
+            mutable="cache",
+        )  # fmt: skip
+        k = None if keys is None else keys[t + 1]
+        nxt = _pick(logits[:, -1], k, temperature, top_k, top_p).astype(prompt.dtype)
         return (nxt, cache), tok
 
-    (last, _), toks = jax.lax.scan(step, (tok, cache), jnp.arange(n_new - 1))
-    return jnp.concatenate([toks.T, last[:, None]], 1)
+    (last_tok, _), toks = jax.lax.scan(step, (tok, cache), jnp.arange(n_new - 1))
+    return jnp.concatenate([toks.T, last_tok[:, None]], 1)
 
 
-def generate(model: Decoder, variables: dict, prompt: jax.Array, n_new: int) -> jax.Array:
-    """Greedy continuation with a KV cache, compiled as one ``lax.scan``.
+def generate(
+    model: Decoder,
+    variables: dict,
+    prompt: jax.Array,
+    n_new: int,
+    *,
+    key: jax.Array | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    attention_mask: jax.Array | None = None,
+) -> jax.Array:
+    """Greedy or sampled continuation with a KV cache, compiled as one ``lax.scan``.
+
+    Without ``key``: greedy (argmax at each step). With ``key``: each step samples from
+    ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens and then
+    to the smallest set of most likely tokens whose probability reaches ``top_p`` (the order
+    transformers applies them); the same key gives the same tokens. Rows are sampled
+    independently (one key per step, split from ``key``).
 
     Args:
       model: a :class:`Decoder`.
       variables: its ``{"params": ...}``.
-      prompt: ``[batch, seq]`` token ids.
+      prompt: ``[batch, seq]`` token ids; with padding, give ``attention_mask``.
       n_new: number of tokens to generate (>= 1).
+      key: a PRNG key to sample; ``None`` (default) is greedy.
+      temperature: > 0; divides the logits before sampling.
+      top_k: keep only the ``top_k`` most likely tokens (1 is greedy), in ``[1, vocab]``.
+      top_p: nucleus sampling, in ``(0, 1]``.
+      attention_mask: ``[batch, seq]``, 1 for real tokens, 0 for padding (left or right):
+        each row is continued from its own last real token at its own positions, as if it
+        were alone.
 
     Returns:
-      ``[batch, n_new]`` token ids (argmax at each step).
+      ``[batch, n_new]`` token ids.
+
+    Raises:
+      ValueError: a prompt id outside ``[0, vocab)`` at a real position (concrete; traced:
+        that row's tokens are -1), ``n_new < 1``, a sampling option without ``key`` or out of
+        range, a bad mask, or more positions than GPT-2 has.
 
     >>> m = Decoder(DecoderConfig(n_layers=1))
     >>> v = m.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     >>> generate(m, v, jnp.array([[1, 2, 3]]), 4).shape
     (1, 4)
+    >>> a = generate(m, v, jnp.array([[1, 2, 3]]), 4, key=jax.random.key(1), top_k=5)
+    >>> bool((a == generate(m, v, jnp.array([[1, 2, 3]]), 4, key=jax.random.key(1),
+    ...                     top_k=5)).all())
+    True
     """
     prompt = check_array(prompt, "prompt", ndim=2, kind="integer")
     check_int(n_new, "n_new", lo=1)
+    vocab = model.cfg.vocab_size
+    if key is None:
+        if temperature != 1.0 or top_k is not None or top_p is not None:
+            raise ValueError(
+                "key: temperature/top_k/top_p sample, which needs a PRNG key; got key=None (greedy)"
+            )
+    else:
+        if not is_traced(temperature) and not float(temperature) > 0:
+            raise ValueError(f"temperature: expected > 0, got {temperature}")
+        if top_k is not None:
+            top_k = check_int(top_k, "top_k", lo=1)
+            if top_k > vocab:
+                raise ValueError(f"top_k: expected at most vocab_size={vocab}, got {top_k}")
+        if top_p is not None and not is_traced(top_p) and not 0 < float(top_p) <= 1:
+            raise ValueError(f"top_p: expected a value in (0, 1], got {top_p}")
     if model.cfg.family == "gpt2" and prompt.shape[1] + n_new > model.cfg.max_positions:
         raise ValueError(
             f"n_new: prompt + n_new must be at most max_positions={model.cfg.max_positions}, "
             f"got {prompt.shape[1] + n_new}"
         )
-    return _generate(model, variables, prompt, n_new)
+    if attention_mask is None:
+        mask = jnp.ones(prompt.shape, jnp.int32)
+    else:
+        mask = check_array(attention_mask, "attention_mask", ndim=2)
+        if mask.shape != prompt.shape:
+            raise ValueError(
+                f"attention_mask: expected the prompt's shape {prompt.shape}, got {mask.shape}"
+            )
+        if not is_traced(mask):
+            m = np.asarray(mask)
+            if not np.isin(m, (0, 1)).all() or not (m == 1).any(1).all():
+                raise ValueError(
+                    "attention_mask: expected 0/1 values with a real token in every row, got "
+                    f"{m.tolist()}"
+                )
+    # an id outside the vocabulary would be read as token 0 (its logits are NaN): refuse it
+    bad = ((prompt < 0) | (prompt >= vocab)) & (mask == 1)
+    if not is_traced((prompt, mask)):
+        if bool(np.asarray(bad).any()):
+            r, c = np.argwhere(np.asarray(bad))[0]
+            raise ValueError(
+                f"prompt: expected ids in [0, {vocab}), got {int(prompt[r, c])} at [{r}, {c}]"
+            )
+    temp = jnp.asarray(temperature, jnp.float32)
+    topp = None if top_p is None else jnp.asarray(top_p, jnp.float32)
+    out = _generate(model, variables, prompt, n_new, key, temp, top_k, topp, mask)
+    return poison(out, ~bad.any(1)[:, None])
 
 
 def _strip(name: str) -> str:
@@ -778,10 +747,12 @@ def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, d
     """
     t = {_strip(k): v for k, v in tensors.items()}
     h, kvh, dh, d = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
+    used: set[str] = set()
 
     def get(name):
         if name not in t:
             raise KeyError(f"tensors: missing {name!r} (have e.g. {sorted(t)[:5]})")
+        used.add(name)
         return np.asarray(t[name], np.float32)
 
     p: dict[str, Any] = {}
@@ -824,6 +795,8 @@ def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, d
                 },
             }
         p["ln_f"] = {"scale": get("ln_f.weight"), "bias": get("ln_f.bias")}
+        if not cfg.tie_embeddings:
+            p["unembed"] = {"kernel": get("lm_head.weight").T}
     else:
         p["embed"] = {"tok": {"embedding": get("embed_tokens.weight")}}
 
@@ -865,10 +838,39 @@ def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, d
             p[f"blocks_{i}"] = blk
         p["ln_f"] = {"scale": get("norm.weight")}
         if not cfg.tie_embeddings:
-            if "lm_head.weight" not in t:
-                raise KeyError("tensors: missing 'lm_head.weight' (config has untied embeddings)")
-            p["unembed"] = {"kernel": np.asarray(t["lm_head.weight"], np.float32).T}
+            p["unembed"] = {"kernel": get("lm_head.weight").T}
+    _warn_unused(t, used, cfg)
     return {"params": jax.tree.map(lambda a: jnp.asarray(a, dtype), p)}
+
+
+# buffers some writers save that hold no weights: RoPE frequencies, GPT-2's causal mask
+_BUFFERS = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+
+
+def _warn_unused(t: dict, used: set[str], cfg: DecoderConfig) -> None:
+    """Warns naming the tensors the config does not use (e.g. more layers than ``n_layers``):
+    a checkpoint and config that disagree are never loaded without a word."""
+    extra = sorted(
+        n
+        for n in t
+        if n not in used
+        and not n.endswith(_BUFFERS)
+        and not n.startswith(("vision_tower.", "multi_modal_projector."))  # Gemma 3's image part
+    )
+    if cfg.tie_embeddings and "lm_head.weight" in extra:
+        # transformers ties the head to the embedding and ignores this copy; say so only if it
+        # differs
+        emb = "wte.weight" if cfg.family == "gpt2" else "embed_tokens.weight"
+        if emb in t and np.array_equal(np.asarray(t["lm_head.weight"]), np.asarray(t[emb])):
+            extra.remove("lm_head.weight")
+    if extra:
+        warnings.warn(
+            f"tensors: {len(extra)} tensors are not used by the config ({cfg.family}, "
+            f"{cfg.n_layers} layers, tie_embeddings={cfg.tie_embeddings}): {extra[:8]}"
+            f"{' ...' if len(extra) > 8 else ''}; the checkpoint and config may disagree",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 class LoadedDecoder(NamedTuple):

@@ -80,7 +80,12 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def tokenize(
-    tokenizer: Any, sentences: Sequence[str], *, max_length: int | None = None, pad_id: int = 0
+    tokenizer: Any,
+    sentences: Sequence[str],
+    *,
+    max_length: int | None = None,
+    pad_id: int = 0,
+    padding_side: str = "right",
 ) -> Tokenized:
     """Tokenizes ``sentences`` and pads the batch to its longest sentence.
 
@@ -91,6 +96,8 @@ def tokenize(
       max_length: if given, a sentence longer than this many tokens raises (nothing is cut
         silently).
       pad_id: the id used for padding.
+      padding_side: ``"right"`` (default) or ``"left"`` (what batched generation of a decoder
+        expects: every row ends at the last column; pass ``attention_mask`` to the model).
 
     Returns:
       A :class:`Tokenized` batch.
@@ -114,6 +121,8 @@ def tokenize(
     if max_length is not None:
         max_length = check_int(max_length, "max_length", lo=1)
     pad_id = check_int(pad_id, "pad_id", lo=0)
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side: expected 'right' or 'left', got {padding_side!r}")
     if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
         raise TypeError(f"sentences: expected a sequence of strings, got {sentences!r:.80}")
     if len(sentences) == 0:
@@ -129,8 +138,11 @@ def tokenize(
     ids = np.full((len(encs), longest), pad_id, np.int32)
     mask = np.zeros((len(encs), longest), np.int32)
     for i, e in enumerate(encs):
-        ids[i, : len(e.ids)] = e.ids
-        mask[i, : len(e.ids)] = 1
+        cols = (
+            slice(0, len(e.ids)) if padding_side == "right" else slice(longest - len(e.ids), None)
+        )
+        ids[i, cols] = e.ids
+        mask[i, cols] = 1
     return Tokenized(ids, mask, [list(e.tokens) for e in encs])
 
 
@@ -148,10 +160,24 @@ _WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u20
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 
+_CATEGORIES = frozenset(
+    "L Lu Ll Lt Lm Lo M Mn Mc Me N Nd Nl No P Pc Pd Ps Pe Pi Pf Po S Sm Sc Sk So Z Zs Zl Zp "
+    "C Cc Cf Cs Co Cn".split()
+)
+
+
 @functools.cache
 def _category_class(cat: str) -> str:
     """The contents of a ``re`` character class matching Unicode general category ``cat``
-    (one letter: the whole group, e.g. ``L``; two letters: one category, e.g. ``Lu``)."""
+    (one letter: the whole group, e.g. ``L``; two letters: one category, e.g. ``Lu``).
+
+    Raises ``ValueError`` for anything else (scripts such as ``Han``, long names such as
+    ``Letter``): ``re`` has no such classes and an empty class would match nothing silently."""
+    if cat not in _CATEGORIES:
+        raise ValueError(
+            f"path: \\p{{{cat}}} in a regex is not supported (only general categories such as "
+            "L, N, Lu, Nd)"
+        )
     ranges, start, prev = [], None, None
     for cp in range(sys.maxunicode + 1):
         hit = unicodedata.category(chr(cp)).startswith(cat)
@@ -394,8 +420,8 @@ class BPETokenizer:
             return comp["prepend"] + text if text else text
         if kind == "Replace":
             return self._regex(comp["pattern"]).sub(lambda _: comp["content"], text)
-        if kind == "Lowercase":
-            return text.lower()
+        if kind == "Lowercase":  # per character, as Rust's char::to_lowercase (no final sigma)
+            return "".join(ch.lower() for ch in text)
         return unicodedata.normalize(kind, text)
 
     def _pre_tokenize(self, words: list[str], comp: dict | None, first: bool) -> list[str]:
@@ -423,8 +449,8 @@ class BPETokenizer:
                 raise ValueError(f"path: Split behavior {behavior!r} (invert) is not supported")
             rx = self._regex(comp["pattern"])
             return [p for w in words for p in _split(w, rx, behavior)]
-        if kind == "Digits":
-            rx = re.compile(r"[0-9]" if comp.get("individual_digits") else r"[0-9]+")
+        if kind == "Digits":  # Rust's char::is_numeric: categories Nd, Nl and No
+            rx = self._regex({"Regex": r"\p{N}" if comp.get("individual_digits") else r"\p{N}+"})
             return [p for w in words for p in _split_isolated(w, rx)]
         # Metaspace
         rep = comp.get("replacement", "▁")
@@ -603,13 +629,12 @@ class BPETokenizer:
         scheme = comp.get(
             "prepend_scheme", "always" if comp.get("add_prefix_space", True) else "never"
         )
-        out = []
-        for k, t in enumerate(tokens):
-            t = t.replace(rep, " ")
-            if k == 0 and scheme != "never" and t.startswith(" "):
-                t = t[1:]
-            out.append(t)
-        return out
+        # as tokenizers: in the first token every replacement character is dropped (not only a
+        # leading one) unless prepend_scheme is "never"; elsewhere each becomes a space
+        return [
+            t.replace(rep, "" if k == 0 and scheme != "never" else " ")
+            for k, t in enumerate(tokens)
+        ]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """The text of ``ids`` (special tokens skipped by default, as ``tokenizers`` does)."""
@@ -619,4 +644,7 @@ class BPETokenizer:
             raise ValueError(f"ids: expected ids in the vocabulary, got {bad[0]}")
         if skip_special_tokens:
             ids = [i for i in ids if i not in self.special_ids]
-        return "".join(self._decode([self.id_to_token[i] for i in ids], self.decoder))
+        tokens = [self.id_to_token[i] for i in ids]
+        if self.decoder is None:  # tokenizers joins undecoded tokens with spaces
+            return " ".join(tokens)
+        return "".join(self._decode(tokens, self.decoder))
