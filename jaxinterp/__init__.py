@@ -11,6 +11,8 @@ sharding. The spine is :func:`jaxinterp.capture.capture`, which turns a model in
 * :mod:`jaxinterp.features` — sparse dictionaries (SAEs, transcoders, crosscoders) trained
   many at once, metrics, SAELens files, feature analysis.
 * :mod:`jaxinterp.interventions` — ablation, activation and attribution patching sweeps.
+* :mod:`jaxinterp.circuits` — logit / tuned lens, steering with generation, edge attribution
+  and path patching, attribution graphs, any analysis over a stack of checkpoints.
 * :mod:`jaxinterp.sharding` — meshes, chunking and streaming for every batched call.
 * :mod:`jaxinterp.models` — reference models (trained and cached) and the MiniLM loader.
 * :mod:`jaxinterp.plotting` — figures from arrays (matplotlib is imported on first use).
@@ -35,6 +37,7 @@ from jaxinterp import (
     actmax,
     attention,
     capture,
+    circuits,
     features,
     interventions,
     models,
@@ -49,6 +52,7 @@ __all__ = [
     "attention",
     "capture",
     "checked",
+    "circuits",
     "features",
     "interventions",
     "models",
