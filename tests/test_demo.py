@@ -101,7 +101,7 @@ def demo(tmp_path_factory) -> Demo:
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=3000,  # generous: a loaded 2-core machine runs the eight sections for minutes
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return Demo(out, cache, proc)
