@@ -15,7 +15,7 @@ A selector that matches nothing raises ``KeyError`` listing the available paths,
 never a silent empty dict.
 
 A pattern selects modules: ``"mlp"`` keeps every call of ``mlp`` (keys ``mlp``, ``mlp@1``, ...,
-one rule for all of jaxinterp, see :mod:`jaxinterp.capture._hooks`); ``"mlp@2"`` keeps its
+one rule for all of jaxinterp, see ``jaxinterp.capture._hooks``); ``"mlp@2"`` keeps its
 third call only. Activations of layers inside ``nn.scan`` / ``nnx.scan`` come out stacked
 ``[layer, ...]`` under the scanned module's paths (``"layers/attn"``), also under ``jit`` and
 ``grad``; outputs that are tuples or other pytrees are returned as the module returns them.
@@ -81,7 +81,7 @@ def capture(
         (``["cache"]`` for a decode cache, ``["batch_stats"]`` in training mode); the output
         is then ``(output, updated_variables)`` as ``apply`` returns it. An nnx model's state
         changes (caches, BatchNorm statistics) are written back into the module, as its own
-        call does (see :mod:`jaxinterp.capture._hooks`).
+        call does (see ``jaxinterp.capture._hooks``).
 
     Returns:
       A function. Called with the model's inputs (e.g. ``x: [batch, ...]``) it returns

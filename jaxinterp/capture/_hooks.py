@@ -45,7 +45,7 @@ before, also after exceptions and with several threads hooking at once, and a mo
 meanwhile is unbound from them (:mod:`jaxinterp.capture._patch`). Inside a scan,
 :func:`current_call` also gives the step indices (``Call.steps``, outermost scan first), so an
 edit can act on one layer only. Inside a routed ``vmap`` (``nn.vmap``/``nnx.vmap`` over
-experts or ensemble members) :func:`on_mapped` applies an edit to the stacked
+experts or ensemble members) ``on_mapped`` applies an edit to the stacked
 ``[member, ...]`` value, the axes its record has (``Call.axes``).
 
 **Names bound before the hook.** A model file that did ``from jax.lax import scan`` (or
@@ -198,7 +198,7 @@ class Call(NamedTuple):
       axes: the routed transforms around the call that give its records a leading axis,
         outermost first: ``"scan"`` (one step per call, see ``steps``) or ``"vmap"`` (the
         mapped axis, e.g. the experts of ``nn.vmap``); a value recorded here comes out with
-        one leading axis per entry, in this order. :func:`on_mapped` applies a function to a
+        one leading axis per entry, in this order. ``on_mapped`` applies a function to a
         value the way it comes out of the ``"vmap"`` axes.
     """
 
@@ -237,7 +237,7 @@ class Records(dict):
         self.bypassed = bypassed
 
     def lost_reason(self) -> str:
-        """Why :attr:`lost` keys could not be carried out, for an error message."""
+        """Why ``lost`` keys could not be carried out, for an error message."""
         if self.bypassed:
             return " ".join(self.bypassed)
         return (

@@ -73,6 +73,7 @@ from jaxinterp.circuits._graph import (
     transformer_layout,
 )
 from jaxinterp.circuits._lens import (
+    FitResult,
     LensMetrics,
     TunedLens,
     decoder_readout,
@@ -82,11 +83,21 @@ from jaxinterp.circuits._lens import (
     logit_lens,
     tuned_lens,
 )
-from jaxinterp.circuits._steer import add, contrastive_direction, generate, steering_sweep
+from jaxinterp.circuits._steer import (
+    Add,
+    SweepResult,
+    add,
+    contrastive_direction,
+    generate,
+    steering_sweep,
+)
 
 __all__ = [
     # lenses, steering, checkpoints
+    "Add",
+    "FitResult",
     "LensMetrics",
+    "SweepResult",
     "TunedLens",
     "add",
     "contrastive_direction",

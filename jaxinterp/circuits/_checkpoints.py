@@ -128,7 +128,8 @@ def over_checkpoints(
         each call) to reuse the compilation.
       stacked_variables: variables whose leaves share a leading ``[checkpoint]`` axis (see
         :func:`stack_checkpoints`).
-      *args, **kwargs: arrays (or pytrees of arrays) shared by every checkpoint.
+      args, kwargs: arrays (or pytrees of arrays) shared by every checkpoint, passed
+        positionally and by keyword after ``stacked_variables``.
       chunk_size: run this many checkpoints at a time (memory), default all at once.
 
     Returns:

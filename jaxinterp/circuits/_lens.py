@@ -191,7 +191,7 @@ def logit_lens(
         :class:`~jaxinterp.models.Transformer` have default ``sites`` and ``readout``.
       variables: its variables (``{"params": ...}``).
       tokens: ``[batch, seq]`` token ids.
-      sites: residual-stream sites in layer order, default :func:`default_sites`
+      sites: residual-stream sites in layer order, default ``default_sites``
         (``embed``, ``blocks_0`` ... ``blocks_{L-1}`` for a Decoder).
       readout: ``f(variables, h [..., d_model]) -> logits [..., vocab]``, default
         :func:`decoder_readout`. Must be hashable (a module-level function or a frozen

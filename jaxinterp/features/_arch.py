@@ -75,7 +75,7 @@ class Setting(NamedTuple):
     several with :func:`stack_settings`.
 
     Attributes:
-      arch: int32 code, an index into :data:`ARCHS`.
+      arch: int32 code, an index into ``ARCHS``.
       sparsity: ``l1`` coefficient (``relu``), ``l0`` coefficient (``jumprelu``), 0 otherwise.
       k: int32 active latents per example (``topk``, ``batch_topk``), 0 otherwise.
       bandwidth: the JumpReLU kernel width ε (1 otherwise).
@@ -412,7 +412,8 @@ def batch_topk_threshold(pre: jax.Array, k: jax.Array, max_k: int) -> jax.Array:
       max_k: static bound on ``k``.
 
     Returns:
-      Scalar: latents with ``pre >= threshold`` are kept (ties may keep a few more).
+      The threshold (a scalar): latents with ``pre >= threshold`` are kept (ties may keep a
+      few more).
 
     >>> pre = jnp.array([[3.0, 1.0, 0.5], [2.0, 0.1, 0.2]])
     >>> batch_topk_threshold(pre, jnp.array(1), 2).item()

@@ -61,7 +61,8 @@ class TrainConfig:
       lr: Adam learning rate after warm-up.
       lr_warmup: steps of linear learning-rate warm-up (0: none).
       sparsity_warmup: steps of linear sparsity-coefficient warm-up (0: none).
-      b1, b2: Adam moments.
+      b1: Adam's first-moment decay.
+      b2: Adam's second-moment decay.
       unit_decoder: project decoder rows to unit norm (and their gradients orthogonal).
       max_k: static bound on every TopK ``k`` of the stack.
       k_aux: dead latents used by the AuxK loss.
@@ -320,7 +321,7 @@ def _groups(settings: Setting) -> tuple[tuple[str, tuple[int, ...]], ...]:
 
 
 def archs_of(settings: Setting) -> tuple[str, ...]:
-    """The architecture names present in a (concrete) stack of settings, in :data:`ARCHS` order.
+    """The architecture names present in a (concrete) stack of settings, in ``ARCHS`` order.
 
     >>> from jaxinterp.features import stack_settings, relu, topk
     >>> archs_of(stack_settings([topk(4), relu(1.0), topk(2)]))

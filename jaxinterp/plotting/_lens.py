@@ -84,7 +84,8 @@ def lens_grid(
     """The logit-lens picture for one sequence: each layer's top token and its probability.
 
     Args:
-      lens_logits: ``[layer, seq, vocab]`` (one batch item of :func:`logit_lens`).
+      lens_logits: ``[layer, seq, vocab]`` (one batch item of
+        :func:`~jaxinterp.circuits.logit_lens`).
       token_labels: ``seq`` input-token labels for the x axis.
       decode: ``token id -> text`` for the cell annotations (default the id).
       layer_names: ``layer`` labels (default ``0 .. layer-1``).
