@@ -412,8 +412,8 @@ def batch_topk_threshold(pre: jax.Array, k: jax.Array, max_k: int) -> jax.Array:
       max_k: static bound on ``k``.
 
     Returns:
-      The threshold (a scalar): latents with ``pre >= threshold`` are kept (ties may keep a
-      few more).
+      ``[]`` the threshold; latents with ``pre >= threshold`` are kept (ties may keep a few
+      more).
 
     >>> pre = jnp.array([[3.0, 1.0, 0.5], [2.0, 0.1, 0.2]])
     >>> batch_topk_threshold(pre, jnp.array(1), 2).item()
