@@ -37,7 +37,7 @@ def test_channel_axis_handling_and_errors():
     with pytest.raises(ValueError, match=r"images: expected \[n, h, w\].*got shape \(5, 5\)"):
         image_grid(np.zeros((5, 5)))
     with pytest.raises(ValueError, match="titles: expected 2 labels, got 1"):
-        image_grid(np.zeros((2, 3, 3)), ["x"])
+        image_grid(np.zeros((2, 4, 4)), ["x"])  # (2, 3, 3) is ambiguous: raises first
 
 
 def test_effect_scatter_points_and_identity_line():
