@@ -32,7 +32,12 @@ import numpy as np
 from _timing import median_time, print_table
 
 from jaxinterp.circuits import over_checkpoints
-from jaxinterp.circuits._toys import induction_metrics, repeated_batch, train_induction_checkpoints
+from jaxinterp.circuits._toys import (
+    INDUCTION_SIZES,
+    induction_metrics,
+    repeated_batch,
+    train_induction_checkpoints,
+)
 
 
 def _first(fn) -> float:
@@ -43,17 +48,7 @@ def _first(fn) -> float:
 
 def run(quick: bool = False) -> dict:
     """Runs the benchmark; returns a flat dict of seconds and ratios."""
-    if quick:
-        kw = dict(
-            n_checkpoints=20,
-            steps_per_checkpoint=20,
-            half=8,
-            d_model=32,
-            n_heads=2,
-            learning_rate=1e-2,
-        )
-    else:
-        kw = dict(n_checkpoints=50, steps_per_checkpoint=40)
+    kw = INDUCTION_SIZES[bool(quick)]
     t0 = time.perf_counter()
     tr = train_induction_checkpoints(jax.random.key(0), **kw)
     jax.block_until_ready(tr.stacked)

@@ -17,7 +17,12 @@ from jaxinterp.circuits import (
     over_checkpoints,
     tuned_lens,
 )
-from jaxinterp.circuits._toys import induction_metrics, repeated_batch, train_induction_checkpoints
+from jaxinterp.circuits._toys import (
+    INDUCTION_SIZES,
+    induction_metrics,
+    repeated_batch,
+    train_induction_checkpoints,
+)
 from jaxinterp.plotting import lens_curves, lens_grid
 
 
@@ -72,17 +77,7 @@ def _lenses(ctx: DemoContext) -> None:
 
 
 def _checkpoints(ctx: DemoContext) -> None:
-    if ctx.quick:
-        kw = dict(
-            n_checkpoints=20,
-            steps_per_checkpoint=20,
-            half=8,
-            d_model=32,
-            n_heads=2,
-            learning_rate=1e-2,
-        )
-    else:
-        kw = dict(n_checkpoints=50, steps_per_checkpoint=40)
+    kw = INDUCTION_SIZES[bool(ctx.quick)]
     run = train_induction_checkpoints(jax.random.key(0), **kw)
     toks = repeated_batch(jax.random.key(9), 64, run.half, run.model.vocab)
     out = over_checkpoints(partial(induction_metrics, run.model), run.stacked, toks)

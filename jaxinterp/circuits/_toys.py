@@ -131,6 +131,16 @@ class InductionRun(NamedTuple):
     half: int
 
 
+# Sizes of the induction run shared by the demo section and benchmarks/bench_checkpoints.py:
+# quick (tests) and full.
+INDUCTION_SIZES: dict[bool, dict] = {
+    True: dict(
+        n_checkpoints=20, steps_per_checkpoint=20, half=8, d_model=32, n_heads=2, learning_rate=1e-2
+    ),
+    False: dict(n_checkpoints=50, steps_per_checkpoint=40),
+}
+
+
 def train_induction_checkpoints(
     key: jax.Array,
     *,
