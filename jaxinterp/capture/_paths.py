@@ -202,7 +202,38 @@ def check_selection(
     for pattern in patterns:
         if not any(glob_match(p, pattern) for p in available):
             kind = "pattern" if set(pattern) & _GLOB_CHARS else "path"
-            raise KeyError(f"select: {kind} {pattern!r} matches no module. Available: {listing}")
+            raise KeyError(
+                f"select: {kind} {pattern!r} matches no module{scan_hint(pattern, available, False)}. "
+                f"Available: {listing}"
+            )
+
+
+_LIST_ITEM = re.compile(r"^([A-Za-z_][\w.]*?)_(\d+)(/[^:\[|@]*)?(.*)$")
+
+
+def scan_hint(name: str, available: Sequence[str], indexed: bool = True) -> str:
+    """A sentence for a "matches no module" error: where a name of list layout (``blocks_3/
+    attn/z``) is given to a model whose layers are one scanned stack (``blocks/attn/z``), the
+    name of the same layer there (``blocks/attn/z[3]``); else ``""``.
+
+    >>> scan_hint("blocks_3/attn/z", ["blocks", "blocks/attn/z", "blocks/out"])
+    " ('blocks_3/attn/z': the model stacks its layers with a scan under 'blocks', where layer 3 is 'blocks/attn/z[3]')"
+    >>> scan_hint("blocks_3/attn/z", ["blocks_3/attn/z"])
+    ''
+    """
+    m = _LIST_ITEM.match(name)
+    if m is None:
+        return ""
+    base, i, sub, rest = m.group(1), m.group(2), m.group(3), m.group(4)
+    avail = set(available)
+    if sub is None:  # the block's own output: a Decoder names its residual stream 'out'
+        sub = "/out" if f"{base}/out" in avail else ""
+    if f"{base}{sub}" not in avail:
+        return ""
+    head = f" ({name!r}: the model stacks its layers with a scan under {base!r}, where layer {i} "
+    if not indexed:
+        return head + f"is index {i} of {f'{base}{sub}'!r}, recorded [layer, ...])"
+    return head + f"is {f'{base}{sub}[{i}]{rest}'!r})"
 
 
 class Site(NamedTuple):

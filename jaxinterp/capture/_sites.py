@@ -47,7 +47,7 @@ from jaxinterp.capture._hooks import (
     record,
     run_with_hook,
 )
-from jaxinterp.capture._paths import _GLOB_CHARS, Site, as_matcher, parse_site
+from jaxinterp.capture._paths import _GLOB_CHARS, Site, as_matcher, parse_site, scan_hint
 
 
 def _is_array(x: Any) -> bool:
@@ -668,7 +668,8 @@ def run_sites(
             )
         if text not in hits:
             raise KeyError(
-                f"edits: site {text!r} matches no submodule call. Available paths: {listing}"
+                f"edits: site {text!r} matches no submodule call{scan_hint(text, seen)}. "
+                f"Available paths: {listing}"
             )
         if text in ambiguous:
             later = list(dict.fromkeys(ambiguous[text]))
@@ -689,8 +690,8 @@ def run_sites(
             found = expanded.get(r.text, {})
             if not found:
                 raise KeyError(
-                    f"sites: pattern {r.text!r} matches no submodule call. Available paths: "
-                    f"{listing}"
+                    f"sites: pattern {r.text!r} matches no submodule call"
+                    f"{scan_hint(r.text, seen)}. Available paths: {listing}"
                 )
         for text, key in found.items():
             if key in recs.lost and recs.bypassed:

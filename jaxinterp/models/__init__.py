@@ -94,3 +94,7 @@ __all__ += [
     "smollm2",
     "smollm2_path",
 ]
+
+from jaxinterp.models._scan import stack_layers, stacked_site, unstack_layers  # noqa: E402
+
+__all__ += ["stack_layers", "stacked_site", "unstack_layers"]

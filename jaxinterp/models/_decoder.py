@@ -350,6 +350,9 @@ class _Block(nn.Module):
     # Whether this layer attends through the sliding window (not the layer index: blocks of one
     # kind stay identical modules, so patch_sweep can replay a chain of them).
     local: bool = False
+    # As the body of the stacked layout's ``nn.scan``: return ``(x, None)`` (carry, no output),
+    # the residual stream passing through ``out`` (recorded ``blocks/out``, ``[layer, ...]``).
+    scan_step: bool = False
 
     @nn.compact
     def __call__(self, x, pos, decode, keys=None):
@@ -361,6 +364,8 @@ class _Block(nn.Module):
         m = _MLP(c, name="mlp")(_norm(c, "ln_2")(x))
         if c.family == "gemma":
             m = _norm(c, "post_ln_2")(m)
+        if self.scan_step:
+            return _Id(name="out")(x + m), None
         return x + m
 
 
@@ -427,6 +432,7 @@ class Decoder(nn.Module):
     """
 
     cfg: DecoderConfig = DecoderConfig()
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(
@@ -450,9 +456,14 @@ class Decoder(nn.Module):
                 )
         start_ok = True
         if decode:
-            if "blocks_0" not in self.variables.get("cache", {}):
-                raise ValueError("decode: needs a 'cache' collection from init_cache (mutable)")
-            length = self.variables["cache"]["blocks_0"]["attn"]["k_cache"].shape[1]
+            first = "blocks" if self.scan_layers else "blocks_0"
+            if first not in self.variables.get("cache", {}):
+                raise ValueError(
+                    "decode: needs a 'cache' collection from init_cache (mutable) of this "
+                    f"layout (scan_layers={self.scan_layers}: key {first!r}), got keys "
+                    f"{sorted(self.variables.get('cache', {}))[:3]}"
+                )
+            length = self.variables["cache"][first]["attn"]["k_cache"].shape[-3]
             if seq > length:
                 raise ValueError(f"input_ids: expected at most {length} (cache length), got {seq}")
             # never a clamped write: dynamic_update_slice would move the chunk back silently
@@ -486,8 +497,18 @@ class Decoder(nn.Module):
             ids.ravel()[jnp.argmin(ok.ravel())],
         )
         x = _Embed(c, name="embed")(jnp.where(in_vocab, ids, 0), pos, embeddings)
-        for i in range(c.n_layers):
-            x = _Block(c, c.is_local(i), name=f"blocks_{i}")(x, pos, decode, keys)
+        if self.scan_layers:
+            stack = nn.scan(
+                _Block,
+                variable_axes={"params": 0, "cache": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                length=c.n_layers,
+            )
+            x, _ = stack(c, _stack_local(c), True, name="blocks")(x, pos, decode, keys)
+        else:
+            for i in range(c.n_layers):
+                x = _Block(c, c.is_local(i), name=f"blocks_{i}")(x, pos, decode, keys)
         x = _norm(c, "ln_f")(x)
         if c.tie_embeddings:
             tok = self.variables["params"]["embed"]["tok"]["embedding"]
@@ -497,6 +518,20 @@ class Decoder(nn.Module):
         logits = _softcap(logits, c.final_softcap)
         logits = poison(logits, ok.all(-1)[:, None])  # a bad id spoils its whole row
         return poison(logits, start_ok)
+
+
+def _stack_local(cfg: DecoderConfig) -> bool:
+    """Whether the layers of the stacked layout attend through the sliding window; raises for
+    a config that mixes local and global layers (one ``nn.scan`` body is one kind of layer)."""
+    kinds = {cfg.is_local(i) for i in range(cfg.n_layers)}
+    if len(kinds) > 1:
+        local = [i for i in range(cfg.n_layers) if cfg.is_local(i)]
+        raise ValueError(
+            "scan_layers: the stacked layout needs layers of one kind; this config has "
+            f"sliding-window layers {local} among {cfg.n_layers} (local_layers="
+            f"{cfg.local_layers}): use scan_layers=False"
+        )
+    return kinds.pop()
 
 
 def _check_mask(mask: Any, shape: tuple[int, int]) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -526,20 +561,35 @@ def _check_mask(mask: Any, shape: tuple[int, int]) -> tuple[jax.Array, jax.Array
     return real, pos, binary.all(-1)
 
 
-def init_cache(cfg: DecoderConfig, batch: int, length: int, dtype: Any = jnp.float32) -> dict:
+def init_cache(
+    cfg: DecoderConfig,
+    batch: int,
+    length: int,
+    dtype: Any = jnp.float32,
+    *,
+    scan_layers: bool = False,
+) -> dict:
     """Zero KV cache, the ``"cache"`` collection for ``decode=True``.
 
     Returns:
       ``{"blocks_{i}": {"attn": {"k_cache": ..., "v_cache": ...}}}``, each
-      ``[batch, length, n_kv_heads, d_head]``.
+      ``[batch, length, n_kv_heads, d_head]``; with ``scan_layers=True`` (for
+      ``Decoder(cfg, scan_layers=True)``) one ``{"blocks": {"attn": ...}}`` whose arrays are
+      ``[layer, batch, length, n_kv_heads, d_head]``.
 
     >>> init_cache(DecoderConfig(), 2, 8)["blocks_0"]["attn"]["k_cache"].shape
     (2, 8, 2, 16)
+    >>> init_cache(DecoderConfig(), 2, 8, scan_layers=True)["blocks"]["attn"]["k_cache"].shape
+    (2, 2, 8, 2, 16)
     """
     check_int(batch, "batch", lo=1)
     check_int(length, "length", lo=1)
     shape = (batch, length, cfg.n_kv_heads, cfg.d_head)
+    if scan_layers:
+        shape = (cfg.n_layers, *shape)
     kv = {"k_cache": jnp.zeros(shape, dtype), "v_cache": jnp.zeros(shape, dtype)}
+    if scan_layers:
+        return {"blocks": {"attn": kv}}
     return {f"blocks_{i}": {"attn": dict(kv)} for i in range(cfg.n_layers)}
 
 
@@ -588,7 +638,7 @@ def _pick(logits: jax.Array, key: Any, temperature: Any, top_k: int | None, top_
 @partial(jax.jit, static_argnums=(0, 3, 6))
 def _generate(model, variables, prompt, n_new, key, temperature, top_k, top_p, mask):
     b, s = prompt.shape
-    cache = init_cache(model.cfg, b, s + n_new)
+    cache = init_cache(model.cfg, b, s + n_new, scan_layers=model.scan_layers)
     full = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, n_new), jnp.int32)], 1)
     logits, cache = model.apply(
         {**variables, "cache": cache}, prompt, 0, True, attention_mask=full, mutable="cache"
@@ -881,7 +931,9 @@ class LoadedDecoder(NamedTuple):
     config: DecoderConfig
 
 
-def load_decoder(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
+def load_decoder(
+    path: str | Path, dtype: Any = jnp.float32, *, scan_layers: bool = False
+) -> LoadedDecoder:
     """Loads a Hugging Face GPT-2 / Llama / Mistral / Qwen2/3 / Gemma 2/3 checkpoint folder.
 
     Args:
@@ -889,6 +941,9 @@ def load_decoder(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
         ``model.safetensors.index.json`` (read with numpy, bf16 or f32 tensors); or a
         ``.gguf`` file (see :func:`jaxinterp.models.load_gguf`).
       dtype: parameter dtype, ``jnp.float32`` (default) or ``jnp.bfloat16``.
+      scan_layers: load into the stacked layout (``Decoder(cfg, scan_layers=True)``: one
+        ``nn.scan`` over the blocks, compiled once whatever the depth; see
+        :func:`jaxinterp.models.stack_layers`).
 
     Returns:
       A :class:`LoadedDecoder`.
@@ -906,7 +961,7 @@ def load_decoder(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
     if str(path).endswith(".gguf"):  # llama.cpp's format: jaxinterp.models.load_gguf
         from jaxinterp.models._gguf import load_gguf
 
-        return load_gguf(path, dtype)
+        return load_gguf(path, dtype, scan_layers=scan_layers)
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"path: {folder} has no config.json")
@@ -920,4 +975,10 @@ def load_decoder(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
             tensors.update(read_safetensors(folder / shard))
     else:
         raise FileNotFoundError(f"path: {folder} has no model.safetensors(.index.json)")
-    return LoadedDecoder(Decoder(cfg), decoder_params_from_hf(tensors, cfg, dtype), cfg)
+    variables = decoder_params_from_hf(tensors, cfg, dtype)
+    if scan_layers:
+        from jaxinterp.models._scan import stack_layers
+
+        _stack_local(cfg)  # a config with mixed layers raises before the copy
+        return LoadedDecoder(Decoder(cfg, scan_layers=True), stack_layers(variables), cfg)
+    return LoadedDecoder(Decoder(cfg), variables, cfg)

