@@ -94,13 +94,9 @@ def part_smollm2() -> list[str]:
             rows.append(f"| {name} | {what} | {lo:.1f} | {co:.1f} | {run:.2f} | "
                         f"{lo + co + run:.1f} | |")  # fmt: skip
             print(rows[-1], flush=True)
-        sweeps = (
-            ("head sweep", lambda: patch_sweep(model, v, t.clean, t.corrupted, sites, t.metric)),
-            ("attribution",
-             lambda: attribution_patch(model, v, t.clean, t.corrupted, sites, t.metric)),
-        )  # fmt: skip
-        for what, f in sweeps:
-            first, nxt = _first_then(lambda f=f: f().normalized)
+        args = (model, v, t.clean, t.corrupted, sites, t.metric)
+        for what, f in (("head sweep", patch_sweep), ("attribution", attribution_patch)):
+            first, nxt = _first_then(lambda f=f, args=args: f(*args).normalized)
             rows.append(f"| {name} | {what} | | | | {first:.1f} | {nxt:.2f} |")
             print(rows[-1], flush=True)
         if scan:  # the same numbers from both layouts
@@ -109,7 +105,8 @@ def part_smollm2() -> list[str]:
             zu = [f"blocks_{i}/attn/z" for i in range(n_l)]
             su = site_grid(zu, [(-2, n_h)], ("layer", "head"))
             r1 = patch_sweep(u.model, u.variables, t.clean, t.corrupted, su, t.metric).normalized
-            print(f"head sweep, stacked vs unrolled: max |diff| {float(jnp.abs(r0 - r1).max()):.2e}")
+            diff = float(jnp.abs(r0 - r1).max())
+            print(f"head sweep, stacked vs unrolled: max |diff| {diff:.2e}")
     return rows
 
 

@@ -203,8 +203,8 @@ def check_selection(
         if not any(glob_match(p, pattern) for p in available):
             kind = "pattern" if set(pattern) & _GLOB_CHARS else "path"
             raise KeyError(
-                f"select: {kind} {pattern!r} matches no module{scan_hint(pattern, available, False)}. "
-                f"Available: {listing}"
+                f"select: {kind} {pattern!r} matches no module"
+                f"{scan_hint(pattern, available, False)}. Available: {listing}"
             )
 
 
@@ -216,8 +216,8 @@ def scan_hint(name: str, available: Sequence[str], indexed: bool = True) -> str:
     attn/z``) is given to a model whose layers are one scanned stack (``blocks/attn/z``), the
     name of the same layer there (``blocks/attn/z[3]``); else ``""``.
 
-    >>> scan_hint("blocks_3/attn/z", ["blocks", "blocks/attn/z", "blocks/out"])
-    " ('blocks_3/attn/z': the model stacks its layers with a scan under 'blocks', where layer 3 is 'blocks/attn/z[3]')"
+    >>> scan_hint("blocks_3/attn/z", ["blocks", "blocks/attn/z", "blocks/out"])[-27:]
+    "layer 3 is 'blocks/attn/z[3]')"
     >>> scan_hint("blocks_3/attn/z", ["blocks_3/attn/z"])
     ''
     """

@@ -50,8 +50,8 @@ from jaxinterp.models._decoder import (
     LoadedDecoder,
     decoder_params_from_hf,
 )
-from jaxinterp.models._tokenizer import BPETokenizer
 from jaxinterp.models._scan import stack_layers
+from jaxinterp.models._tokenizer import BPETokenizer
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K")
 _INSTALL_GGUF = "pip install gguf (or pip install 'jaxinterp[models]')"

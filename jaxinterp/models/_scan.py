@@ -29,7 +29,6 @@ cache ``blocks_{i}/attn/k_cache``  cache ``blocks/attn/k_cache`` ``[layer, batch
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +40,9 @@ _SITE = re.compile(r"^blocks_(\d+)(/[^:\[|@]*)?(.*)$")
 def _layers(tree: dict, where: str) -> int:
     idx = sorted(int(m.group(1)) for k in tree if (m := _BLOCK.match(k)))
     if not idx:
-        raise ValueError(f"{where}: expected keys 'blocks_0' ... (unrolled layout), got {sorted(tree)}")
+        raise ValueError(
+            f"{where}: expected keys 'blocks_0' ... (unrolled layout), got {sorted(tree)}"
+        )
     if idx != list(range(len(idx))):
         raise ValueError(f"{where}: expected blocks_0 ... blocks_{len(idx) - 1}, got {idx}")
     return len(idx)
@@ -110,7 +111,8 @@ def unstack_layers(variables: dict) -> dict:
             )
         (n,) = sizes
         rest = {k: v for k, v in tree.items() if k != "blocks"}
-        layers = {f"blocks_{i}": jax.tree.map(lambda a, i=i: a[i], tree["blocks"]) for i in range(n)}
+        stack = tree["blocks"]
+        layers = {f"blocks_{i}": jax.tree.map(lambda a, i=i: a[i], stack) for i in range(n)}
         out[col] = {**rest, **layers}
     return out
 
