@@ -10,8 +10,10 @@ arguments:
 
 * ``forward``: ``jax.jit(model.apply)(variables, ids)``.
 * ``capture``: every block's output (``select="blocks_*"``; stacked: ``"blocks/out"``).
-* ``head sweep``: ``patch_sweep`` over all 270 (layer, head) sites of ``attn/z``.
-* ``attribution``: ``attribution_patch`` over the same 270 sites.
+* ``head sweep``: ``patch_sweep`` over the (layer, head) sites of ``attn/z`` of layers 10, 23,
+  24, 29 (36 heads, the tests' and quick demo's grid; all 270 with ``--full-sweep``: its
+  time is the run, 270 forward passes, not the compilation).
+* ``attribution``: ``attribution_patch`` over those 36 and over all 270 heads.
 
 For ``forward`` and ``capture`` the first call is split into trace + lowering
 (``jax.jit(f).trace(...).lower()``), XLA compilation (``.compile()``) and the run; for the
@@ -26,7 +28,7 @@ printed at the start and the end.
 
 Run::
 
-    python benchmarks/bench_compile.py [--part smollm2 depth]
+    python benchmarks/bench_compile.py [--part smollm2 depth] [--full-sweep]
 """
 
 from __future__ import annotations
@@ -69,21 +71,26 @@ def _first_then(f) -> tuple[float, float]:
     return first, statistics.median(rest)
 
 
-def part_smollm2() -> list[str]:
+def part_smollm2(full_sweep: bool) -> list[str]:
     from jaxinterp import models
     from jaxinterp.capture import capture
     from jaxinterp.interventions import attribution_patch, ioi_task, patch_sweep, site_grid
 
     rows = ["| layout | analysis | trace+lower s | compile s | run s | first call s | next s |"]
     rows.append("| --- | --- | --- | --- | --- | --- | --- |")
+    out = {}
     for scan in (False, True):
         m = models.smollm2(scan_layers=scan)
         t = ioi_task(jax.random.key(1), m.tokenizer, 8).task
         n_l, n_h = m.config.n_layers, m.config.n_heads
         name = "stacked" if scan else "unrolled"
         resid = "blocks/out" if scan else "blocks_*"
-        z = [f"blocks/attn/z[{i}]" if scan else f"blocks_{i}/attn/z" for i in range(n_l)]
-        sites = site_grid(z, [(-2, n_h)], ("layer", "head"))
+
+        def heads(layers, scan=scan, n_h=n_h):
+            z = [f"blocks/attn/z[{i}]" if scan else f"blocks_{i}/attn/z" for i in layers]
+            return site_grid(z, [(-2, n_h)], ("layer", "head"))
+
+        sites = heads(range(n_l))
         model, v, ids = m.model, m.variables, t.clean
 
         def cap(v, x, model=model, resid=resid):
@@ -94,19 +101,23 @@ def part_smollm2() -> list[str]:
             rows.append(f"| {name} | {what} | {lo:.1f} | {co:.1f} | {run:.2f} | "
                         f"{lo + co + run:.1f} | |")  # fmt: skip
             print(rows[-1], flush=True)
-        args = (model, v, t.clean, t.corrupted, sites, t.metric)
-        for what, f in (("head sweep", patch_sweep), ("attribution", attribution_patch)):
+        some = heads((10, 23, 24, 29))  # the tests' and the quick demo's grid
+        sweeps = [("head sweep, 36 heads", patch_sweep, some)]
+        if full_sweep:
+            sweeps.append(("head sweep, 270 heads", patch_sweep, sites))
+        sweeps += [("attribution, 36 heads", attribution_patch, some),
+                   ("attribution, 270 heads", attribution_patch, sites)]  # fmt: skip
+        for what, f, grid in sweeps:
+            args = (model, v, t.clean, t.corrupted, grid, t.metric)
             first, nxt = _first_then(lambda f=f, args=args: f(*args).normalized)
             rows.append(f"| {name} | {what} | | | | {first:.1f} | {nxt:.2f} |")
             print(rows[-1], flush=True)
-        if scan:  # the same numbers from both layouts
-            r0 = patch_sweep(model, v, t.clean, t.corrupted, sites, t.metric).normalized
-            u = models.smollm2()
-            zu = [f"blocks_{i}/attn/z" for i in range(n_l)]
-            su = site_grid(zu, [(-2, n_h)], ("layer", "head"))
-            r1 = patch_sweep(u.model, u.variables, t.clean, t.corrupted, su, t.metric).normalized
-            diff = float(jnp.abs(r0 - r1).max())
-            print(f"head sweep, stacked vs unrolled: max |diff| {diff:.2e}")
+        out[scan] = [f(model, v, t.clean, t.corrupted, some, t.metric).normalized
+                     for f in (patch_sweep, attribution_patch)]  # fmt: skip
+    for what, a, b in zip(("head sweep", "attribution"), out[False], out[True]):
+        print(
+            f"{what} (36 heads), stacked vs unrolled: max |diff| {float(jnp.abs(a - b).max()):.1e}"
+        )
     return rows
 
 
@@ -136,11 +147,12 @@ def part_depth(depths=(30, 60, 120)) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--part", nargs="+", default=["smollm2", "depth"], choices=["smollm2", "depth"])
+    p.add_argument("--full-sweep", action="store_true", help="also patch all 270 heads")
     a = p.parse_args()
     print(f"load average at start: {_load()}; devices {jax.devices()}", flush=True)
     tables = []
     if "smollm2" in a.part:
-        tables.append(part_smollm2())
+        tables.append(part_smollm2(a.full_sweep))
     if "depth" in a.part:
         tables.append(part_depth())
     print(f"\nload average at end: {_load()}")

@@ -134,6 +134,15 @@ def test_decoder_rules_on_llama_paths():
     only_data = param_specs(shapes, AbstractMesh((8,), ("data",)))["params"]
     assert only_data["blocks_0"]["attn"]["q"]["kernel"] == P("data", None, None)
     assert only_data["embed"]["tok"]["embedding"] == P(None, "data")
+    # the stacked layout: the same specs behind an unsharded [layer] axis
+    stacked = param_specs(jax_eval_init(Decoder(cfg, scan_layers=True)), _mesh42())["params"]
+    blocks = stacked["blocks"]
+    assert blocks["attn"]["q"]["kernel"] == P(None, "data", "model", None)
+    assert blocks["attn"]["k"]["bias"] == P(None, "model", None)
+    assert blocks["attn"]["o"]["kernel"] == P(None, "model", None, "data")
+    assert blocks["mlp"]["gate"]["kernel"] == P(None, "data", "model")
+    assert blocks["mlp"]["fc_out"]["kernel"] == P(None, "model", "data")
+    assert stacked["embed"]["tok"]["embedding"] == P(None, ("data", "model"))
 
 
 def jax_eval_init(model):

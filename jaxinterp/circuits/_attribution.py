@@ -75,7 +75,8 @@ def mlp_transcoders(variables: Any, cfg: Any) -> list[Transcoder]:
     MLP's activation (tanh-GELU) the transcoder reproduces the MLP exactly.
 
     Args:
-      variables: the Decoder's ``{"params": ...}``.
+      variables: the Decoder's ``{"params": ...}``, either layout (``blocks_{i}`` or the
+        stacked ``blocks``).
       cfg: its :class:`~jaxinterp.models.DecoderConfig` (``family="gpt2"``: a gated MLP has
         no single pre-activation per neuron).
 
@@ -96,8 +97,12 @@ def mlp_transcoders(variables: Any, cfg: Any) -> list[Transcoder]:
     if cfg.family != "gpt2":
         raise ValueError(f"cfg: expected the gpt2 family (one pre-activation), got {cfg.family}")
     out = []
+    p = variables["params"]
     for i in range(cfg.n_layers):
-        mlp = variables["params"][f"blocks_{i}"]["mlp"]
+        if "blocks" in p:  # the stacked layout: leaves [layer, ...]
+            mlp = jax.tree.map(lambda a, i=i: a[i], p["blocks"]["mlp"])
+        else:
+            mlp = p[f"blocks_{i}"]["mlp"]
         w_in, w_out = mlp["fc_in"]["kernel"], mlp["fc_out"]["kernel"]
         b_in = mlp["fc_in"].get("bias", jnp.zeros(w_in.shape[1], w_in.dtype))
         b_out = mlp["fc_out"].get("bias", jnp.zeros(w_out.shape[1], w_out.dtype))
@@ -252,6 +257,9 @@ def attribution_graph(
     >>> bool(np.isclose(g.adjacency[t].sum() + g.baseline[t], g.value[t], atol=1e-4))
     True
     """
+    from jaxinterp.models._scan import require_unrolled
+
+    require_unrolled(model, "attribution_graph")
     _cfg_checks(cfg)
     tokens = check_array(tokens, "tokens", ndim=1, kind="integer")
     tcs = [Transcoder(*map(jnp.asarray, t)) for t in transcoders]

@@ -340,7 +340,9 @@ def rewired_forward(
 
     Raises:
       ValueError: an argument of the wrong shape; ``corrupted`` without ``weights`` or the
-        reverse; a layout path the model never calls.
+        reverse; a layout path the model never calls; a ``Decoder(cfg, scan_layers=True)``
+        (its layers are one scan step: convert with
+        :func:`jaxinterp.models.unstack_layers`).
 
     >>> import jaxinterp.models as zoo
     >>> cfg = zoo.DecoderConfig(n_layers=1, n_heads=2, n_kv_heads=1, d_model=8, d_head=4)
@@ -351,6 +353,9 @@ def rewired_forward(
     >>> outs.shape, bool(jnp.allclose(out, m.apply(v, tokens)))
     ((4, 1, 3, 8), True)
     """
+    from jaxinterp.models._scan import require_unrolled
+
+    require_unrolled(model, "rewired_forward (and eap, edge_patching, patch_edges)")
     lay = _check_layout(layout)
     table = _table(lay)
     n_h, n_g, slots = lay.n_heads, lay.n_kv_heads, _slots(lay)

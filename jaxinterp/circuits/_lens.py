@@ -112,11 +112,16 @@ def default_sites(model: Any) -> tuple[str, ...]:
     >>> from jaxinterp.models import Decoder, DecoderConfig
     >>> default_sites(Decoder(DecoderConfig(n_layers=2)))
     ('embed', 'blocks_0', 'blocks_1')
+    >>> default_sites(Decoder(DecoderConfig(n_layers=2), scan_layers=True))
+    ('embed', 'blocks/out[0]', 'blocks/out[1]')
     """
     from jaxinterp.models import Decoder, Transformer
 
     if isinstance(model, Decoder):
-        return ("embed",) + tuple(f"blocks_{i}" for i in range(model.cfg.n_layers))
+        n = model.cfg.n_layers
+        if model.scan_layers:  # the stacked layout: one scan step per layer
+            return ("embed",) + tuple(f"blocks/out[{i}]" for i in range(n))
+        return ("embed",) + tuple(f"blocks_{i}" for i in range(n))
     if isinstance(model, Transformer):
         return ("block_0:input",) + tuple(f"block_{i}" for i in range(model.cfg.n_layers))
     raise TypeError(

@@ -416,6 +416,14 @@ class Decoder(nn.Module):
     ``sqrt(d_model)`` (as HF Gemma 2's ``inputs_embeds``; HF Gemma 3 expects them pre-scaled).
     This is the soft-prompt entry point: ``jaxinterp.actmax.soft_prompt(table, seq_len)``.
 
+    ``scan_layers=True`` stacks the blocks in one ``nn.scan`` (weights ``blocks/...`` with a
+    leading ``[layer]`` axis): one block is compiled whatever the depth, with the same
+    outputs. Sites are then per scan step: ``blocks/attn/z[3]`` for ``blocks_3/attn/z`` and
+    ``blocks/out[3]`` for the residual stream ``blocks_3``; see
+    :func:`jaxinterp.models.stack_layers` (variables both ways) and
+    :func:`jaxinterp.models.stacked_site`. Configs mixing sliding-window and global layers
+    raise.
+
     >>> m = Decoder(DecoderConfig(family="gpt2", n_kv_heads=4, max_positions=8))
     >>> v = m.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
     >>> m.apply(v, jnp.array([[1, 2, 3]])).shape

@@ -134,3 +134,14 @@ def stacked_site(site: str) -> str:
         return site
     i, sub, rest = m.group(1), m.group(2) or "/out", m.group(3)
     return f"blocks{sub}[{i}]{rest}"
+
+
+def require_unrolled(model: object, what: str) -> None:
+    """Raises ``ValueError`` for a ``Decoder(cfg, scan_layers=True)`` given to an analysis
+    that follows the residual stream layer by layer in Python (edge graphs, attribution
+    graphs), naming the conversion to the unrolled layout."""
+    if getattr(model, "scan_layers", False):
+        raise ValueError(
+            f"model: {what} needs the unrolled layout (blocks_0 ...); this Decoder has "
+            "scan_layers=True. Use Decoder(cfg) with jaxinterp.models.unstack_layers(variables)"
+        )

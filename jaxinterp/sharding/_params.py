@@ -86,20 +86,33 @@ def decoder_rules(data: str = "data", model: str = "model") -> list[tuple[str, P
     split ``d_model`` over both axes (vocabularies such as GPT-2's 50257 divide by nothing).
     Norm scales and the ``[d_model]`` output biases are left to the fallback (small: replicated).
 
-    >>> [r for r, _ in decoder_rules()][:2]
+    The stacked layout (``Decoder(cfg, scan_layers=True)``, weights ``blocks/...`` with a
+    leading ``[layer]`` axis) gets the same specs with that axis unsharded (the rules for
+    ``blocks/`` paths come first).
+
+    >>> [r for r, _ in decoder_rules()][-8:-6]
     ['attn/[qkv]/kernel$', 'attn/[qkv]/bias$']
+    >>> decoder_rules()[0]
+    ('(^|/)blocks/attn/[qkv]/kernel$', P(None, 'data', 'model', None))
     """
     both = (data, model)
-    return [
+    per_layer = [
         (r"attn/[qkv]/kernel$", P(data, model, None)),  # [d_model, head, d_head]
         (r"attn/[qkv]/bias$", P(model, None)),  # [head, d_head]
         (r"attn/o/kernel$", P(model, None, data)),  # [head, d_head, d_model]
         (r"mlp/(gate|up|fc_in)/kernel$", P(data, model)),  # [d_model, d_mlp]
         (r"mlp/(gate|up|fc_in)/bias$", P(model)),  # [d_mlp]
         (r"mlp/fc_out/kernel$", P(model, data)),  # [d_mlp, d_model]
-        (r"embed/(tok|pos)/embedding$", P(None, both)),  # [vocab | positions, d_model]
-        (r"unembed/kernel$", P(both, None)),  # [d_model, vocab]
     ]
+    stacked = [(r"(^|/)blocks/" + r, P(None, *spec)) for r, spec in per_layer]
+    return (
+        stacked
+        + per_layer
+        + [
+            (r"embed/(tok|pos)/embedding$", P(None, both)),  # [vocab | positions, d_model]
+            (r"unembed/kernel$", P(both, None)),  # [d_model, vocab]
+        ]
+    )
 
 
 def _key_name(k: Any) -> str:
