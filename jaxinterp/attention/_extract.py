@@ -92,6 +92,7 @@ from jaxinterp.capture import (
     record,
     run_with_hook,
 )
+from jaxinterp.capture._paths import scan_hint
 
 Maps = dict[str, jax.Array]
 
@@ -541,7 +542,8 @@ def attention_weights(
             for pattern in [weights_at] if isinstance(weights_at, str) else list(weights_at):
                 if not any(as_matcher(pattern)(p) for p in paths):
                     raise KeyError(
-                        f"weights_at: {pattern!r} matches no module. Module paths: {listing}"
+                        f"weights_at: {pattern!r} matches no module"
+                        f"{scan_hint(pattern, paths, False)}. Module paths: {listing}"
                     )
         if match_w is not None:
             for key, w in recs.items():  # eager inside a scan: rows were checked traced

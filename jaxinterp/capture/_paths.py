@@ -208,7 +208,7 @@ def check_selection(
             )
 
 
-_LIST_ITEM = re.compile(r"^([A-Za-z_][\w.]*?)_(\d+)(/[^:\[|@]*)?(.*)$")
+_LIST_ITEM = re.compile(r"^([A-Za-z_][\w.]*?)_(\d+|\*)(/[^:\[|@]*)?(.*)$")
 
 
 def scan_hint(name: str, available: Sequence[str], indexed: bool = True) -> str:
@@ -218,6 +218,8 @@ def scan_hint(name: str, available: Sequence[str], indexed: bool = True) -> str:
 
     >>> scan_hint("blocks_3/attn/z", ["blocks", "blocks/attn/z", "blocks/out"])[-27:]
     "layer 3 is 'blocks/attn/z[3]')"
+    >>> scan_hint("blocks_*/attn/probs", ["blocks/attn/probs"])[-37:]
+    "use 'blocks/attn/probs', [layer, ..])"
     >>> scan_hint("blocks_3/attn/z", ["blocks_3/attn/z"])
     ''
     """
@@ -231,6 +233,9 @@ def scan_hint(name: str, available: Sequence[str], indexed: bool = True) -> str:
     if f"{base}{sub}" not in avail:
         return ""
     head = f" ({name!r}: the model stacks its layers with a scan under {base!r}, where layer {i} "
+    if i == "*":  # every layer: the stacked path itself
+        stacked = f"{base}{sub}"
+        return f" ({name!r}: the model stacks its layers with a scan: use {stacked!r}, [layer, ..])"
     if not indexed:
         return head + f"is index {i} of {f'{base}{sub}'!r}, recorded [layer, ...])"
     return head + f"is {f'{base}{sub}[{i}]{rest}'!r})"

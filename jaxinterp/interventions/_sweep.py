@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -996,57 +995,6 @@ def attribution_patch(
     )
 
 
-_STEP_SITE = re.compile(r"^([^:|@\[\]]+)((?:\[\d+\])+)$")
-
-
-class _StepGroup(NamedTuple):
-    """Sites ``PATH[k]`` of scanned modules recorded once per ``PATH`` (``[step, ...]``)."""
-
-    acts: dict  # {PATH: clean activation [step, ...]}
-    where: dict  # {site: (PATH, (k, ...))}
-
-    def view(self, tree: dict) -> dict:
-        return {p: tree[b][idx] for p, (b, idx) in self.where.items()}
-
-
-def _step_grouped_run(model, variables, paths, method, clean) -> tuple[Any, dict, Any]:
-    """The clean run of :func:`attribution_patch`: ``(output, {site: activation}, group)``.
-
-    A grid over the layers of a scanned stack (``blocks/attn/z[0]``, ``[1]``, ...) would put
-    one edit and one record per layer into the scan body (compile time growing with depth);
-    when every site is ``PATH[k]`` of a module that runs only inside scans (checked while
-    tracing the clean run), each ``PATH`` is recorded and edited once, ``[step, ...]``, and
-    the sites read their step (``group``; else ``None`` and the sites are run as written).
-    """
-    where = {}
-    for p in paths:
-        m = _STEP_SITE.match(p)
-        if m is None:
-            where = {}
-            break
-        where[p] = (m.group(1), tuple(int(k) for k in m.group(2)[1:-1].split("][")))
-    if where:
-        bases = tuple(dict.fromkeys(b for b, _ in where.values()))
-        seen: list = []
-
-        def probe(a):
-            c = current_call()
-            seen.append(len(c.steps) > 0 and all(ax == "scan" for ax in c.axes))
-            return a
-
-        out, acts = _run(model, variables, dict.fromkeys(bases, probe), bases, method, *clean)
-        fits = all(
-            hasattr(acts[b], "shape") and len(idx) <= acts[b].ndim
-            and all(0 <= k < n for k, n in zip(idx, acts[b].shape))
-            for b, idx in where.values()
-        )  # fmt: skip
-        if seen and all(seen) and fits:
-            group = _StepGroup(acts, where)
-            return out, group.view(acts), group
-    out, acts = _run(model, variables, {}, paths, method, *clean)
-    return out, acts, None
-
-
 def _attribution_patch(
     model: Any,
     variables: Any,
@@ -1059,7 +1007,7 @@ def _attribution_patch(
     batch: int | None,
 ) -> PatchResult:
     """:func:`attribution_patch` on checked arguments (traced inline or compiled)."""
-    clean_out, clean_acts, group = _step_grouped_run(model, variables, sites.paths, method, clean)
+    clean_out, clean_acts = _run(model, variables, {}, sites.paths, method, *clean)
     ok = _sites_ok(sites, clean_acts)
     clean_m = _metric_value(metric, clean_out, "clean", batch)
     per_example = clean_m.ndim == 1
@@ -1075,17 +1023,9 @@ def _attribution_patch(
                 )
     zeros = {p: jnp.zeros_like(a) for p, a in clean_acts.items()}
 
-    if group:  # one delta per scanned path, [step, ...], read at the running step
-        zeros = {b: jnp.zeros_like(a) for b, a in group.acts.items()}
-
     def corrupted_metric(deltas: dict) -> tuple[jax.Array, tuple]:
-        if group:
-            edits = {b: (lambda a, b=b: a + deltas[b][current_call().steps]) for b in zeros}
-            out, acts = _run(model, variables, edits, tuple(zeros), method, *corr)
-            acts = group.view(acts)
-        else:
-            edits = {p: (lambda a, p=p: a + deltas[p]) for p in sites.paths}
-            out, acts = _run(model, variables, edits, sites.paths, method, *corr)
+        edits = {p: (lambda a, p=p: a + deltas[p]) for p in sites.paths}
+        out, acts = _run(model, variables, edits, sites.paths, method, *corr)
         value = _metric_value(metric, out, "corrupted", batch)
         if value.shape != clean_m.shape:
             raise ValueError(
@@ -1098,8 +1038,6 @@ def _attribution_patch(
     grads, (corr_m, corr_acts) = jax.grad(corrupted_metric, has_aux=True)(zeros)
     shape = sites.layer.shape + clean_m.shape  # [site] or [site, batch]
     effect = jnp.zeros(shape, jnp.result_type(corr_m, jnp.float32))
-    if group:
-        grads = group.view(grads)
     for i, p in enumerate(sites.paths):
         contrib = grads[p] * (clean_acts[p] - corr_acts[p])
         table = _reduce_to_grid(contrib, sites.axes, batch=per_example)
