@@ -216,10 +216,10 @@ def scan_hint(name: str, available: Sequence[str], indexed: bool = True) -> str:
     attn/z``) is given to a model whose layers are one scanned stack (``blocks/attn/z``), the
     name of the same layer there (``blocks/attn/z[3]``); else ``""``.
 
-    >>> scan_hint("blocks_3/attn/z", ["blocks", "blocks/attn/z", "blocks/out"])[-27:]
-    "layer 3 is 'blocks/attn/z[3]')"
-    >>> scan_hint("blocks_*/attn/probs", ["blocks/attn/probs"])[-37:]
-    "use 'blocks/attn/probs', [layer, ..])"
+    >>> "layer 3 is 'blocks/attn/z[3]'" in scan_hint("blocks_3/attn/z", ["blocks/attn/z"])
+    True
+    >>> "use 'blocks/attn/probs'" in scan_hint("blocks_*/attn/probs", ["blocks/attn/probs"])
+    True
     >>> scan_hint("blocks_3/attn/z", ["blocks_3/attn/z"])
     ''
     """

@@ -65,12 +65,13 @@ def stack_layers(variables: dict) -> dict:
 
     >>> from jaxinterp.models import Decoder, DecoderConfig
     >>> cfg = DecoderConfig(n_layers=3)
-    >>> v = Decoder(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-    >>> s = stack_layers(v)
+    >>> v = jax.jit(Decoder(cfg).init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    >>> s = jax.jit(stack_layers)(v)
     >>> s["params"]["blocks"]["attn"]["q"]["kernel"].shape
     (3, 64, 4, 16)
     >>> x = jnp.array([[1, 2, 3]])
-    >>> y, y_stacked = Decoder(cfg).apply(v, x), Decoder(cfg, scan_layers=True).apply(s, x)
+    >>> y = jax.jit(Decoder(cfg).apply)(v, x)
+    >>> y_stacked = jax.jit(Decoder(cfg, scan_layers=True).apply)(s, x)
     >>> bool(jnp.allclose(y, y_stacked, atol=1e-5))
     True
     """
