@@ -1,0 +1,220 @@
+"""Circuit drawings: the strongest edges of an edge-attribution result or an attribution graph.
+
+Both drawings share one layout: a node's row is its depth in the model (the input or tokens at
+the bottom, then per layer the attention heads and the MLP, the logits on top), its column its
+index within the row (head, or position for attribution graphs); only nodes that touch a drawn
+edge are shown. An edge is a line from source to target, its width proportional to
+``|score|`` (the largest drawn edge is ``max_width`` points wide), blue for a positive score
+and red for a negative one. The figure is a matplotlib ``Figure`` (never shown); the drawn
+edges are returned in its ``jaxinterp_edges`` attribute, ``[(source, target, score)]``
+strongest first, so a caller can list what the picture shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+
+POSITIVE, NEGATIVE = "#2563eb", "#dc2626"
+
+
+def _check_top(top: Any) -> int:
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"top: expected a positive int (edges to draw), got {top!r}")
+    return int(top)
+
+
+def _draw(
+    nodes: dict[str, tuple[float, float]],
+    edges: list[tuple[str, str, float]],
+    row_labels: dict[float, str],
+    title: str,
+    max_width: float,
+) -> Figure:
+    """Draws ``edges`` between ``nodes`` (name -> (x, y)); rows labelled on the left."""
+    used = sorted({n for s, t, _ in edges for n in (s, t)}, key=lambda n: nodes[n][::-1])
+    xs = [nodes[n][0] for n in used]
+    ys = [nodes[n][1] for n in used]
+    span_x = max(xs) - min(xs) + 1 if xs else 1
+    rows = sorted(set(ys))
+    fig = Figure(figsize=(min(3 + 0.9 * span_x, 14), min(1.5 + 0.45 * len(rows), 12)))
+    ax = fig.add_subplot()
+    big = max((abs(w) for *_, w in edges), default=1.0) or 1.0
+    segs = [(nodes[s], nodes[t]) for s, t, _ in edges]
+    widths = [max_width * abs(w) / big for *_, w in edges]
+    colors = [POSITIVE if w >= 0 else NEGATIVE for *_, w in edges]
+    ax.add_collection(LineCollection(segs, linewidths=widths, colors=colors, alpha=0.7, zorder=1))
+    ax.scatter(xs, ys, s=30, color="#374151", zorder=2)
+    for n, x, y in zip(used, xs, ys):
+        ax.annotate(n, (x, y), xytext=(0, 5), textcoords="offset points", ha="center", fontsize=7)
+    ax.set_yticks(rows, [row_labels.get(r, str(r)) for r in rows], fontsize=7)
+    ax.set_xticks([])
+    ax.set_xlim(min(xs, default=0) - 0.7, max(xs, default=0) + 0.7)
+    ax.set_ylim(min(rows, default=0) - 0.6, max(rows, default=0) + 0.8)
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.jaxinterp_edges = edges  # type: ignore[attr-defined]
+    return fig
+
+
+def _component(name: str, n_layers: int, per: int) -> tuple[str, float, float]:
+    """An EdgeGraph sender/receiver name -> (node, x, row). Heads and KV groups share a row."""
+    if name == "input":
+        return name, 0.0, 0.0
+    if name == "logits":
+        return name, 0.0, 2.0 * n_layers + 1
+    parts = name.split(".")
+    i = int(parts[0][1:])
+    if parts[0][0] == "m":
+        return name, 0.0, 2.0 * i + 2
+    if parts[1][0] == "h":  # head output or its query input
+        return f"{parts[0]}.{parts[1]}", float(int(parts[1][1:])), 2.0 * i + 1
+    g = int(parts[1][1:])  # a key/value group: drawn between its heads
+    return name, g * per + (per - 1) / 2, 2.0 * i + 1
+
+
+def edge_graph_figure(
+    graph: Any,
+    scores: Any,
+    *,
+    top: int = 30,
+    title: str = "Edges",
+    max_width: float = 6.0,
+) -> Figure:
+    """Draws the ``top`` edges of largest ``|score|`` of an edge-attribution result.
+
+    Args:
+      graph: a :class:`jaxinterp.circuits.EdgeGraph`.
+      scores: ``[edge]`` scores (:class:`jaxinterp.circuits.EdgeScores` ``.scores`` from
+        :func:`~jaxinterp.circuits.eap`, :func:`~jaxinterp.circuits.eap_ig`,
+        :func:`~jaxinterp.circuits.edge_patching`).
+      top: number of edges to draw (at most the number of edges).
+      title: the axes title.
+      max_width: line width of the strongest edge, in points.
+
+    Returns:
+      A matplotlib ``Figure``: rows input, then per layer ``attn i`` (heads ``a{i}.h{h}``;
+      key/value inputs ``a{i}.g{g}.k``/``.v`` between their heads) and ``mlp i``, then
+      ``logits``; its ``jaxinterp_edges`` lists the drawn ``(sender, receiver, score)``.
+
+    Raises:
+      TypeError: ``graph`` is not an ``EdgeGraph``.
+      ValueError: ``scores`` not ``[edge]`` or not finite, ``top < 1``.
+
+    >>> from jaxinterp.circuits import ResidualLayout, edge_graph
+    >>> g = edge_graph(ResidualLayout(n_layers=1, n_heads=2, n_kv_heads=1))
+    >>> s = np.zeros(len(g.names)); s[g.index("a0.h1->logits")] = -2.0
+    >>> edge_graph_figure(g, s, top=1).jaxinterp_edges
+    [('a0.h1', 'logits', -2.0)]
+    """
+    from jaxinterp.circuits import EdgeGraph
+
+    if not isinstance(graph, EdgeGraph):
+        raise TypeError(f"graph: expected a jaxinterp.circuits.EdgeGraph, got {type(graph)}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != graph.sender.shape:
+        raise ValueError(
+            f"scores: expected shape {graph.sender.shape} ([edge]), got {scores.shape}"
+        )
+    if not np.isfinite(scores).all():
+        raise ValueError("scores: expected finite values, got NaN or inf")
+    top = min(_check_top(top), len(scores))
+    lay = graph.layout
+    per = lay.n_heads // lay.n_kv_heads
+    order = np.argsort(-np.abs(scores), kind="stable")[:top]
+    nodes: dict[str, tuple[float, float]] = {}
+    edges = []
+    for e in order:
+        ends = []
+        for name in (graph.senders[graph.sender[e]], graph.receivers[graph.receiver[e]]):
+            node, x, y = _component(name, lay.n_layers, per)
+            nodes[node] = (x, y)
+            ends.append(node)
+        edges.append((ends[0], ends[1], float(scores[e])))
+    rows = {0.0: "input", 2.0 * lay.n_layers + 1: "logits"}
+    for i in range(lay.n_layers):
+        rows[2.0 * i + 1], rows[2.0 * i + 2] = f"attn {i}", f"mlp {i}"
+    return _draw(nodes, edges, rows, title, max_width)
+
+
+def _attr_name(graph: Any, n: int) -> str:
+    kind, layer, pos, idx = graph.kind[n], int(graph.layer[n]), int(graph.pos[n]), graph.index[n]
+    if kind == "feature":
+        return f"L{layer}F{int(idx)}@{pos}"
+    if kind == "error":
+        return f"err L{layer}@{pos}"
+    if kind == "token":
+        return f"tok {int(idx)}@{pos}"
+    return f"logit {int(idx)}"
+
+
+def attribution_graph_figure(
+    graph: Any,
+    *,
+    top: int = 40,
+    title: str = "Attribution graph",
+    max_width: float = 6.0,
+) -> Figure:
+    """Draws the ``top`` direct effects of largest magnitude of an attribution graph.
+
+    Args:
+      graph: a :class:`jaxinterp.circuits.AttributionGraph` (prune it first with
+        :func:`~jaxinterp.circuits.prune_graph` for large prompts if you like: zeroed edges are
+        never drawn).
+      top: number of edges to draw (edges with a zero effect are skipped).
+      title: the axes title.
+      max_width: line width of the strongest edge, in points.
+
+    Returns:
+      A matplotlib ``Figure``: rows tokens, then per layer its features (``L{layer}F{index}@
+      {pos}``) and error nodes (``err L{layer}@{pos}``), then logits (``logit {id}``); columns
+      are positions (several nodes at one position and layer spread side by side). Its
+      ``jaxinterp_edges`` lists the drawn ``(source, target, effect)``.
+
+    Raises:
+      TypeError: ``graph`` is not an ``AttributionGraph``.
+      ValueError: ``top < 1``, a graph without any non-zero edge.
+
+    >>> from jaxinterp.circuits import AttributionGraph
+    >>> a = np.zeros((2, 2)); a[1, 0] = 0.5   # token 7 -> logit 9
+    >>> g = AttributionGraph(a, ("token", "logit"), np.array([-1, 1]), np.array([0, 0]),
+    ...     np.array([7, 9]), np.full(2, np.nan), np.full(2, np.nan), np.zeros(2),
+    ...     np.ones(1), np.array([7]))
+    >>> attribution_graph_figure(g).jaxinterp_edges
+    [('tok 7@0', 'logit 9', 0.5)]
+    """
+    from jaxinterp.circuits import AttributionGraph
+
+    if not isinstance(graph, AttributionGraph):
+        raise TypeError(f"graph: expected a jaxinterp.circuits.AttributionGraph, got {type(graph)}")
+    top = _check_top(top)
+    adj = np.asarray(graph.adjacency, dtype=np.float64)
+    flat = np.abs(np.nan_to_num(adj)).ravel()
+    order = [e for e in np.argsort(-flat, kind="stable")[:top] if flat[e] > 0]
+    if not order:
+        raise ValueError("graph: has no non-zero edge to draw")
+    n_layers = int(max(graph.layer)) if len(graph.layer) else 0
+    names = [_attr_name(graph, n) for n in range(len(graph.kind))]
+    keep = sorted({int(i) for e in order for i in divmod(int(e), adj.shape[1])})
+    nodes: dict[str, tuple[float, float]] = {}
+    slot: dict[tuple[float, int], int] = {}
+    width = 1 + max((sum(1 for k in keep if (graph.layer[k], graph.pos[k]) == (graph.layer[n],
+                     graph.pos[n])) for n in keep), default=1)  # fmt: skip
+    for n in keep:
+        row = float(graph.layer[n]) + 1
+        cell = (row, int(graph.pos[n]))
+        j = slot.get(cell, 0)
+        slot[cell] = j + 1
+        nodes[names[n]] = (int(graph.pos[n]) + j / width, row)
+    edges = [
+        (names[int(e) % adj.shape[1]], names[int(e) // adj.shape[1]], float(adj.ravel()[e]))
+        for e in order
+    ]
+    rows = {0.0: "tokens", float(n_layers) + 1: "logits"}
+    rows.update({float(i) + 1: f"layer {i}" for i in range(n_layers)})
+    return _draw(nodes, edges, rows, title, max_width)
