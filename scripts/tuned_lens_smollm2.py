@@ -82,9 +82,10 @@ def sample_text(m: models.Pretrained, key: jax.Array, batch: int, seq: int) -> j
     ids = [i[0] for i in ids if len(i) == 1]
     k_open, k_gen = jax.random.split(key)
     first = jax.random.choice(k_open, jnp.array(ids), (batch, 1))
-    return models.generate(
+    new = models.generate(
         m.model, m.variables, first, seq - 1, key=k_gen, temperature=0.8, top_p=0.95
     )
+    return jnp.concatenate([first, new], axis=1)
 
 
 def human_text(m: models.Pretrained, n: int, seq: int) -> jax.Array:
