@@ -78,6 +78,41 @@ def _component(name: str, n_layers: int, per: int) -> tuple[str, float, float]:
     return name, g * per + (per - 1) / 2, 2.0 * i + 1
 
 
+Layout = tuple[dict[str, tuple[float, float]], list[tuple[str, str, float]], dict[float, str]]
+
+
+def _edge_layout(graph: Any, scores: Any, top: Any) -> Layout:
+    """(nodes name -> (x, row), edges strongest first, row labels) of an EAP result."""
+    from jaxinterp.circuits import EdgeGraph
+
+    if not isinstance(graph, EdgeGraph):
+        raise TypeError(f"graph: expected a jaxinterp.circuits.EdgeGraph, got {type(graph)}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != graph.sender.shape:
+        raise ValueError(
+            f"scores: expected shape {graph.sender.shape} ([edge]), got {scores.shape}"
+        )
+    if not np.isfinite(scores).all():
+        raise ValueError("scores: expected finite values, got NaN or inf")
+    top = min(_check_top(top), len(scores))
+    lay = graph.layout
+    per = lay.n_heads // lay.n_kv_heads
+    order = np.argsort(-np.abs(scores), kind="stable")[:top]
+    nodes: dict[str, tuple[float, float]] = {}
+    edges = []
+    for e in order:
+        ends = []
+        for name in (graph.senders[graph.sender[e]], graph.receivers[graph.receiver[e]]):
+            node, x, y = _component(name, lay.n_layers, per)
+            nodes[node] = (x, y)
+            ends.append(node)
+        edges.append((ends[0], ends[1], float(scores[e])))
+    rows = {0.0: "input", 2.0 * lay.n_layers + 1: "logits"}
+    for i in range(lay.n_layers):
+        rows[2.0 * i + 1], rows[2.0 * i + 2] = f"attn {i}", f"mlp {i}"
+    return nodes, edges, rows
+
+
 def edge_graph_figure(
     graph: Any,
     scores: Any,
@@ -112,34 +147,7 @@ def edge_graph_figure(
     >>> edge_graph_figure(g, s, top=1).jaxinterp_edges
     [('a0.h1', 'logits', -2.0)]
     """
-    from jaxinterp.circuits import EdgeGraph
-
-    if not isinstance(graph, EdgeGraph):
-        raise TypeError(f"graph: expected a jaxinterp.circuits.EdgeGraph, got {type(graph)}")
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape != graph.sender.shape:
-        raise ValueError(
-            f"scores: expected shape {graph.sender.shape} ([edge]), got {scores.shape}"
-        )
-    if not np.isfinite(scores).all():
-        raise ValueError("scores: expected finite values, got NaN or inf")
-    top = min(_check_top(top), len(scores))
-    lay = graph.layout
-    per = lay.n_heads // lay.n_kv_heads
-    order = np.argsort(-np.abs(scores), kind="stable")[:top]
-    nodes: dict[str, tuple[float, float]] = {}
-    edges = []
-    for e in order:
-        ends = []
-        for name in (graph.senders[graph.sender[e]], graph.receivers[graph.receiver[e]]):
-            node, x, y = _component(name, lay.n_layers, per)
-            nodes[node] = (x, y)
-            ends.append(node)
-        edges.append((ends[0], ends[1], float(scores[e])))
-    rows = {0.0: "input", 2.0 * lay.n_layers + 1: "logits"}
-    for i in range(lay.n_layers):
-        rows[2.0 * i + 1], rows[2.0 * i + 2] = f"attn {i}", f"mlp {i}"
-    return _draw(nodes, edges, rows, title, max_width)
+    return _draw(*_edge_layout(graph, scores, top), title, max_width)
 
 
 def _attr_name(graph: Any, n: int) -> str:
@@ -151,6 +159,40 @@ def _attr_name(graph: Any, n: int) -> str:
     if kind == "token":
         return f"tok {int(idx)}@{pos}"
     return f"logit {int(idx)}"
+
+
+def _attr_layout(graph: Any, top: Any) -> Layout:
+    """(nodes name -> (x, row), edges strongest first, row labels) of an attribution graph."""
+    from jaxinterp.circuits import AttributionGraph
+
+    if not isinstance(graph, AttributionGraph):
+        raise TypeError(f"graph: expected a jaxinterp.circuits.AttributionGraph, got {type(graph)}")
+    top = _check_top(top)
+    adj = np.asarray(graph.adjacency, dtype=np.float64)
+    flat = np.abs(np.nan_to_num(adj)).ravel()
+    order = [e for e in np.argsort(-flat, kind="stable")[:top] if flat[e] > 0]
+    if not order:
+        raise ValueError("graph: has no non-zero edge to draw")
+    n_layers = int(max(graph.layer)) if len(graph.layer) else 0
+    names = [_attr_name(graph, n) for n in range(len(graph.kind))]
+    keep = sorted({int(i) for e in order for i in divmod(int(e), adj.shape[1])})
+    nodes: dict[str, tuple[float, float]] = {}
+    slot: dict[tuple[float, int], int] = {}
+    width = 1 + max((sum(1 for k in keep if (graph.layer[k], graph.pos[k]) == (graph.layer[n],
+                     graph.pos[n])) for n in keep), default=1)  # fmt: skip
+    for n in keep:
+        row = float(graph.layer[n]) + 1
+        cell = (row, int(graph.pos[n]))
+        j = slot.get(cell, 0)
+        slot[cell] = j + 1
+        nodes[names[n]] = (int(graph.pos[n]) + j / width, row)
+    edges = [
+        (names[int(e) % adj.shape[1]], names[int(e) // adj.shape[1]], float(adj.ravel()[e]))
+        for e in order
+    ]
+    rows = {0.0: "tokens", float(n_layers) + 1: "logits"}
+    rows.update({float(i) + 1: f"layer {i}" for i in range(n_layers)})
+    return nodes, edges, rows
 
 
 def attribution_graph_figure(
@@ -188,33 +230,4 @@ def attribution_graph_figure(
     >>> attribution_graph_figure(g).jaxinterp_edges
     [('tok 7@0', 'logit 9', 0.5)]
     """
-    from jaxinterp.circuits import AttributionGraph
-
-    if not isinstance(graph, AttributionGraph):
-        raise TypeError(f"graph: expected a jaxinterp.circuits.AttributionGraph, got {type(graph)}")
-    top = _check_top(top)
-    adj = np.asarray(graph.adjacency, dtype=np.float64)
-    flat = np.abs(np.nan_to_num(adj)).ravel()
-    order = [e for e in np.argsort(-flat, kind="stable")[:top] if flat[e] > 0]
-    if not order:
-        raise ValueError("graph: has no non-zero edge to draw")
-    n_layers = int(max(graph.layer)) if len(graph.layer) else 0
-    names = [_attr_name(graph, n) for n in range(len(graph.kind))]
-    keep = sorted({int(i) for e in order for i in divmod(int(e), adj.shape[1])})
-    nodes: dict[str, tuple[float, float]] = {}
-    slot: dict[tuple[float, int], int] = {}
-    width = 1 + max((sum(1 for k in keep if (graph.layer[k], graph.pos[k]) == (graph.layer[n],
-                     graph.pos[n])) for n in keep), default=1)  # fmt: skip
-    for n in keep:
-        row = float(graph.layer[n]) + 1
-        cell = (row, int(graph.pos[n]))
-        j = slot.get(cell, 0)
-        slot[cell] = j + 1
-        nodes[names[n]] = (int(graph.pos[n]) + j / width, row)
-    edges = [
-        (names[int(e) % adj.shape[1]], names[int(e) // adj.shape[1]], float(adj.ravel()[e]))
-        for e in order
-    ]
-    rows = {0.0: "tokens", float(n_layers) + 1: "logits"}
-    rows.update({float(i) + 1: f"layer {i}" for i in range(n_layers)})
-    return _draw(nodes, edges, rows, title, max_width)
+    return _draw(*_attr_layout(graph, top), title, max_width)
