@@ -106,3 +106,26 @@ def test_bad_inputs():
     empty = _attr_graph()._replace(adjacency=np.zeros((5, 5)))
     with pytest.raises(ValueError, match="no non-zero edge"):
         viz.attribution_graph_figure(empty)
+
+
+def test_circuit_view_data_is_the_figure_layout():
+    g = edge_graph(ResidualLayout(n_layers=2, n_heads=4, n_kv_heads=2))
+    s = np.random.default_rng(1).normal(size=len(g.names))
+    v = viz.circuit_view(g, s, top=9)
+    fig = viz.edge_graph_figure(g, s, top=9)
+    nodes = v.data["nodes"]
+    got = [(nodes[e["s"]]["name"], nodes[e["t"]]["name"], e["w"]) for e in v.data["edges"]]
+    assert got == [(a, b, pytest.approx(w)) for a, b, w in fig.jaxinterp_edges]
+    ax, _ = _lines(fig)
+    pos = {t.get_text(): t.xy for t in ax.texts}
+    assert {n["name"]: (n["x"], n["y"]) for n in nodes} == pos
+    assert v.data["max_abs"] == pytest.approx(np.abs(s).max())
+    a = viz.circuit_view(_attr_graph(), top=2)
+    assert [e["w"] for e in a.data["edges"]] == [2.0, -0.4]
+    assert "<script>" not in viz.circuit_view(g, s, top=2, title="<script>").to_html()[:400]
+    with pytest.raises(TypeError, match="scores: expected"):
+        viz.circuit_view(g)
+    with pytest.raises(TypeError, match="scores: an AttributionGraph"):
+        viz.circuit_view(_attr_graph(), s)
+    with pytest.raises(ValueError, match="max_width"):
+        viz.circuit_view(g, s, max_width=0)

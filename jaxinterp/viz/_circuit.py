@@ -7,7 +7,8 @@ edge are shown. An edge is a line from source to target, its width proportional 
 ``|score|`` (the largest drawn edge is ``max_width`` points wide), blue for a positive score
 and red for a negative one. The figure is a matplotlib ``Figure`` (never shown); the drawn
 edges are returned in its ``jaxinterp_edges`` attribute, ``[(source, target, score)]``
-strongest first, so a caller can list what the picture shows.
+strongest first, so a caller can list what the picture shows. :func:`circuit_view` draws the
+same layout as an interactive page (hover an edge or a node, a slider for the number of edges).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+
+from jaxinterp.viz._page import View
 
 POSITIVE, NEGATIVE = "#2563eb", "#dc2626"
 
@@ -231,3 +234,130 @@ def attribution_graph_figure(
     [('tok 7@0', 'logit 9', 0.5)]
     """
     return _draw(*_attr_layout(graph, top), title, max_width)
+
+
+_CIRCUIT_SCRIPT = r"""
+const N = DATA.nodes, E = DATA.edges, R = DATA.rows, BIG = DATA.max_abs;
+const info = el("div", "jx-info", "hover an edge or a node"); info.id = "jx-info";
+const controls = el("div", "jx-controls");
+const label = el("label", null, "edges shown ");
+const slider = el("input"); slider.type = "range"; slider.min = 1; slider.max = E.length;
+slider.value = E.length; slider.id = "jx-edges";
+const count = el("span", "jx-muted", String(E.length)); count.id = "jx-count";
+label.append(slider); controls.append(label, count);
+const xs = N.map(n => n.x), ys = N.map(n => n.y);
+const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+const pl = 70, pr = 60, pt = 24, pb = 20, dx = 70, dy = 46;
+const w = pl + pr + dx * (x1 - x0), h = pt + pb + dy * (y1 - y0);
+const X = v => pl + dx * (v - x0), Y = v => h - pb - dy * (v - y0);
+const chart = svg("svg", {width: w, height: h, id: "jx-circuit"});
+for (const r of R) {
+  const t = svg("text", {x: 4, y: Y(r.y) + 4, "font-size": 10, fill: "#6b7280"});
+  t.textContent = r.label;
+  chart.append(t);
+}
+const lines = E.map((e, i) => {
+  const s = N[e.s], t = N[e.t];
+  const l = svg("line", {x1: X(s.x), y1: Y(s.y), x2: X(t.x), y2: Y(t.y), class: "jx-edge",
+    stroke: e.w >= 0 ? "#2563eb" : "#dc2626", "stroke-width": DATA.max_width * Math.abs(e.w) / BIG,
+    "stroke-opacity": 0.7, "data-rank": i, "data-score": e.w});
+  const tt = svg("title", {});
+  tt.textContent = s.name + " \u2192 " + t.name + ": " + fmt(e.w, 4);
+  l.append(tt);
+  l.addEventListener("mouseenter", () => { info.textContent = tt.textContent; });
+  chart.append(l);
+  return l;
+});
+N.forEach((n, j) => {
+  const c = svg("circle", {cx: X(n.x), cy: Y(n.y), r: 5, fill: "#374151", class: "jx-node",
+                           "data-node": n.name});
+  c.addEventListener("mouseenter", () => {
+    let inc = 0, out = 0;
+    E.forEach((e, i) => {
+      if (lines[i].style.display === "none") return;
+      if (e.t === j) inc += e.w;
+      if (e.s === j) out += e.w;
+    });
+    info.textContent = n.name + ": in " + fmt(inc, 4) + ", out " + fmt(out, 4);
+    lines.forEach((l, i) => l.setAttribute("stroke-opacity",
+                                           (E[i].s === j || E[i].t === j) ? 1 : 0.15));
+  });
+  c.addEventListener("mouseleave", () => lines.forEach(l => l.setAttribute("stroke-opacity", 0.7)));
+  const t = svg("text", {x: X(n.x), y: Y(n.y) - 8, "text-anchor": "middle", "font-size": 9});
+  t.textContent = n.name;
+  chart.append(c, t);
+});
+slider.addEventListener("input", () => {
+  const k = Number(slider.value);
+  lines.forEach((l, i) => { l.style.display = i < k ? "" : "none"; });
+  count.textContent = String(k);
+});
+ROOT.append(controls, info, chart);
+"""
+
+
+def circuit_view(
+    graph: Any,
+    scores: Any = None,
+    *,
+    top: int = 30,
+    title: str = "Circuit",
+    max_width: float = 6.0,
+) -> View:
+    """An interactive drawing of a circuit (the layout of :func:`edge_graph_figure`).
+
+    Hover an edge for its score, hover a node for the sums of its drawn incoming and
+    outgoing edges (its edges highlighted); a slider shows only the strongest ``k`` edges.
+
+    Args:
+      graph: a :class:`jaxinterp.circuits.EdgeGraph` (with ``scores``) or a
+        :class:`jaxinterp.circuits.AttributionGraph` (``scores=None``).
+      scores: ``[edge]`` scores for an ``EdgeGraph``.
+      top: number of edges (strongest first).
+      title: the page heading.
+      max_width: stroke width of the strongest edge, in pixels.
+
+    Returns:
+      A :class:`View` (``save(path)``, ``_repr_html_``); ``data["edges"]`` lists ``{s, t,
+      w}`` (node indices into ``data["nodes"]``, score) strongest first.
+
+    Raises:
+      TypeError: ``graph`` of another type; ``scores`` given for an attribution graph.
+      ValueError: as :func:`edge_graph_figure` / :func:`attribution_graph_figure`.
+
+    >>> from jaxinterp.circuits import ResidualLayout, edge_graph
+    >>> g = edge_graph(ResidualLayout(n_layers=1, n_heads=2, n_kv_heads=1))
+    >>> s = np.zeros(len(g.names)); s[g.index("a0.h1->logits")] = -2.0
+    >>> v = circuit_view(g, s, top=1)
+    >>> [v.data["nodes"][e["s"]]["name"] for e in v.data["edges"]], v.data["edges"][0]["w"]
+    (['a0.h1'], -2.0)
+    """
+    from jaxinterp.circuits import AttributionGraph, EdgeGraph
+
+    if isinstance(graph, EdgeGraph):
+        if scores is None:
+            raise TypeError("scores: expected [edge] scores for an EdgeGraph, got None")
+        nodes, edges, rows = _edge_layout(graph, scores, top)
+    elif isinstance(graph, AttributionGraph):
+        if scores is not None:
+            raise TypeError("scores: an AttributionGraph carries its own edges; pass None")
+        nodes, edges, rows = _attr_layout(graph, top)
+    else:
+        raise TypeError(f"graph: expected an EdgeGraph or AttributionGraph, got {type(graph)}")
+    if not (np.isfinite(max_width) and max_width > 0):
+        raise ValueError(f"max_width: expected a positive width, got {max_width!r}")
+    names = list(nodes)
+    index = {n: i for i, n in enumerate(names)}
+    data = {
+        "nodes": [{"name": n, "x": float(nodes[n][0]), "y": float(nodes[n][1])} for n in names],
+        "edges": [{"s": index[s], "t": index[t], "w": float(w)} for s, t, w in edges],
+        "rows": [
+            {"y": float(y), "label": lab}
+            for y, lab in sorted(rows.items())
+            if any(nodes[n][1] == y for n in names)
+        ],  # fmt: skip
+        "max_abs": max((abs(w) for *_, w in edges), default=1.0) or 1.0,
+        "max_width": float(max_width),
+    }
+    sub = f"{len(edges)} strongest edges between {len(names)} nodes; blue positive, red negative"
+    return View("circuit", title, sub, data, _CIRCUIT_SCRIPT)
