@@ -904,8 +904,10 @@ fig.tight_layout()
 display(fig)
 """),
     md("""
-The logit lens sees no preference for the IO name until the layers of the name movers
-(23–24), where the logit difference jumps; the last layers' heads (L29H1, L29H0) adjust it.
+Through block 22 the lens's logit difference wanders between 1.5 and 3.8 (SmolLM2's logit
+lens is poorly calibrated in the middle layers: its KL to the output is 13–20 nats there).
+After block 23, the block of L23H3 and L23H0, it jumps to about 13; the later blocks (with the
+opposing L24H4 and L29H0) bring it down to the output's 4.8.
 
 **Summary.** SmolLM2 solves IOI with a few late heads: L23H3 (attends to S, suppresses it),
 the name mover L23H0, L29H1, and the opposing L24H4 (a negative name mover) and L29H0 — found
