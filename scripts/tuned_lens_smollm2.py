@@ -17,6 +17,14 @@ Training: ``fit_tuned_lens`` with all 31 translators (``embed``, ``blocks_0`` ..
 
 Prints the table (layer, KL logit lens, KL tuned lens, top-1 logit, top-1 tuned) for both
 evaluation sets, and the load average (the machine may be shared).
+
+Measured with the defaults (40 Adam steps of 2 x 32 tokens, 2 CPU cores shared, load average
+~11: 14 min of training): on held-out samples the tuned lens has the lower KL at all 30 layers
+(embed 100.6 -> 17.0 nats, blocks_10 17.4 -> 4.5, blocks_23 9.5 -> 2.5, blocks_28 2.8 -> 1.4)
+and top-1 agreement rises at most layers (blocks_10 0.07 -> 0.25, blocks_28 0.52 -> 0.60). On
+the docstrings (text the model did not write) it is lower at 29 of 30 layers: blocks_28 is the
+exception (2.97 logit lens, 3.17 tuned; the translators saw 2 560 tokens of the model's own
+text).
 """
 
 from __future__ import annotations
