@@ -21,6 +21,20 @@ Printed:
    set) on a subset: the top ``--subset`` edges by |EAP-IG|, by |EAP|, and as many random ones.
 
     python scripts/ioi_edges_smollm2.py [--ig-steps 5] [--subset 60]
+
+Measured (2 CPU cores shared, load average ~10; EAP 184 s and EAP-IG 172 s with compilation,
+head patching 566 s, exact patching of 156 edges 1478 s): logit difference 4.79 clean, -0.57
+corrupted. Heads by patching L23H3 +0.72, L23H0 +0.44, L29H1 +0.27, L24H4 -0.27, L29H0 -0.19;
+by EAP-IG (summed outgoing edges, sign flipped) the same five first; Spearman 0.76 over 270
+heads, 9 of the top 10 shared. Direct edges to the logits: L23H3 -0.57 (attends END -> S2
+0.71), L23H0 -0.27 (END -> IO 0.69: a name mover), L29H1 -0.27 (attends to no name),
+L24H4 +0.15 (END -> IO 0.64: a negative name mover), L29H0 +0.18. L23H3 -> L24H4.q +0.25 and
+L23H0 -> L24H4.q +0.21 (exact +0.26, +0.20). S-inhibition / duplicate-token candidates by edges
+into the movers' queries and their key/value groups are weak (|score| <= 0.015): a20.h0
+attends END -> S2 0.78 and a17.h0 S2 -> S1 0.41, but the graph gives them little weight.
+Exact edge patching on 156 edges: Spearman 0.85 for EAP, 0.74 for EAP-IG (5 steps); mean
+|error| 0.022 of the clean-corrupted gap for both; the largest exact edge, input -> m0 -0.96,
+is EAP-IG's first (-1.05) and missing from EAP's top 15.
 """
 
 from __future__ import annotations
