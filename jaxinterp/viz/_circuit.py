@@ -13,13 +13,14 @@ same layout as an interactive page (hover an edge or a node, a slider for the nu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.collections import LineCollection
-from matplotlib.figure import Figure
 
 from jaxinterp.viz._page import View
+
+if TYPE_CHECKING:  # matplotlib loads on the first drawing, not with jaxinterp.viz
+    from matplotlib.figure import Figure
 
 POSITIVE, NEGATIVE = "#2563eb", "#dc2626"
 
@@ -38,6 +39,9 @@ def _draw(
     max_width: float,
 ) -> Figure:
     """Draws ``edges`` between ``nodes`` (name -> (x, y)); rows labelled on the left."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+
     used = sorted({n for s, t, _ in edges for n in (s, t)}, key=lambda n: nodes[n][::-1])
     xs = [nodes[n][0] for n in used]
     ys = [nodes[n][1] for n in used]
