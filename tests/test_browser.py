@@ -409,3 +409,36 @@ def test_index_page_links(open_page, browser, tmp_path):
     assert p.page.locator("#jx-probe-chart").count() == 1
     assert p.errors == []
     p.close()
+
+
+def test_circuit_view_edges_nodes_and_slider(open_page):
+    from jaxinterp.circuits import ResidualLayout, edge_graph
+
+    g = edge_graph(ResidualLayout(n_layers=2, n_heads=2, n_kv_heads=1))
+    s = np.random.default_rng(3).normal(size=len(g.names))
+    s[g.index("a0.h1->logits")] = 5.0  # the strongest edge, positive
+    view = viz.circuit_view(g, s, top=6, max_width=8.0, title=EVIL[0])
+    p = open_page(view)
+    p.check_clean()
+    page = p.page
+    want = np.argsort(-np.abs(s))[:6]
+    lines = page.locator("#jx-circuit line.jx-edge")
+    assert lines.count() == 6
+    got = [float(v) for v in lines.evaluate_all("es => es.map(e => e.dataset.score)")]
+    np.testing.assert_allclose(got, s[want], rtol=1e-6)
+    widths = lines.evaluate_all("es => es.map(e => Number(e.getAttribute('stroke-width')))")
+    np.testing.assert_allclose(widths, 8.0 * np.abs(s[want]) / 5.0, rtol=1e-6)
+    assert lines.nth(0).get_attribute("stroke") == "#2563eb"
+    lines.nth(0).hover()
+    assert page.text_content("#jx-info") == "a0.h1 \u2192 logits: 5.0000"
+    # a node's sums are over the drawn edges that touch it
+    page.hover("circle[data-node='logits']")
+    names = [g.names[e] for e in want]
+    into = sum(v for n, v in zip(names, s[want]) if n.endswith("->logits"))
+    assert page.text_content("#jx-info").startswith(f"logits: in {into:.4f}")
+    page.locator("#jx-edges").fill("2")
+    shown = lines.evaluate_all("es => es.filter(e => e.style.display !== 'none').length")
+    assert shown == 2 and page.text_content("#jx-count") == "2"
+    assert page.evaluate("window.__pwned") is None
+    p.screenshot("circuit")
+    p.check_clean()

@@ -205,3 +205,29 @@ def test_bad_inputs(tokens):
     with pytest.raises(ValueError, match="steps_per_batch"):
         fit_tuned_lens(m, v, [tokens], steps_per_batch=0)
     assert isinstance(init_tuned_lens(1, 2), TunedLens)
+
+
+def test_tuned_lens_matches_the_tuned_lens_package():
+    """The ``tuned-lens`` package's lens on the same weights (scripts/make_tuned_lens_fixture.py).
+
+    The package adds its translator residually, ``h + h W^T + b`` (torch ``Linear`` layout),
+    which is our ``h A + b`` with ``A = I + W^T``; its lens ``l`` reads HF's
+    ``hidden_states[l]``, the stream entering block ``l`` (``embed``, ``blocks_0``, ...).
+    """
+    from pathlib import Path
+
+    root = Path(__file__).parent / "fixtures"
+    ref = np.load(root / "tuned_lens" / "reference.npz")
+    loaded = models.load_decoder(root / "decoders" / "llama")
+    n = ref["weight"].shape[0]
+    sites = ("embed",) + tuple(f"blocks_{i}" for i in range(n - 1))
+    eye = np.eye(ref["weight"].shape[-1], dtype=np.float32)
+    lens = TunedLens(jnp.asarray(eye + ref["weight"].transpose(0, 2, 1)), jnp.asarray(ref["bias"]))
+    ids = jnp.asarray(ref["input_ids"])
+    run = jax.jit(lambda lens, v, x: tuned_lens(lens, loaded.model, v, x, sites=sites))
+    tuned, logits = run(lens, loaded.variables, ids)
+    np.testing.assert_allclose(tuned, ref["tuned"], atol=2e-4, rtol=1e-4)
+    plain, _ = logit_lens(loaded.model, loaded.variables, ids, sites=sites)
+    np.testing.assert_allclose(plain, ref["logit"], atol=2e-4, rtol=1e-4)
+    assert np.abs(ref["tuned"] - ref["logit"]).max() > 0.1  # the translators matter
+    np.testing.assert_allclose(lens_metrics(tuned, logits).kl, ref["kl"], rtol=1e-4, atol=1e-5)

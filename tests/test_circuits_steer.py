@@ -240,3 +240,32 @@ def test_bad_inputs(toy):
         steering_sweep(None, m, v, p, jnp.ones((3, 2, 4, 32)), jnp.ones(2), ["blocks_0"], 1)
     with pytest.raises(TypeError, match="sites"):
         steering_sweep(None, m, v, p, jnp.ones((2, 32)), jnp.ones(2), "blocks_0", 1)
+
+
+def test_models_generate_takes_the_same_edits():
+    """``models.generate(..., edits=)`` is ``circuits.generate``; greedy with a zero edit gives
+    the KV-cached decoding's tokens (two implementations of one decoding)."""
+    from jaxinterp import models
+    from jaxinterp.circuits import add, generate
+
+    cfg = models.DecoderConfig(n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, d_head=16)
+    m = models.Decoder(cfg)
+    v = m.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    p = jax.random.randint(jax.random.key(1), (3, 5), 0, cfg.vocab_size)
+    d = jax.random.normal(jax.random.key(2), (cfg.d_model,))
+    steer = {"blocks_0": add(d, 6.0)}
+    want = generate(None, m, v, p, 6, edits=steer, temperature=0)
+    np.testing.assert_array_equal(models.generate(m, v, p, 6, edits=steer), want)
+    k = jax.random.key(3)
+    np.testing.assert_array_equal(
+        models.generate(m, v, p, 6, key=k, top_k=5, edits=steer),
+        generate(k, m, v, p, 6, edits=steer, top_k=5),
+    )
+    plain = models.generate(m, v, p, 6)  # KV cache
+    zero = models.generate(m, v, p, 6, edits={"blocks_0": add(d, 0.0)})  # no cache
+    np.testing.assert_array_equal(zero, plain)
+    assert not np.array_equal(want, plain)  # the steering changed the tokens
+    with pytest.raises(ValueError, match="attention_mask: not supported with edits"):
+        models.generate(m, v, p, 2, edits=steer, attention_mask=jnp.ones_like(p))
+    with pytest.raises(ValueError, match="key: temperature"):
+        models.generate(m, v, p, 2, edits=steer, top_k=3)

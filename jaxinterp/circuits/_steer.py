@@ -246,6 +246,10 @@ def generate(
     Cost: ``n_new`` full forward passes over ``seq + n_new`` positions (no KV cache, module
     docstring), compiled once per shapes, ``n_new``, ``top_k``, greedy-or-not and edit structure.
 
+    For a :class:`jaxinterp.models.Decoder`, :func:`jaxinterp.models.generate` takes the same
+    ``edits=`` and calls this function when they are non-empty (its own KV-cached decoding
+    otherwise): one signature for plain and steered generation.
+
     >>> from jaxinterp.models import Decoder, DecoderConfig
     >>> m = Decoder(DecoderConfig(n_layers=1))
     >>> v = m.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))

@@ -80,6 +80,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -684,6 +685,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     attention_mask: jax.Array | None = None,
+    edits: Mapping[str, Any] | None = None,
 ) -> jax.Array:
     """Greedy or sampled continuation with a KV cache, compiled as one ``lax.scan``.
 
@@ -705,6 +707,12 @@ def generate(
       attention_mask: ``[batch, seq]``, 1 for real tokens, 0 for padding (left or right):
         each row is continued from its own last real token at its own positions, as if it
         were alone.
+      edits: steering, ``{site: edit}`` as for :func:`jaxinterp.interventions.intervene`
+        (e.g. ``{"blocks_3": jaxinterp.circuits.add(direction, 4.0)}``) applied at every step.
+        Non-empty edits decode through :func:`jaxinterp.circuits.generate` (the same
+        arguments: ``key=None`` is its ``temperature=0``; no KV cache, since an edit may
+        change any position; not with ``attention_mask``); greedy decoding gives the same
+        tokens either way.
 
     Returns:
       ``[batch, n_new]`` token ids.
@@ -722,9 +730,30 @@ def generate(
     >>> bool((a == generate(m, v, jnp.array([[1, 2, 3]]), 4, key=jax.random.key(1),
     ...                     top_k=5)).all())
     True
+    >>> from jaxinterp.circuits import add
+    >>> steer = {"blocks_0": add(jnp.ones(64), 3.0)}   # steered: the same call, with edits
+    >>> generate(m, v, jnp.array([[1, 2, 3]]), 2, edits=steer).shape
+    (1, 2)
     """
     prompt = check_array(prompt, "prompt", ndim=2, kind="integer")
     check_int(n_new, "n_new", lo=1)
+    if edits:
+        if attention_mask is not None:
+            raise ValueError(
+                "attention_mask: not supported with edits (steered decoding runs without a "
+                "KV cache on unpadded prompts); got both"
+            )
+        if key is None and (temperature != 1.0 or top_k is not None or top_p is not None):
+            raise ValueError(
+                "key: temperature/top_k/top_p sample, which needs a PRNG key; got key=None (greedy)"
+            )
+        from jaxinterp.circuits import generate as steered
+
+        t = 0.0 if key is None else temperature
+        return steered(
+            key, model, variables, prompt, n_new, edits=edits, temperature=t, top_k=top_k,
+            top_p=top_p,
+        )  # fmt: skip
     vocab = model.cfg.vocab_size
     if key is None:
         if temperature != 1.0 or top_k is not None or top_p is not None:

@@ -11,6 +11,9 @@ network, no server — that also renders in a notebook (``_repr_html_``, inside 
   optimization trace;
 * :func:`patching_view` — patching / attribution maps over a site grid (``Sites`` axis names
   and paths), hover values; :func:`probe_view` — probe accuracy and selectivity by layer;
+* :func:`edge_graph_figure`, :func:`attribution_graph_figure` — matplotlib drawings of a
+  circuit: the strongest edges of an EAP result or of an attribution graph, by layer;
+  :func:`circuit_view` the same as an interactive page (hover edges and nodes, a slider);
 * :func:`index_page` — a page linking views (``jaxinterp demo`` writes ``index.html``);
 * :func:`named_array` — arrays with named axes (``layer, head, q, k``) as treescope figures.
 
@@ -19,6 +22,7 @@ and the scripts set ``textContent`` only, so a token ``<script>`` shows as those
 """
 
 from jaxinterp.viz._attention import AttentionView, attention_view, head_scores
+from jaxinterp.viz._circuit import attribution_graph_figure, circuit_view, edge_graph_figure
 from jaxinterp.viz._gallery import feature_gallery, gallery_from_actmax
 from jaxinterp.viz._maps import patching_view, probe_view
 from jaxinterp.viz._page import View, embed_json, index_page, png_data_uri
@@ -29,6 +33,9 @@ __all__ = [
     "NamedArray",
     "View",
     "attention_view",
+    "attribution_graph_figure",
+    "circuit_view",
+    "edge_graph_figure",
     "embed_json",
     "feature_gallery",
     "gallery_from_actmax",

@@ -214,7 +214,7 @@ class View:
     ``<iframe srcdoc>``, so its script and styles cannot touch the notebook's or another view's.
 
     Attributes:
-      kind: ``"attention"``, ``"gallery"``, ``"patching"`` or ``"probes"``.
+      kind: ``"attention"``, ``"gallery"``, ``"patching"``, ``"probes"`` or ``"circuit"``.
       title: the page heading.
       subtitle: one line under it.
       data: the JSON-serialisable dict the script reads.
