@@ -878,18 +878,21 @@ print("tokens its direction promotes most:", np.asarray(jax.lax.top_k(effects, 5
     md("""
 **Steering.** `steer` is an `intervene` edit that adds `scale · W_dec[feat]` to the residual
 stream (the decoder rows have unit norm, so the scale is in units of the residual stream's
-norm). Adding the latent's direction at every position pushes the model toward the answer
-the latent stands for, more with a larger scale:
+norm). Adding the latent's direction at every position raises the probability of the answer
+the latent stands for, more with a larger scale (this model is very confident, so its top
+prediction changes only at large scales):
 """),
     code("""
 answer = int(np.bincount([a for a in answers if a >= 0]).argmax())
 x = held.tokens[:16]
 norm = float(np.linalg.norm(acts[:, 1], axis=-1).mean())       # mean residual norm at block_1
-for scale in [0.0, 0.5, 1.0, 2.0]:
+for scale in [0.0, 1.0, 2.0, 4.0]:
     edit = {"block_1": F.steer(sae, feat, scale * norm)}
     logits = iv.intervene(tf.model, tf.variables, edit)(x)
+    prob = float(jax.nn.softmax(logits)[..., answer].mean())
     frac = float((logits.argmax(-1) == answer).mean())
-    print(f"scale {scale:3.1f} x |resid|: the model predicts token {answer} at {frac:.1%} of positions")
+    print(f"scale {scale:3.1f} x |resid|: mean p(token {answer}) {prob:.3f}, "
+          f"top prediction at {frac:.1%} of positions")
 """),
     md("""
 **Take-aways**
