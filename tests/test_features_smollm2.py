@@ -1,19 +1,18 @@
-"""The real-model path of ``scripts/features_smollm2.py`` on SmolLM2-135M, kept small: two
-layers' residual streams streamed (first position left out), two SAEs trained in one call,
-their metrics against numpy, and the spliced loss of an exact dictionary equal to the clean
-loss (position 0 left clean with ``where``)."""
+"""The real-model path of ``scripts/features_smollm2.py`` on SmolLM2-135M, kept small (one
+compiled forward): two layers' residual streams streamed (first position left out), two SAEs
+trained in one call, their metrics against numpy. (``spliced_loss(where=...)`` is checked
+against a manual splice on a small model in ``test_features_metrics.py``.)"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxinterp import features as F
 
 SITES = ["blocks_1", "blocks_2"]
 
 
-def test_two_layers_stream_train_metrics_and_splice(smollm2):
+def test_two_layers_stream_train_and_metrics(smollm2):
     tok = smollm2.tokenizer
     text = "The cat sat on the mat. A dog ran in the park and the children laughed at it."
     ids = np.asarray(tok.encode(text)[:16], np.int32)
@@ -38,21 +37,3 @@ def test_two_layers_stream_train_metrics_and_splice(smollm2):
         fvu = ((y - rec) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
         np.testing.assert_allclose(met.fvu[j], fvu, rtol=1e-4)
         np.testing.assert_allclose(met.l0[j], 8.0)
-
-    # an exact dictionary (relu(x) - relu(-x) = x) spliced at positions > 0: the clean loss
-    eye = jnp.eye(576)
-    exact = F.Params(
-        jnp.concatenate([eye, -eye], 1), jnp.zeros(1152), jnp.concatenate([eye, -eye]),
-        jnp.zeros(576), jnp.zeros(1152),
-    )  # fmt: skip
-
-    def ce(logits, t):
-        return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], t[:, 1:]).mean()
-
-    out = F.spliced_loss(
-        smollm2.model, smollm2.variables, exact, F.relu(0.0), SITES[0], toks, ce,
-        where=jnp.asarray(not_first(toks)),
-    )  # fmt: skip
-    np.testing.assert_allclose(out.spliced, out.clean, rtol=1e-4)
-    np.testing.assert_allclose(out.recovered, 1.0, atol=1e-3)
-    assert float(out.zero) > float(out.clean) + 1.0  # zeroing the residual stream hurts
