@@ -12,16 +12,25 @@ every site), ``[steps, batch, site, d]``. Settings: ReLU (L1), TopK, BatchTopK, 
 Both are timed twice: first call *with* compilation (what a user waits for) and a second call
 (compiled). Memory: bytes of the training state (params + Adam moments + counters) of the
 stack vs one dictionary, and XLA's temporary-buffer estimate of each compiled program.
+``--saelens PYTHON`` times one TopK SAE trained by jaxinterp (one ``train_steps`` call, with
+and without compilation) against SAELens's own ``SAETrainer`` (``TopKTrainingSAE``, run by
+``benchmarks/_saelens_train.py`` under ``PYTHON``, a venv with torch and ``sae-lens``) on the
+same cached activations (one site of the toy), same width, ``k``, batch and steps; SAELens at
+1 and 2 torch threads (its best is reported; on a busy machine 2 threads can be slower).
 ``--recovery`` also trains the settings on the 256-features-in-64-dimensions toy and reports
 the mean max cosine between true features and decoder rows per setting.
 
-    python benchmarks/bench_features.py [--quick] [--recovery STEPS]
+    python benchmarks/bench_features.py [--quick] [--recovery STEPS] [--saelens PYTHON]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -162,12 +171,57 @@ def recovery(steps: int, batch: int = 256) -> dict:
     return out
 
 
+def vs_saelens(python: str, d_sae: int = 1024, k: int = 32, batch: int = 256, steps: int = 200):
+    """Tokens per second of one TopK SAE: jaxinterp vs SAELens's trainer, same cached data."""
+    xs, _ = _data(1, steps, batch, 1024, 256)  # [steps, batch, 1, 256]
+    cfg = F.TrainConfig(lr=1e-3, max_k=k, k_aux=2 * k)
+    setting = F.stack_settings([F.topk(k)])
+
+    def ours():
+        st = F.init_train(_init(1, 256, d_sae), cfg)
+        st, _ = F.train_steps(st, setting, xs, config=cfg)
+        return jax.block_until_ready(st.params)
+
+    t0 = time.perf_counter()
+    ours()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ours()
+    compiled = time.perf_counter() - t0
+    out = {
+        "d": 256, "d_sae": d_sae, "k": k, "batch": batch, "steps": steps,
+        "jaxinterp_tokens_per_s_with_compile": steps * batch / first,
+        "jaxinterp_tokens_per_s": steps * batch / compiled,
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "acts.npy"
+        np.save(path, np.asarray(xs).reshape(-1, 256))
+        script = Path(__file__).with_name("_saelens_train.py")
+        for threads in (1, 2):
+            args = [python, str(script), str(path), str(d_sae), str(k), str(batch), str(steps)]
+            proc = subprocess.run(
+                [*args, str(threads)], capture_output=True, text=True, timeout=1200
+            )
+            if proc.returncode:
+                raise RuntimeError(f"SAELens run failed:\n{proc.stderr[-2000:]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            out[f"saelens_tokens_per_s_{threads}_threads"] = res["tokens_per_s"]
+    best = max(out["saelens_tokens_per_s_1_threads"], out["saelens_tokens_per_s_2_threads"])
+    out["ratio_compiled_vs_saelens_best"] = out["jaxinterp_tokens_per_s"] / best
+    out["ratio_with_compile_vs_saelens_best"] = out["jaxinterp_tokens_per_s_with_compile"] / best
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--recovery", type=int, default=0, help="steps of the recovery run (0: skip)")
+    ap.add_argument("--saelens", default="", help="python of a venv with torch + sae-lens")
     args = ap.parse_args()
-    if args.recovery:
+    if args.saelens:
+        for k, v in vs_saelens(args.saelens).items():
+            print(f"{k:<40} {v:.4g}" if isinstance(v, float) else f"{k:<40} {v}")
+    elif args.recovery:
         for k, v in recovery(args.recovery).items():
             print(f"{k:<18} {v}")
     else:

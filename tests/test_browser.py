@@ -442,3 +442,60 @@ def test_circuit_view_edges_nodes_and_slider(open_page):
     assert page.evaluate("window.__pwned") is None
     p.screenshot("circuit")
     p.check_clean()
+
+
+def test_feature_dashboard_examples_hover_and_filter(open_page):
+    """A dictionary's dashboard: each card's top sequences, their captions and per-token
+    activations (hover titles) against numpy, then filtered and sorted as a reader would."""
+    import flax.linen as nn
+
+    from jaxinterp import features as F
+
+    model = nn.Sequential([nn.Embed(9, 6)])
+    v = model.init(jax.random.key(0), np.zeros((1, 5), np.int32))
+    p = F.init_params(jax.random.key(1), 6, 10)
+    p = p._replace(b_enc=p.b_enc + 0.05)
+    toks = np.asarray(jax.random.randint(jax.random.key(2), (12, 5), 0, 9))
+    feats, k = [2, 7, 4], 3
+    view = F.feature_dashboard(
+        model, v, p, F.relu(0.0), "layers_0", toks, feats, k=k, token_str=lambda t: f"t{t}"
+    )
+    emb = np.asarray(v["params"]["layers_0"]["embedding"], np.float64)[toks]
+    lat = np.maximum(emb @ np.asarray(p.W_enc, np.float64) + np.asarray(p.b_enc), 0)  # [n, s, f]
+    page = open_page(view)
+    page.check_clean()
+    cards = page.page.locator("#jx-gallery .jx-item")
+    assert cards.count() == len(feats)
+    best = []
+    for c, f in enumerate(feats):
+        card = cards.nth(c)
+        assert card.get_attribute("data-label").startswith(f"latent {f} · fires on ")
+        order = np.argsort(-lat[..., f].ravel(), kind="stable")[:k]
+        ex, pos = np.divmod(order, toks.shape[1])
+        best.append(lat[ex[0], pos[0], f])
+        lines = card.locator(".jx-text")
+        assert lines.count() == k
+        for j in range(k):
+            line = lines.nth(j)
+            caption = line.locator(".jx-muted").text_content().strip()
+            assert caption == f"{lat[ex[j], pos[j], f]:.2f} (#{ex[j]})"
+            spans = line.locator(".jx-tok")
+            assert spans.all_text_contents() == [f"t{t}" for t in toks[ex[j]]]
+            acts = [float(a) for a in spans.evaluate_all("es => es.map(e => e.dataset.act)")]
+            np.testing.assert_allclose(acts, lat[ex[j], :, f], rtol=1e-5, atol=1e-6)
+        # hovering the strongest token of the best example shows its activation
+        top = lines.nth(0).locator(".jx-tok").nth(int(pos[0]))
+        top.hover()
+        assert top.get_attribute("title") == f"activation {lat[ex[0], pos[0], f]:.3f}"
+        color = _rgba(top.evaluate("e => getComputedStyle(e).backgroundColor"))
+        assert color[:3] == (190, 30, 45)  # the card's largest activation: full red
+    page.page.fill("#jx-filter", f"latent {feats[1]} ")
+    assert page.page.locator("#jx-gallery .jx-item").count() == 1
+    assert page.page.text_content("#jx-count") == f"1 of {len(feats)} targets"
+    page.page.fill("#jx-filter", "")
+    page.page.select_option("#jx-sort", "best")
+    cards = page.page.locator("#jx-gallery .jx-item")
+    got = [cards.nth(i).get_attribute("data-label").split(" ·")[0] for i in range(len(feats))]
+    assert got == [f"latent {feats[i]}" for i in np.argsort(-np.array(best), kind="stable")]
+    page.check_clean()
+    page.screenshot("feature_dashboard")

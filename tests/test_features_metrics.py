@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxinterp import features as F
@@ -124,3 +125,66 @@ def test_feature_dashboard_shows_the_top_examples_and_their_token_activations():
         np.testing.assert_allclose([e["value"] for e in item["examples"]], best, rtol=1e-5)
         np.testing.assert_allclose(item["value"], lat[..., f].max(), rtol=1e-5)
         assert f"latent {f}" in item["label"]
+
+
+def test_spliced_loss_where_splices_and_ablates_only_the_masked_positions(variables):
+    ps, settings = _stack()
+    where = jnp.arange(3)[None, :] > 0  # [1, seq]: every example, positions 1 and 2
+    out = F.spliced_loss(MODEL, variables, ps, settings, "layers_0", X, loss_fn, where=where)
+    h = _dense(variables, "layers_0", X)
+    for j in range(2):
+        p = jax.tree.map(lambda a, j=j: a[j], ps)
+        s = jax.tree.map(lambda a, j=j: a[j], settings)
+        rec = np.asarray(F.reconstruct(p, s, jnp.asarray(h)))
+        mixed = np.where(np.asarray(where)[..., None], rec, h)
+        y = _dense(variables, "layers_2", np.maximum(mixed, 0))
+        want = np.mean((y - np.asarray(TARGET)) ** 2)
+        np.testing.assert_allclose(out.spliced[j], want, rtol=1e-5)
+    zeroed = np.where(np.asarray(where)[..., None], 0.0, h)
+    y = _dense(variables, "layers_2", np.maximum(zeroed, 0))
+    want_zero = np.mean((y - np.asarray(TARGET)) ** 2)
+    np.testing.assert_allclose(out.zero, [want_zero] * 2, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"where: expected a mask of the leading axes"):
+        F.spliced_loss(MODEL, variables, ps, settings, "layers_0", X, loss_fn, where=where[:, :2])
+    with pytest.raises(TypeError, match="where: expected a bool mask"):
+        F.spliced_loss(MODEL, variables, ps, settings, "layers_0", X, loss_fn, where=where * 1)
+
+
+def test_feature_objective_maximized_in_a_norm_ball_is_the_encoder_direction_pulled_back():
+    # the SAE reads h = x @ A + c; latent i's pre-activation is x @ (A @ w_i) + const, so over
+    # the ball |x| <= r its maximizer is r * A w_i / |A w_i| (analytic optimum)
+    from jaxinterp import actmax
+
+    model = nn.Sequential([nn.Dense(6)])
+    v = model.init(jax.random.key(0), jnp.ones((1, 4)))
+    p = F.init_params(jax.random.key(5), 6, 9)
+    latents = jnp.array([0, 3, 8])
+    res = actmax.maximize(
+        jax.random.key(1),
+        model,
+        v,
+        lambda i: F.feature_objective("layers_0", p, i),
+        latents,
+        param=actmax.norm_ball((4,), 2.0),
+        steps=60,
+        optimizer=optax.adam(0.1),
+    )
+    A = np.asarray(v["params"]["layers_0"]["kernel"])
+    for t, i in enumerate(np.asarray(latents)):
+        best = A @ np.asarray(p.W_enc[:, i])
+        x = np.asarray(res.inputs[t, 0])
+        cos = x @ best / (np.linalg.norm(x) * np.linalg.norm(best))
+        assert cos >= 0.99, (i, cos)
+        # the value is the latent's pre-activation at the optimum: 2 |A w| + (c . w + b)
+        c = np.asarray(v["params"]["layers_0"]["bias"])
+        want = 2.0 * np.linalg.norm(best) + c @ np.asarray(p.W_enc[:, i]) + float(p.b_enc[i])
+        np.testing.assert_allclose(res.values[t], want, rtol=1e-3)
+    # under jit and vmap over latents, the objective is the pre-activation by hand
+    h = jax.random.normal(jax.random.key(2), (2, 5, 6))
+    objs = jax.jit(jax.vmap(lambda i, q: F.feature_objective("s", q, i)({"s": h}), (0, None)))
+    want = (np.asarray(h) @ np.asarray(p.W_enc) + np.asarray(p.b_enc)).mean((0, 1))
+    np.testing.assert_allclose(objs(latents, p), want[np.asarray(latents)], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"latent: expected an index in \[0, 8\], got 9"):
+        F.feature_objective("s", p, 9)
+    with pytest.raises(ValueError, match="params: expected one SAE or transcoder"):
+        F.feature_objective("s", jax.tree.map(lambda a: a[None], p), 0)

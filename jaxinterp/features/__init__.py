@@ -17,14 +17,17 @@ train together in one compiled step (:func:`train_steps`: ``vmap`` over the stac
 * training (:func:`init_train`, :func:`train_steps`, :func:`train`): optax Adam, unit-norm
   decoder rows with the parallel gradient removed, learning-rate and sparsity warm-up,
   activations streamed from a model (:func:`activation_chunks`) through a host
-  :class:`ShuffleBuffer`, ``.npz`` checkpoints, live metrics;
+  :class:`ShuffleBuffer`, ``.npz`` checkpoints, live metrics; sharded over a device mesh
+  (batch over a data axis with :func:`shard_batch`, latents or the stack over a model axis
+  with :func:`shard_state`);
 * metrics: :func:`evaluate` (L0, FVU, firing frequency, dead and dense latents, streamed) and
   :func:`spliced_loss` (the model's loss with the reconstruction spliced in through
   :func:`jaxinterp.interventions.intervene`, vs clean and zero-ablation);
 * files: :func:`save_saelens` / :func:`load_saelens` (SAELens's ``cfg.json`` +
   ``sae_weights.safetensors``);
 * analysis: :func:`top_activations`, :func:`activation_histogram`, :func:`logit_effects`,
-  :func:`steer` (an ``intervene`` edit), :func:`feature_dashboard` (an interactive page of
+  :func:`steer` (an ``intervene`` edit), :func:`feature_objective` (a latent as an
+  objective of :func:`jaxinterp.actmax.maximize`), :func:`feature_dashboard` (an interactive page of
   features' top examples, :func:`jaxinterp.viz.feature_gallery`);
 * a superposition toy with known features: :func:`toy_features`, :func:`toy_batch`,
   :func:`max_cosine`.
@@ -41,6 +44,7 @@ from jaxinterp.features._analysis import (
     TopActivations,
     activation_histogram,
     feature_dashboard,
+    feature_objective,
     logit_effects,
     steer,
     top_activations,
@@ -73,6 +77,7 @@ from jaxinterp.features._metrics import (
     spliced_loss,
 )
 from jaxinterp.features._saelens import load_saelens, save_saelens
+from jaxinterp.features._shard import shard_batch, shard_state
 from jaxinterp.features._stream import (
     ShuffleBuffer,
     activation_chunks,
@@ -95,6 +100,7 @@ __all__ = [
     "TopActivations",
     "activation_histogram",
     "feature_dashboard",
+    "feature_objective",
     "logit_effects",
     "steer",
     "top_activations",
@@ -108,6 +114,8 @@ __all__ = [
     "evaluate",
     "reconstruct",
     "spliced_loss",
+    "shard_batch",
+    "shard_state",
     "ShuffleBuffer",
     "activation_chunks",
     "load_checkpoint",

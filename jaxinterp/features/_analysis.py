@@ -10,6 +10,13 @@
   stream, ignoring the final LayerNorm's scale).
 * :func:`steer` is an :func:`jaxinterp.interventions.intervene` edit adding
   ``scale · W_dec[i]`` at a site (every position, or where a mask says).
+* :func:`feature_objective` is a :func:`jaxinterp.actmax.maximize` objective: a latent's
+  pre-activation ``x · W_enc[:, i] + b_enc[i]`` at the site the dictionary reads. The
+  pre-activation, not the activation: TopK's selection and JumpReLU's threshold have zero
+  gradient where the latent is off, and every architecture's activation is a non-decreasing
+  function of the pre-activation where it is on, so both share their maximizers. It is
+  :func:`jaxinterp.actmax.direction` plus the bias, so it is built from traced numbers (a
+  ``[target]`` axis of latents vmaps, and new weights reuse the compiled program).
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp._checks import check_array, check_int
+from jaxinterp._checks import check_array, check_int, is_traced
+from jaxinterp.actmax import Objective, direction
 from jaxinterp.features._arch import Params, Setting, encode
 from jaxinterp.interventions import capture_sites
 
@@ -196,6 +204,46 @@ def steer(params: Params, feature: Any, scale: Any, *, where: Any = None):
         return act + jnp.where(mask, add, 0)
 
     return edit
+
+
+def feature_objective(path: str, params: Params, latent: Any) -> Objective:
+    """An activation-maximization objective: latent ``latent``'s pre-activation at ``path``.
+
+    ``x · W_enc[:, latent] + b_enc[latent]`` with ``x = acts[path] [batch, ..., d_in]``,
+    averaged over the batch and every position (:func:`jaxinterp.actmax.direction` plus the
+    bias). Use it with :func:`jaxinterp.actmax.maximize` and any input parameterization (an
+    image, :func:`~jaxinterp.actmax.soft_prompt` for a text model); for many latents pass a
+    factory ``lambda i: feature_objective(path, params, i)`` and ``targets=latents``.
+
+    Args:
+      path: the site the dictionary reads (an SAE or transcoder: ``W_enc [d_in, d_sae]``).
+      params: one dictionary (no leading ``[dict]`` axis).
+      latent: int index in ``[0, d_sae)`` (a traced int under ``vmap``/``jit``).
+
+    Returns:
+      A :class:`jaxinterp.actmax.Objective` (scalar).
+
+    >>> from jaxinterp.features import init_params
+    >>> p = init_params(jax.random.key(0), 3, 8)
+    >>> x = jnp.ones((2, 5, 3))  # [batch, seq, d_in]
+    >>> obj = feature_objective("blocks_0", p, 4)
+    >>> bool(jnp.allclose(obj({"blocks_0": x}), (x @ p.W_enc[:, 4] + p.b_enc[4]).mean()))
+    True
+    """
+    if not isinstance(params, Params):
+        raise TypeError(f"params: expected Params, got {type(params).__name__}")
+    if params.W_enc.ndim != 2 or params.b_enc.ndim != 1:
+        raise ValueError(
+            f"params: expected one SAE or transcoder (W_enc [d_in, d_sae], b_enc [d_sae]), got "
+            f"W_enc {tuple(params.W_enc.shape)}, b_enc {tuple(params.b_enc.shape)}"
+        )
+    d_sae = params.b_enc.shape[0]
+    latent = jnp.asarray(latent)
+    if latent.ndim != 0 or not jnp.issubdtype(latent.dtype, jnp.integer):
+        raise TypeError(f"latent: expected an int index, got {latent.dtype}{list(latent.shape)}")
+    if not is_traced(latent) and not 0 <= int(latent) < d_sae:
+        raise ValueError(f"latent: expected an index in [0, {d_sae - 1}], got {int(latent)}")
+    return direction(path, params.W_enc[:, latent]) + params.b_enc[latent]
 
 
 def feature_dashboard(

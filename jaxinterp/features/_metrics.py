@@ -189,6 +189,7 @@ def spliced_loss(
     *,
     write_site: str | None = None,
     max_k: int = 64,
+    where: Any = None,
 ) -> SplicedLoss:
     """The model's loss with the reconstruction at ``site``, vs clean and zero-ablation.
 
@@ -208,6 +209,10 @@ def spliced_loss(
       loss_fn: ``(model output, inputs) -> scalar`` loss.
       write_site: the site replaced (default ``site``).
       max_k: static bound on ``k``.
+      where: optional bool mask of the activation's leading axes (e.g. ``[batch, seq]``):
+        only these positions are spliced, and only these are zero-ablated for the reference
+        (e.g. ``positions > 0``, to leave the first token's outsized residual stream alone, as
+        is usual for language models); default every position.
 
     Returns:
       :class:`SplicedLoss` (scalars, or ``[dict]`` for a stack).
@@ -226,18 +231,43 @@ def spliced_loss(
     """
     write_site = site if write_site is None else write_site
     stacked = params.b_enc.ndim == 2
+    mask = None if where is None else jnp.asarray(where)
+    if mask is not None and mask.dtype != jnp.bool_:
+        raise TypeError(f"where: expected a bool mask, got dtype {mask.dtype}")
     return _spliced(
-        model, variables, params, settings, site, write_site, inputs, loss_fn, max_k, stacked
+        model, variables, params, settings, site, write_site, inputs, loss_fn, max_k, stacked, mask
     )
 
 
-def _spliced(model, variables, params, settings, site, write_site, inputs, loss_fn, max_k, stk):
+def _leading(mask: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a mask of shape ``mask`` broadcasts to the leading axes of ``shape``."""
+    if len(mask) >= len(shape):
+        return False
+    lead = tuple(shape[: len(mask)])
+    try:
+        return np.broadcast_shapes(mask, lead) == lead
+    except ValueError:
+        return False
+
+
+def _spliced(
+    model, variables, params, settings, site, write_site, inputs, loss_fn, max_k, stk, mask
+):
     @jax.jit
-    def run(variables, params, settings, inputs):
+    def run(variables, params, settings, inputs, mask):
         sites = [site] if write_site == site else [site, write_site]
         out, acts = capture_sites(model, variables, sites)(inputs)
         clean = loss_fn(out, inputs)
-        ablated = loss_fn(intervene(model, variables, {write_site: zero()})(inputs), inputs)
+        shape = acts[write_site].shape
+        if mask is not None and not _leading(mask.shape, shape):
+            raise ValueError(
+                f"where: expected a mask of the leading axes of the activation {tuple(shape)}, "
+                f"got shape {tuple(mask.shape)}"
+            )
+        sel = None if mask is None else mask.reshape(mask.shape + (1,) * (len(shape) - mask.ndim))
+        ablated = loss_fn(
+            intervene(model, variables, {write_site: zero(where=sel)})(inputs), inputs
+        )
 
         def one(p, s):
             recon = reconstruct(p, s, acts[site], max_k=max_k)
@@ -246,13 +276,12 @@ def _spliced(model, variables, params, settings, site, write_site, inputs, loss_
                     f"write_site: the reconstruction has shape {recon.shape}, the activation at "
                     f"{write_site!r} {acts[write_site].shape}"
                 )
-            edit = replace(recon.astype(acts[write_site].dtype))
+            edit = replace(recon.astype(acts[write_site].dtype), where=sel)
             return loss_fn(intervene(model, variables, {write_site: edit})(inputs), inputs)
 
         spliced = jax.vmap(one)(params, settings) if stk else one(params, settings)
         rec = (ablated - spliced) / (ablated - clean)
-        shape = jnp.shape(spliced)
-        bc = lambda a: jnp.broadcast_to(a, shape)
+        bc = lambda a: jnp.broadcast_to(a, jnp.shape(spliced))
         return SplicedLoss(bc(clean), spliced, bc(ablated), rec)
 
-    return run(variables, params, settings, inputs)
+    return run(variables, params, settings, inputs, mask)

@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxinterp._checks import check_int
 from jaxinterp.features._arch import Params, Setting
+from jaxinterp.features._shard import shard_batch
 from jaxinterp.features._train import StepMetrics, TrainConfig, TrainState, init_train, train_steps
 from jaxinterp.interventions import capture_sites
 
@@ -235,6 +236,8 @@ def train(
     print_every: int | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 0,
+    mesh: Any = None,
+    data_axis: str = "data",
 ) -> tuple[TrainState, dict[str, Any]]:
     """Trains a stack of dictionaries on streamed activations.
 
@@ -253,6 +256,10 @@ def train(
       print_every: print metrics every this many calls to stderr (default: never).
       checkpoint: path of a ``.npz`` written every ``checkpoint_every`` calls and at the end.
       checkpoint_every: calls between checkpoints (0: only at the end).
+      mesh: optional device mesh: each block's batch axis is split over ``data_axis``
+        (:func:`shard_batch`); place the state first with :func:`shard_state` to split the
+        latents or the stack too.
+      data_axis: the mesh axis of the batch.
 
     Returns:
       ``(state, info)``; ``info`` holds ``steps``, ``tokens``, ``tokens_dropped``,
@@ -286,9 +293,11 @@ def train(
         data = data if isinstance(data, tuple) else (data,)
         xs = data[0].reshape(steps_per_call, batch_size, *data[0].shape[1:])
         ys = None if len(data) == 1 else data[1].reshape(xs.shape[:2] + data[1].shape[1:])
-        state, m = train_steps(
-            state, settings, xs.astype(np.float32), ys, read=read, write=write, config=config
-        )
+        xs = xs.astype(np.float32)
+        if mesh is not None:
+            xs = shard_batch(xs, mesh, data=data_axis)
+            ys = None if ys is None else shard_batch(ys.astype(np.float32), mesh, data=data_axis)
+        state, m = train_steps(state, settings, xs, ys, read=read, write=write, config=config)
         history.append(m)
         steps += steps_per_call
         calls += 1
