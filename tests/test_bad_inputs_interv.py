@@ -888,6 +888,8 @@ def _rows():
         ("rollout-head-axis-layer", lambda t: at.rollout(W, head_axis=0), ValueError, "head_axis"),
         ("rollout-head-axis-out", lambda t: at.rollout(W, head_axis=7), ValueError, "head_axis"),
         ("rollout-unnormalised", lambda t: at.rollout(W * 2), ValueError, "weights"),
+        # issue 20, layouts: a one-layer [batch, head, q, k] map was rolled out over its batch
+        ("rollout-4d-without-layout", lambda t: at.rollout(W), ValueError, "layout"),
         # issue 20, layouts: batch-first weights were rolled out over the batch
         (
             "rollout-5d-without-layout",
@@ -910,7 +912,7 @@ def _rows():
         ),
         (
             "rollout-checked-traced-unnormalised",
-            lambda t: jaxinterp.checked(at.rollout)(W * 2),
+            lambda t: jaxinterp.checked(at.rollout)(W * 2, layout="lhqk"),
             ValueError,
             "weights",
         ),
@@ -962,7 +964,11 @@ def test_traced_bad_values_poison(tiny):
     assert np.isnan(jax.jit(iv.spearman)(x, jnp.arange(3.0)))
     assert np.isnan(jax.jit(iv.spearman)(jnp.ones(3), jnp.arange(3.0)))
     assert np.isnan(jax.jit(iv.normalize)(jnp.ones(3), 2.0, 2.0)).all()
-    for fn in (at.head_entropy, at.mean_attention_distance, at.prev_token_score, at.rollout):
+
+    def rollout(w):
+        return at.rollout(w, layout="lhqk")
+
+    for fn in (at.head_entropy, at.mean_attention_distance, at.prev_token_score, rollout):
         assert np.isnan(jax.jit(fn)(jnp.log(W))).all(), fn.__name__
         assert not np.isnan(jax.jit(fn)(W)).any(), fn.__name__
 
@@ -970,21 +976,23 @@ def test_traced_bad_values_poison(tiny):
     sweep = jax.jit(
         lambda s: iv.patch_sweep(m, v, task.clean, task.corrupted, s, task.metric).patched
     )
-    got = iv.head_sites(2, 8).unflatten(sweep(iv.head_sites(2, 8)))
+    # (site_grid: head_sites(2, 8) claims all heads and raises at trace time, shapes known)
+    eight = iv.site_grid(iv.head_sites(2, 8).paths, [(-2, 8)], ("layer", "head"))
+    got = eight.unflatten(sweep(eight))
     ref = iv.head_sites(2, 4).unflatten(sweep(iv.head_sites(2, 4)))
     assert np.isnan(got[:, 4:]).all()
     np.testing.assert_array_equal(got[:, :4], ref)
     attrib = jax.jit(
         lambda s: iv.attribution_patch(m, v, task.clean, task.corrupted, s, task.metric).patched
     )
-    got = iv.head_sites(2, 8).unflatten(attrib(iv.head_sites(2, 8)))
+    got = eight.unflatten(attrib(eight))
     assert np.isnan(got[:, 4:]).all() and not np.isnan(got[:, :4]).any()
     # per-example values (issue 14): the out-of-range heads are NaN for every example
     for fn in (iv.patch_sweep, iv.attribution_patch):
         per = jax.jit(
             lambda s, fn=fn: fn(m, v, task.clean, task.corrupted, s, task.per_example_metric)
-        )(iv.head_sites(2, 8))
-        grid = iv.head_sites(2, 8).unflatten(per.per_example)  # [layer, head, batch]
+        )(eight)
+        grid = eight.unflatten(per.per_example)  # [layer, head, batch]
         assert np.isnan(grid[:, 4:]).all() and not np.isnan(grid[:, :4]).any(), fn.__name__
-        se = iv.head_sites(2, 8).unflatten(per.normalized_se)
+        se = eight.unflatten(per.normalized_se)
         assert np.isnan(se[:, 4:]).all() and not np.isnan(se[:, :4]).any(), fn.__name__

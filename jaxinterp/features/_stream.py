@@ -326,6 +326,11 @@ def train(
         if rest is not None:
             feed(rest)
     dropped = n_pending
+    if steps == 0:
+        raise ValueError(
+            f"chunks: gave {dropped} tokens, fewer than one call's batch_size * steps_per_call "
+            f"= {block}; no training step ran (pass more data or smaller sizes)"
+        )
     if checkpoint is not None:
         save_checkpoint(checkpoint, state)
     metrics = (
