@@ -553,11 +553,29 @@ def _rows():
         ),
         (
             "sweep-checked-traced-heads-4-7",  # regression: under jit they reported 0
-            _checked_sweep(lambda: iv.head_sites(2, 8)),
+            _checked_sweep(
+                lambda: iv.site_grid(iv.head_sites(2, 8).paths, [(-2, 8)], ("layer", "head"))
+            ),
             ValueError,
             "sites",
         ),
         ("sweep-position-out-of-range", _sweep(iv.position_sites(2, 20)), ValueError, "sites"),
+        # issue 20 round 2: a grid that claims every head or position but has fewer entries
+        # patched part of the axis in silence (heads 0-2 of 4, positions 0-7 of 16)
+        ("sweep-head_sites-fewer-than-heads", _sweep(iv.head_sites(2, 3)), ValueError, "sites"),
+        (
+            "sweep-position_sites-fewer-than-positions",
+            _sweep(iv.position_sites(2, 8)),
+            ValueError,
+            "sites",
+        ),
+        (
+            "sweep-head_position_sites-fewer-positions",
+            _sweep(iv.head_position_sites(2, 4, 8)),
+            ValueError,
+            "sites",
+        ),
+        ("attrib-head_sites-fewer-than-heads", _attrib(iv.head_sites(2, 3)), ValueError, "sites"),
         (
             "sweep-checked-traced-layer-out-of-range",
             _checked_sweep(

@@ -22,7 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp._checks import check_array, check_int, is_traced, value_check
-from jaxinterp.features._arch import Params, Setting, encode
+from jaxinterp.features._arch import (
+    ARCHS,
+    Params,
+    Setting,
+    _check_one_setting,
+    _check_params,
+    encode,
+)
 from jaxinterp.interventions import capture_sites
 
 
@@ -79,6 +86,7 @@ def top_activations(
     ((2, 4), (2, 4))
     """
     k = check_int(k, "k", lo=1)
+    _check_one_setting(setting, _check_params(params), max_k, ARCHS)  # raise now, not NaN
     feats = check_array(features, "features", ndim=1, kind="integer")
     d_sae = params.b_enc.shape[-1]
     if feats.size and (int(feats.min()) < 0 or int(feats.max()) >= d_sae):
@@ -284,6 +292,9 @@ def feature_dashboard(
     2
     """
     from jaxinterp.viz import feature_gallery
+
+    if token_str is not None and not callable(token_str):
+        raise TypeError(f"token_str: expected a function token id -> str, got {type(token_str)}")
 
     toks = np.asarray(inputs)
     if toks.ndim != 2:

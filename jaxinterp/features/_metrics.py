@@ -265,7 +265,20 @@ def spliced_loss(
     (True, 1.0)
     """
     write_site = site if write_site is None else write_site
+    if not isinstance(params, Params) or not isinstance(settings, Setting):
+        raise TypeError(
+            f"params, settings: expected Params and Setting, got {type(params).__name__} and "
+            f"{type(settings).__name__}"
+        )
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected (output, inputs) -> scalar, got {type(loss_fn)}")
     stacked = params.b_enc.ndim == 2
+    want = params.b_enc.shape[:1] if stacked else ()
+    if jnp.shape(settings.arch) != want:
+        raise ValueError(
+            f"settings: expected {'a stack of ' + str(want[0]) if stacked else 'one Setting'} "
+            f"(as params), got arch of shape {jnp.shape(settings.arch)}"
+        )
     return _spliced(
         model, variables, params, settings, site, write_site, inputs, loss_fn, max_k, stacked
     )
@@ -277,6 +290,11 @@ def _spliced(model, variables, params, settings, site, write_site, inputs, loss_
         sites = [site] if write_site == site else [site, write_site]
         out, acts = capture_sites(model, variables, sites)(inputs)
         clean = loss_fn(out, inputs)
+        if jnp.ndim(clean) != 0:
+            raise ValueError(
+                f"loss_fn: expected a scalar loss (e.g. the mean over the batch), got shape "
+                f"{jnp.shape(clean)}"
+            )
         ablated = loss_fn(intervene(model, variables, {write_site: zero()})(inputs), inputs)
 
         def one(p, s):

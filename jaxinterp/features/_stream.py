@@ -80,7 +80,10 @@ def activation_chunks(
         arr = np.stack([np.asarray(a, np.float32) for a in acts], axis=-2)
         arr = arr.reshape(-1, len(sites), arr.shape[-1])
         if keep is not None:
-            mask = np.asarray(keep(x), bool).reshape(-1)
+            mask = np.asarray(keep(x))
+            if not (mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)):
+                raise TypeError(f"keep: expected a bool (or 0/1) mask, got dtype {mask.dtype}")
+            mask = mask.astype(bool).reshape(-1)
             if mask.shape[0] != arr.shape[0]:
                 raise ValueError(
                     f"keep: expected a mask of {arr.shape[0]} tokens, got {mask.shape[0]}"
@@ -114,9 +117,14 @@ class ShuffleBuffer:
         """Adds a chunk (array ``[n, ...]`` or a tuple of arrays with one ``n``)."""
         chunk = chunk if isinstance(chunk, tuple) else (chunk,)
         chunk = tuple(np.asarray(c) for c in chunk)
-        if len({c.shape[0] for c in chunk}) != 1:
+        if any(c.ndim == 0 for c in chunk) or len({c.shape[0] for c in chunk}) != 1:
             raise ValueError(
                 f"chunk: expected arrays of one length, got {[c.shape for c in chunk]}"
+            )
+        if self._rows and [c.shape[1:] for c in chunk] != [c.shape[1:] for c in self._rows[0]]:
+            raise ValueError(
+                f"chunk: expected rows of shape {[c.shape[1:] for c in self._rows[0]]} (as the "
+                f"chunks before), got {[c.shape[1:] for c in chunk]}"
             )
         self._rows.append(chunk)
         self._n += chunk[0].shape[0]
