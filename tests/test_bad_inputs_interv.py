@@ -13,6 +13,7 @@ raise).
 
 from __future__ import annotations
 
+import functools
 import re
 
 import flax.linen as nn
@@ -930,7 +931,7 @@ def _rows():
         ),
         (
             "rollout-checked-traced-unnormalised",
-            lambda t: jaxinterp.checked(at.rollout)(W * 2, layout="lhqk"),
+            lambda t: jaxinterp.checked(functools.partial(at.rollout, layout="lhqk"))(W * 2),
             ValueError,
             "weights",
         ),
