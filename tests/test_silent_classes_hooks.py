@@ -552,49 +552,41 @@ def test_class4_softmax_bound_before_the_hook_is_named_not_dropped(bound_module)
 # -------------------------------- class 5 again: the packages built on capture and intervene
 
 
-def _small_decoder():
-    from jaxinterp.models import Decoder, DecoderConfig
-
-    cfg = DecoderConfig(
-        family="llama", vocab_size=16, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, d_head=4,
-        d_mlp=16, max_positions=8,
-    )  # fmt: skip
-    model = Decoder(cfg)
-    return cfg, model, model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+def _tiny_lm():
+    """tokens [batch, seq] -> logits [batch, seq, 5]: the cheapest causal model to compile."""
+    model = nn.Sequential([nn.Embed(5, 4), nn.Dense(5)])
+    return model, model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
 
 
 def _run_circuits():
     from jaxinterp import circuits
 
-    cfg, model, v = _small_decoder()
-    toks = jnp.array([[1, 2, 3, 4], [4, 3, 2, 1]])
-    # generate: intervene inside a lax.scan under jit; eap: under grad
-    edits = {"blocks_0": circuits.add(jnp.ones(8))}
-    circuits.generate(None, model, v, toks, 2, temperature=0, edits=edits)
-    graph = circuits.edge_graph(circuits.decoder_layout(cfg))
-    circuits.eap(model, v, graph, toks, toks[::-1], lambda lg: lg[:, -1, 0].mean())
-    circuits.logit_lens(model, v, toks)
+    model, v = _tiny_lm()
+    toks = jnp.array([[1, 2, 3], [3, 2, 1]])
+    # generate: intervene inside a lax.scan under jit; contrastive_direction: capture
+    edits = {"layers_0": circuits.add(jnp.ones(4))}
+    circuits.generate(None, model, v, toks, 1, temperature=0, edits=edits)
+    circuits.contrastive_direction(model, v, "layers_0", toks, toks[::-1])
 
 
 def _run_features():
     from jaxinterp import features
 
-    _, model, v = _small_decoder()
-    p = features.init_params(jax.random.key(1), 8, 16)
-    stack = jax.tree.map(lambda a: jnp.stack([a, a]), p)
-    settings = features.stack_settings([features.relu(0.0), features.topk(2)])
-    toks = jnp.array([[1, 2, 3, 4]])
-    # capture + intervene, vmapped over a stack of dictionaries, under jit
-    features.spliced_loss(model, v, stack, settings, "blocks_0", toks, lambda y, x: y.mean())
+    model, v = _tiny_lm()
+    p = features.init_params(jax.random.key(1), 4, 8)
+    toks = jnp.array([[1, 2, 3]])
+    # capture + intervene under jit; capture under jit with a vmapped encoder
+    features.spliced_loss(model, v, p, features.relu(0.0), "layers_0", toks, lambda y, x: y.mean())
+    features.top_activations(model, v, p, features.relu(0.0), "layers_0", [toks], [0], k=2)
 
 
 def _run_circuits_exception():
     from jaxinterp import circuits
 
-    _, model, v = _small_decoder()
+    model, v = _tiny_lm()
     with pytest.raises(KeyError, match="edits"):  # raised inside the hooked trace
         circuits.steering_sweep(
-            None, model, v, jnp.array([[1, 2]]), jnp.ones((1, 8)), jnp.ones(1), ["nope"], 1
+            None, model, v, jnp.array([[1, 2]]), jnp.ones((1, 4)), jnp.ones(1), ["nope"], 1
         )
 
 

@@ -138,7 +138,13 @@ def activation_histogram(
     >>> counts.tolist(), edges.tolist(), frac
     ([1, 1, 1], [0.0, 0.6666666666666666, 1.3333333333333333, 2.0], 0.75)
     """
-    a = np.asarray(check_array(acts, "acts", kind="number"), np.float64).reshape(-1)
+    try:
+        a = np.asarray(acts)
+    except (TypeError, ValueError):
+        raise TypeError(f"acts: expected an array, got {type(acts).__name__}") from None
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise TypeError(f"acts: expected a numeric array, got dtype {a.dtype}")
+    a = a.astype(np.float64).reshape(-1)  # float64 as given: no rounding to float32 first
     bins = check_int(bins, "bins", lo=1)
     if a.size == 0:
         raise ValueError("acts: expected at least one activation, got an empty array")

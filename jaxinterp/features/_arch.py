@@ -163,7 +163,7 @@ def _check_one_setting(setting: Any, params: Params, max_k: Any, archs: tuple[st
 
     ``k`` above ``max_k`` or ``d_sae`` would keep fewer latents than asked (a clamp), and an
     architecture left out of ``archs`` would run another branch: concrete settings raise,
-    traced ones give ``ok`` for :func:`jaxinterp._checks.poison` and register the check.
+    traced ones give ``ok`` for ``poison`` and register the check.
     """
     if not isinstance(setting, Setting):
         raise TypeError(
