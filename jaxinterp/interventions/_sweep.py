@@ -85,10 +85,10 @@ class Sites:
       grid: static, the shape results reshape to, ``(len(paths), *sizes)``, or ``()``.
       names: static, axis names of ``grid``, e.g. ``("layer", "head")``.
       whole: static, whether the grid claims every index of its axes (:func:`head_sites`,
-        :func:`position_sites`, :func:`head_position_sites`): a sweep then checks that each
-        axis has exactly the grid's size, so ``head_sites(L, 3)`` on a model with 4 heads
-        raises instead of patching heads 0-2 only. :func:`site_grid` builds subsets
-        (``False``).
+        :func:`position_sites`, :func:`head_position_sites`): a sweep then refuses an axis
+        longer than the grid, so ``head_sites(L, 3)`` on a model with 4 heads raises instead
+        of patching heads 0-2 only (a shorter axis fails the index range check).
+        :func:`site_grid` builds subsets (``False``).
     """
 
     layer: jax.Array
