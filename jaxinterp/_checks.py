@@ -33,6 +33,8 @@ __all__ = [
     "check_int",
     "check_key",
     "check_finite",
+    "check_ids",
+    "model_vocab",
     "checked",
     "is_traced",
     "poison",
@@ -208,6 +210,40 @@ def check_finite(x: Any, name: str) -> None:
         f"{name}: expected finite values, got {{}} NaN/inf entries of {arr.size}",
         (~finite).sum(),
     )
+
+
+def check_ids(ids: Any, vocab: Any, name: str) -> None:
+    """Value check: concrete token ``ids`` lie in ``[0, vocab)`` (skipped when ``vocab`` is not
+    an int, e.g. a model that declares none, or when ``ids`` are traced: the model's own check
+    then applies).
+
+    An id outside the vocabulary would be embedded as a clamped row, a silent wrong answer.
+
+    >>> check_ids(jnp.array([[1, 40]]), 32, "tokens")
+    Traceback (most recent call last):
+    ...
+    ValueError: tokens: expected ids in [0, 32) (the model's vocabulary), got 40 at [0, 1]
+    """
+    if not isinstance(vocab, (int, np.integer)) or isinstance(vocab, bool) or is_traced(ids):
+        return
+    arr = np.asarray(ids)
+    if not np.issubdtype(arr.dtype, np.integer) or arr.size == 0:
+        return
+    bad = (arr < 0) | (arr >= vocab)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        at = ", ".join(map(str, where))
+        raise ValueError(
+            f"{name}: expected ids in [0, {vocab}) (the model's vocabulary), got {arr[where]} "
+            f"at [{at}]"
+        )
+
+
+def model_vocab(model: Any) -> int | None:
+    """``model.cfg.vocab_size`` when the model declares one (the library's decoders), else
+    ``None``."""
+    vocab = getattr(getattr(model, "cfg", None), "vocab_size", None)
+    return vocab if isinstance(vocab, int) else None
 
 
 def poison(x: Any, ok: Any) -> Any:

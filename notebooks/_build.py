@@ -387,7 +387,7 @@ layers with the identity (`residual=0.5`): row `q` estimates how much each input
 contributes to position `q` at the output.
 """),
     code("""
-r = rollout(w[:, s, :, :n, :n])                       # [q, k], rows sum to 1
+r = rollout(w[:, s, :, :n, :n], layout="lhqk")       # [q, k], rows sum to 1
 print("rollout row sums:", np.asarray(r.sum(-1)))
 attention_heatmap(np.asarray(r), words, title="MiniLM attention rollout")
 """),

@@ -116,7 +116,9 @@ def _np_rollout(w, residual=0.5):
 @pytest.mark.parametrize("residual", [0.0, 0.5, 0.9])
 def test_rollout_matches_numpy(weights, residual):
     w = jnp.asarray(weights, jnp.float32)
-    got = jax.jit(rollout, static_argnames="residual")(w, residual=residual)
+    got = jax.jit(rollout, static_argnames=("residual", "layout"))(
+        w, residual=residual, layout="lhqk"
+    )
     np.testing.assert_allclose(got, _np_rollout(weights, residual), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
     batched = jnp.stack([w, w[:, ::-1]], axis=1)  # [layer, batch, head, q, k]
@@ -138,7 +140,7 @@ def test_bad_inputs_raise(weights):
     with pytest.raises(TypeError, match="offset"):
         offset_score(w, 1.5)
     with pytest.raises(ValueError, match="residual"):
-        rollout(w, residual=2.0)
+        rollout(w, residual=2.0, layout="lhqk")
     with pytest.raises(ValueError, match="head_axis"):
         rollout(w, head_axis=0)
     with pytest.raises(ValueError, match="tokens"):

@@ -13,6 +13,7 @@ raise).
 
 from __future__ import annotations
 
+import functools
 import re
 
 import flax.linen as nn
@@ -553,11 +554,29 @@ def _rows():
         ),
         (
             "sweep-checked-traced-heads-4-7",  # regression: under jit they reported 0
-            _checked_sweep(lambda: iv.head_sites(2, 8)),
+            _checked_sweep(
+                lambda: iv.site_grid(iv.head_sites(2, 8).paths, [(-2, 8)], ("layer", "head"))
+            ),
             ValueError,
             "sites",
         ),
         ("sweep-position-out-of-range", _sweep(iv.position_sites(2, 20)), ValueError, "sites"),
+        # issue 20 round 2: a grid that claims every head or position but has fewer entries
+        # patched part of the axis in silence (heads 0-2 of 4, positions 0-7 of 16)
+        ("sweep-head_sites-fewer-than-heads", _sweep(iv.head_sites(2, 3)), ValueError, "sites"),
+        (
+            "sweep-position_sites-fewer-than-positions",
+            _sweep(iv.position_sites(2, 8)),
+            ValueError,
+            "sites",
+        ),
+        (
+            "sweep-head_position_sites-fewer-positions",
+            _sweep(iv.head_position_sites(2, 4, 8)),
+            ValueError,
+            "sites",
+        ),
+        ("attrib-head_sites-fewer-than-heads", _attrib(iv.head_sites(2, 3)), ValueError, "sites"),
         (
             "sweep-checked-traced-layer-out-of-range",
             _checked_sweep(
@@ -888,6 +907,8 @@ def _rows():
         ("rollout-head-axis-layer", lambda t: at.rollout(W, head_axis=0), ValueError, "head_axis"),
         ("rollout-head-axis-out", lambda t: at.rollout(W, head_axis=7), ValueError, "head_axis"),
         ("rollout-unnormalised", lambda t: at.rollout(W * 2), ValueError, "weights"),
+        # issue 20, layouts: a one-layer [batch, head, q, k] map was rolled out over its batch
+        ("rollout-4d-without-layout", lambda t: at.rollout(W), ValueError, "layout"),
         # issue 20, layouts: batch-first weights were rolled out over the batch
         (
             "rollout-5d-without-layout",
@@ -910,7 +931,7 @@ def _rows():
         ),
         (
             "rollout-checked-traced-unnormalised",
-            lambda t: jaxinterp.checked(at.rollout)(W * 2),
+            lambda t: jaxinterp.checked(functools.partial(at.rollout, layout="lhqk"))(W * 2),
             ValueError,
             "weights",
         ),
@@ -962,7 +983,11 @@ def test_traced_bad_values_poison(tiny):
     assert np.isnan(jax.jit(iv.spearman)(x, jnp.arange(3.0)))
     assert np.isnan(jax.jit(iv.spearman)(jnp.ones(3), jnp.arange(3.0)))
     assert np.isnan(jax.jit(iv.normalize)(jnp.ones(3), 2.0, 2.0)).all()
-    for fn in (at.head_entropy, at.mean_attention_distance, at.prev_token_score, at.rollout):
+
+    def rollout(w):
+        return at.rollout(w, layout="lhqk")
+
+    for fn in (at.head_entropy, at.mean_attention_distance, at.prev_token_score, rollout):
         assert np.isnan(jax.jit(fn)(jnp.log(W))).all(), fn.__name__
         assert not np.isnan(jax.jit(fn)(W)).any(), fn.__name__
 
@@ -970,21 +995,23 @@ def test_traced_bad_values_poison(tiny):
     sweep = jax.jit(
         lambda s: iv.patch_sweep(m, v, task.clean, task.corrupted, s, task.metric).patched
     )
-    got = iv.head_sites(2, 8).unflatten(sweep(iv.head_sites(2, 8)))
+    # (site_grid: head_sites(2, 8) claims all heads and raises at trace time, shapes known)
+    eight = iv.site_grid(iv.head_sites(2, 8).paths, [(-2, 8)], ("layer", "head"))
+    got = eight.unflatten(sweep(eight))
     ref = iv.head_sites(2, 4).unflatten(sweep(iv.head_sites(2, 4)))
     assert np.isnan(got[:, 4:]).all()
     np.testing.assert_array_equal(got[:, :4], ref)
     attrib = jax.jit(
         lambda s: iv.attribution_patch(m, v, task.clean, task.corrupted, s, task.metric).patched
     )
-    got = iv.head_sites(2, 8).unflatten(attrib(iv.head_sites(2, 8)))
+    got = eight.unflatten(attrib(eight))
     assert np.isnan(got[:, 4:]).all() and not np.isnan(got[:, :4]).any()
     # per-example values (issue 14): the out-of-range heads are NaN for every example
     for fn in (iv.patch_sweep, iv.attribution_patch):
         per = jax.jit(
             lambda s, fn=fn: fn(m, v, task.clean, task.corrupted, s, task.per_example_metric)
-        )(iv.head_sites(2, 8))
-        grid = iv.head_sites(2, 8).unflatten(per.per_example)  # [layer, head, batch]
+        )(eight)
+        grid = eight.unflatten(per.per_example)  # [layer, head, batch]
         assert np.isnan(grid[:, 4:]).all() and not np.isnan(grid[:, :4]).any(), fn.__name__
-        se = iv.head_sites(2, 8).unflatten(per.normalized_se)
+        se = eight.unflatten(per.normalized_se)
         assert np.isnan(se[:, 4:]).all() and not np.isnan(se[:, :4]).any(), fn.__name__

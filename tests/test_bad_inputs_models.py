@@ -365,7 +365,53 @@ BPE_ROWS = [
         ValueError,
         "config",
     ),
+    # ---------------------------------------- issue 20 round 2: generate, masks, load_gguf
+    ("generate key int", lambda: _dec_generate(key=0), TypeError, "key"),  # deep before
+    ("generate not a Decoder", lambda: models.generate(TF, TF_VARS, IDS, 2), TypeError, "model"),
+    ("generate empty prompt", lambda: _dec_generate(prompt=IDS[:, :0]), ValueError, "prompt"),
+    (
+        "generate temperature 0 with a key",
+        lambda: _dec_generate(key=KEY, temperature=0.0),
+        ValueError,
+        "temperature",
+    ),
+    # regression: a float mask and a mask of 2s were read as real tokens
+    (
+        "last_token_index float",
+        lambda: models.last_token_index(jnp.ones((2, 3))),
+        TypeError,
+        "attention_mask",
+    ),
+    (
+        "last_token_index 2s",
+        lambda: models.last_token_index(jnp.full((2, 3), 2)),
+        ValueError,
+        "attention_mask",
+    ),
+    # regression: a row of padding only ran without a word
+    (
+        "decoder mask row all 0",
+        lambda: _gemma2_apply(attention_mask=jnp.zeros((1, 3), jnp.int32)),
+        ValueError,
+        "attention_mask",
+    ),
+    ("load_gguf dtype name", lambda: models.load_gguf("/no/m.gguf", "float33"), TypeError, "dtype"),
 ]
+
+
+def _dec_generate(key=None, prompt=IDS, **kw):
+    d = models.load_decoder(DECFIX)
+    return models.generate(d.model, d.variables, prompt, 2, key=key, **kw)
+
+
+def test_generate_temperature_0_without_key_is_greedy():
+    d = models.load_decoder(DECFIX)
+    greedy = models.generate(d.model, d.variables, IDS, 3)
+    np.testing.assert_array_equal(
+        models.generate(d.model, d.variables, IDS, 3, temperature=0.0), greedy
+    )
+    logits = d.model.apply(d.variables, IDS)[:, -1]  # the first new token by hand
+    np.testing.assert_array_equal(greedy[:, 0], np.argmax(np.asarray(logits), -1))
 
 
 @pytest.mark.parametrize("call, exc, name", [r[1:] for r in BPE_ROWS], ids=[r[0] for r in BPE_ROWS])

@@ -256,6 +256,14 @@ def test_small_file_loads_as_hf_tensors(tmp_path, bias, tied):
     jax.tree.map(np.testing.assert_array_equal, d.variables, want)
 
 
+def test_tensor_of_another_shape_than_the_config_raises(tmp_path):
+    """Issue 20 round 2: an MLP tensor of 5 rows under d_mlp=48 loaded without a word."""
+    t = _hf_tensors(np.random.default_rng(3), False, True)
+    t["model.layers.0.mlp.up_proj.weight"] = t["model.layers.0.mlp.up_proj.weight"][:5]
+    with pytest.raises(ValueError, match=r"^tensors: blocks_0/mlp/up/kernel has shape \(32, 5\)"):
+        load_gguf(_write(tmp_path / "m.gguf", t))
+
+
 def test_quantized_tensors_and_bf16(tmp_path):
     t = _hf_tensors(np.random.default_rng(4), False, True)
     quant = {"blk.0.attn_q.weight": "Q8_0", "blk.1.attn_k.weight": "Q4_1"}

@@ -547,3 +547,62 @@ def test_class4_softmax_bound_before_the_hook_is_named_not_dropped(bound_module)
         attention_weights(model)(x)
     _, maps = attention_weights(model, select="ok")(x)  # the rest is still reachable
     assert list(maps) == ["ok"]
+
+
+# -------------------------------- class 5 again: the packages built on capture and intervene
+
+
+class _TinyLM(nn.Module):
+    """tokens [batch, seq] -> logits [batch, seq, 5]: the cheapest causal model to compile
+    (a module class, hashable, as generate's static model argument needs)."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(5, name="out")(nn.Embed(5, 4, name="embed")(x))
+
+
+def _tiny_lm():
+    model = _TinyLM()
+    return model, model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
+
+
+def _run_circuits():
+    from jaxinterp import circuits
+
+    model, v = _tiny_lm()
+    toks = jnp.array([[1, 2, 3], [3, 2, 1]])
+    # generate: intervene inside a lax.scan under jit; contrastive_direction: capture
+    edits = {"embed": circuits.add(jnp.ones(4))}
+    circuits.generate(None, model, v, toks, 1, temperature=0, edits=edits)
+    circuits.contrastive_direction(model, v, "embed", toks, toks[::-1])
+
+
+def _run_features():
+    from jaxinterp import features
+
+    model, v = _tiny_lm()
+    p = features.init_params(jax.random.key(1), 4, 8)
+    toks = jnp.array([[1, 2, 3]])
+    # capture + intervene under jit; capture under jit with a vmapped encoder
+    features.spliced_loss(model, v, p, features.relu(0.0), "embed", toks, lambda y, x: y.mean())
+    features.top_activations(model, v, p, features.relu(0.0), "embed", [toks], [0], k=2)
+
+
+def _run_circuits_exception():
+    from jaxinterp import circuits
+
+    model, v = _tiny_lm()
+    with pytest.raises(KeyError, match="edits"):  # raised inside the hooked trace
+        circuits.steering_sweep(
+            None, model, v, jnp.array([[1, 2]]), jnp.ones((1, 4)), jnp.ones(1), ["nope"], 1
+        )
+
+
+@pytest.mark.parametrize(
+    "run",
+    [_run_circuits, _run_features, _run_circuits_exception],
+    ids=["circuits", "features", "circuits-exception"],
+)
+def test_class5_no_patched_name_left_after_features_and_circuits(run):
+    run()
+    assert _changed() == []

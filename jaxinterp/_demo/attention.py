@@ -126,7 +126,7 @@ def _minilm(ctx: DemoContext) -> None:
         np.asarray(w[:, s, :, :n, :n]), words, suptitle=f"MiniLM attention: {SENTENCES[s]!r}"
     )
     ctx.figure("attention_minilm_grid", fig, "MiniLM attention, 6 layers × 12 heads")
-    r = rollout(w[:, s, :, :n, :n])
+    r = rollout(w[:, s, :, :n, :n], layout="lhqk")
     fig = attention_heatmap(np.asarray(r), words, title="MiniLM attention rollout")
     ctx.figure("attention_minilm_rollout", fig, "Attention rollout (Abnar & Zuidema 2020)")
     fig = head_score_map(per_head["prev_token"], title="MiniLM previous-token score")

@@ -303,7 +303,14 @@ def _rollout_layout(layout: Any, ndim: int, head_axis: Any) -> tuple[int, int]:
                 "(stack_layers' output) or [batch, layer, head, q, k] (batch first), and the "
                 "shape cannot tell; pass layout='lbhqk' or layout='blhqk'"
             )
-        head = -3 if head_axis is None else head_axis
+        if head_axis is None:
+            raise ValueError(
+                "layout: 4-D weights could be [layer, head, q, k] (one example, layers "
+                "stacked) or [batch, head, q, k] (one layer's map from attention_weights, "
+                "which has no layer axis to roll out over), and the shape cannot tell; pass "
+                "layout='lhqk' for stacked layers (stack_layers(maps)[:, i] for example i)"
+            )
+        head = head_axis
         head = check_int(head, "head_axis", lo=-ndim, hi=ndim - 1)
         if head % ndim in (0, ndim - 1, ndim - 2):
             raise ValueError(f"head_axis: {head} must not be the layer, q or k axis")
@@ -345,14 +352,16 @@ def rollout(
     position ``q`` after the last layer. A ``lax.scan`` over layers.
 
     Args:
-      weights: ``[layer, head, q, k]`` with ``q == k`` for one example; with more axes
-        (e.g. ``[layer, batch, head, q, k]``), ``layout=`` says which axis is which.
-      head_axis: the head axis of 4-D weights (default ``-3``); averaged out.
+      weights: ``[layer, head, q, k]`` with ``q == k`` for one example, or with more axes
+        (e.g. ``[layer, batch, head, q, k]``); ``layout=`` says which axis is which.
+      head_axis: the head axis of 4-D ``[layer, ...]`` weights (layer first), instead of
+        ``layout=``; averaged out.
       residual: weight of the identity (the residual connection), in ``[0, 1]``.
       layout: one letter per axis, ``l`` the layer, ``h`` the head, ending in ``qk``:
-        ``"lbhqk"`` for :func:`stack_layers`' output, ``"blhqk"`` for batch-first weights.
-        Required for weights of more than 4 axes (the shape cannot tell a batch axis from
-        the layer axis); default ``"lhqk"`` for 4-D weights.
+        ``"lhqk"`` for one example, ``"lbhqk"`` for :func:`stack_layers`' output,
+        ``"blhqk"`` for batch-first weights. Required (or ``head_axis=``): the shape cannot
+        tell a batch axis from the layer axis, so a one-layer ``[batch, head, q, k]`` map
+        would otherwise be rolled out over its batch.
 
     Returns:
       ``[..., q, k]`` rollout (the axes other than layer and head, in their order); rows sum
@@ -364,7 +373,7 @@ def rollout(
         results; see ``jaxinterp.checked``.
 
     >>> a = jnp.broadcast_to(jnp.eye(3)[::-1], (2, 1, 3, 3))  # 2 layers, 1 head
-    >>> rollout(a, residual=0.0)[0]  # swapping twice is the identity
+    >>> rollout(a, residual=0.0, layout="lhqk")[0]  # swapping twice is the identity
     Array([1., 0., 0.], dtype=float32)
     >>> rollout(jnp.stack([a, a]), layout="blhqk").shape  # a batch of 2 in front
     (2, 3, 3)

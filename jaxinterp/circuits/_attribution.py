@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp._checks import check_array, check_int
+from jaxinterp._checks import check_array, check_ids, check_int
 from jaxinterp.capture import record, run_with_hook
 from jaxinterp.interventions import capture_sites
 
@@ -262,6 +262,7 @@ def attribution_graph(
     require_unrolled(model, "attribution_graph")
     _cfg_checks(cfg)
     tokens = check_array(tokens, "tokens", ndim=1, kind="integer")
+    check_ids(tokens, cfg.vocab_size, "tokens")
     tcs = [Transcoder(*map(jnp.asarray, t)) for t in transcoders]
     if len(tcs) != cfg.n_layers:
         raise ValueError(f"transcoders: expected {cfg.n_layers} (one per layer), got {len(tcs)}")

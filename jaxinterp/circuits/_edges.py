@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp._checks import check_int, is_traced
+from jaxinterp._checks import check_ids, check_int, is_traced, model_vocab
 from jaxinterp.capture import check_model
 from jaxinterp.circuits._graph import EdgeGraph, rewired_forward
 
@@ -75,6 +75,9 @@ def _check(graph, clean, corrupted, metric, model, variables):
     cs, xs = jnp.shape(clean), jnp.shape(corrupted)
     if cs != xs:
         raise ValueError(f"corrupted: expected the shape of clean {cs}, got {xs}")
+    for name, run in (("clean", clean), ("corrupted", corrupted)):
+        if hasattr(run, "dtype"):  # token ids (a pytree of inputs is the model's to check)
+            check_ids(run, model_vocab(model), name)
 
 
 def _scalar(metric, out):

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxinterp._checks import check_array, check_int
+from jaxinterp._checks import check_array, check_finite, check_ids, check_int, model_vocab
 from jaxinterp.interventions import capture_sites
 
 Readout = Callable[[Any, jax.Array], jax.Array]
@@ -148,8 +148,21 @@ def _resolve(model: Any, sites: Sequence[str] | None, readout: Readout | None) -
     return tuple(sites), readout
 
 
-def _check_tokens(tokens: Any) -> jax.Array:
-    return check_array(tokens, "tokens", ndim=2, kind="integer")
+def _check_tokens(tokens: Any, model: Any = None) -> jax.Array:
+    """``[batch, seq]`` integer ids, in the model's vocabulary when it declares one.
+
+    An id outside it would be embedded as a clamped row: the model's own logits come out NaN
+    (its value check), but the streams read by the lens would look fine.
+    """
+    tokens = check_array(tokens, "tokens", ndim=2, kind="integer")
+    check_ids(tokens, model_vocab(model), "tokens")
+    return tokens
+
+
+def _follow_nan(lens_logits: jax.Array, logits: jax.Array) -> jax.Array:
+    """NaN lens rows for the examples whose model logits are NaN (a failed value check)."""
+    bad = jnp.isnan(logits).reshape(logits.shape[0], -1).any(-1)
+    return jnp.where(bad.reshape((1, -1) + (1,) * (lens_logits.ndim - 2)), jnp.nan, lens_logits)
 
 
 # ---------------------------------------------------------------------------- logit lens
@@ -178,7 +191,7 @@ def residual_streams(
 @partial(jax.jit, static_argnames=("model", "sites", "readout"))
 def _logit_lens(model, variables, tokens, sites, readout):
     logits, h = _streams(model, variables, tokens, sites)
-    return jax.vmap(readout, in_axes=(None, 0))(variables, h), logits
+    return _follow_nan(jax.vmap(readout, in_axes=(None, 0))(variables, h), logits), logits
 
 
 def logit_lens(
@@ -224,7 +237,7 @@ def logit_lens(
     True
     """
     sites, readout = _resolve(model, sites, readout)
-    return _logit_lens(model, variables, _check_tokens(tokens), sites, readout)
+    return _logit_lens(model, variables, _check_tokens(tokens, model), sites, readout)
 
 
 # ---------------------------------------------------------------------------- tuned lens
@@ -291,7 +304,8 @@ def _check_lens(lens: Any, n_layers: int, d_model: int) -> None:
 @partial(jax.jit, static_argnames=("model", "sites", "readout"))
 def _tuned_lens(lens, model, variables, tokens, sites, readout):
     logits, h = _streams(model, variables, tokens, sites)
-    return jax.vmap(readout, in_axes=(None, 0))(variables, translate(lens, h)), logits
+    lens_logits = jax.vmap(readout, in_axes=(None, 0))(variables, translate(lens, h))
+    return _follow_nan(lens_logits, logits), logits
 
 
 def tuned_lens(
@@ -325,7 +339,7 @@ def tuned_lens(
     True
     """
     sites, readout = _resolve(model, sites, readout)
-    return _tuned_lens(lens, model, variables, _check_tokens(tokens), sites, readout)
+    return _tuned_lens(lens, model, variables, _check_tokens(tokens, model), sites, readout)
 
 
 # --------------------------------------------------------------------------------- metrics
@@ -378,6 +392,8 @@ def lens_metrics(
             f"lens_logits: expected [layer, *logits.shape] with logits.shape = {logits.shape}, "
             f"got {lens_logits.shape}"
         )
+    check_finite(lens_logits, "lens_logits")  # NaN logits would give top-1 agreement 1
+    check_finite(logits, "logits")
     if mask is None:
         mask = jnp.ones(logits.shape[:2], bool)
     mask = check_array(mask, "mask", shape=logits.shape[:2])
@@ -482,7 +498,7 @@ def fit_tuned_lens(
     frozen = jnp.zeros(len(sites), bool).at[-1].set(bool(freeze_last))
     history = []
     for tokens in batches:
-        tokens = _check_tokens(tokens)
+        tokens = _check_tokens(tokens, model)
         if lens is None:
             d_model = jax.eval_shape(
                 lambda v, t: _streams(model, v, t, sites)[1], variables, tokens

@@ -35,8 +35,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp._checks import check_array, check_int, check_key, is_traced
-from jaxinterp.interventions import capture_sites, intervene, selection_mask
+from jaxinterp._checks import (
+    check_array,
+    check_finite,
+    check_ids,
+    check_int,
+    check_key,
+    is_traced,
+    poison,
+    value_check,
+)
+from jaxinterp.interventions import capture_sites, intervene
+from jaxinterp.interventions._edits import _selection
 
 
 class Add(NamedTuple):
@@ -64,11 +74,17 @@ class Add(NamedTuple):
                 f"direction: expected the activation's trailing shape {act.shape[-1:]}, got "
                 f"{d.shape}"
             )
-        delta = jnp.asarray(self.scale, act.dtype) * d.astype(act.dtype)
+        scale = jnp.asarray(self.scale)
+        if scale.ndim != 0 or not jnp.issubdtype(scale.dtype, jnp.number):
+            raise ValueError(f"scale: expected a number, got {self.scale!r}")
+        finite = jnp.isfinite(scale)
+        value_check(finite, "scale: expected a finite number, got {}", scale)
+        delta = scale.astype(act.dtype) * d.astype(act.dtype)
         if self.positions is None:
             return act + delta
-        mask = selection_mask(act.shape, at={-2: self.positions})
-        return jnp.where(mask, act + delta, act)
+        mask, ok = _selection(act.shape, {-2: self.positions}, None)
+        out = jnp.where(mask, act + delta, act)
+        return out if ok is True else poison(out, ok)  # never "steered nowhere" in silence
 
 
 def add(direction: jax.Array, scale: Any = 1.0, *, positions: Any = None) -> Add:
@@ -132,6 +148,7 @@ def _generate_impl(key, variables, prompt, temperature, top_p, edits, model, n_n
         z = jax.lax.dynamic_index_in_dim(logits, s - 1 + t, 1, keepdims=False)  # [b, vocab]
         k = None if greedy else jax.random.fold_in(key, t)
         tok = _pick(k, z, temperature, top_k, top_p, greedy).astype(buf.dtype)
+        tok = jnp.where(jnp.isnan(z).any(-1), -1, tok)  # NaN logits (a failed check): -1
         buf = jax.lax.dynamic_update_slice(buf, tok[:, None], (0, s + t))
         return buf, (tok, z)
 
@@ -188,11 +205,13 @@ def _check_sampling(key, model, prompt, n_new, temperature, top_k, top_p):
         key = check_key(key, "key")
         if isinstance(temperature, (int, float)) and not temperature > 0:
             raise ValueError(f"temperature: expected > 0, or 0 for greedy, got {temperature}")
+    cfg = getattr(model, "cfg", None)
+    vocab = getattr(cfg, "vocab_size", None)
     if top_k is not None:
-        top_k = check_int(top_k, "top_k", lo=1)
+        top_k = check_int(top_k, "top_k", lo=1, hi=vocab if isinstance(vocab, int) else None)
     if top_p is not None and isinstance(top_p, (int, float)) and not 0 < top_p <= 1:
         raise ValueError(f"top_p: expected a probability in (0, 1], got {top_p}")
-    cfg = getattr(model, "cfg", None)
+    check_ids(prompt, vocab, "prompt")  # NaN logits, and greedy argmax would read token 0
     limit = getattr(cfg, "max_positions", None) or getattr(cfg, "seq_len", None)
     if limit is not None and getattr(cfg, "family", "gpt2") == "gpt2":
         if prompt.shape[1] + n_new > limit:
@@ -328,7 +347,7 @@ def contrastive_direction(
     n, m = positive.shape[0], negative.shape[0]
     if n == 0 or m == 0:
         raise ValueError(f"positive, negative: expected non-empty prompt sets, got {n} and {m}")
-    pos = jnp.asarray(position)
+    pos = check_array(position, "position", kind="integer")
     if pos.ndim == 0:
         pos_p = pos_n = pos
     elif pos.shape == (n + m,):
@@ -468,6 +487,24 @@ def steering_sweep(
             f"d_model], got shape {directions.shape}"
         )
     scales = check_array(scales, "scales", ndim=1, kind="number")
+    check_finite(scales, "scales")
+    check_finite(directions, "directions")
+    if positions is not None and not is_traced(positions):
+        length = prompt.shape[1] + n_new
+        p = np.asarray(positions)
+        if p.dtype == np.bool_:
+            if p.shape != (length,):
+                raise ValueError(
+                    f"positions: expected a bool [seq + n_new] = [{length}] mask, got shape "
+                    f"{p.shape}"
+                )
+        elif not np.issubdtype(p.dtype, np.integer):
+            raise TypeError(f"positions: expected int positions or a bool mask, got {p.dtype}")
+        elif p.size and ((p < -length) | (p >= length)).any():
+            raise ValueError(
+                f"positions: expected positions of the buffer [0, {length}) (prompt + n_new), "
+                f"got {p.ravel()[((p < -length) | (p >= length)).ravel()][0]}"
+            )
     temp = jnp.asarray(1.0 if greedy else temperature, jnp.float32)
     tp = None if top_p is None else jnp.asarray(top_p, jnp.float32)
     toks, zs = _sweep(

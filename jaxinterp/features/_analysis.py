@@ -28,9 +28,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp._checks import check_array, check_int, is_traced
+from jaxinterp._checks import check_array, check_int, is_traced, value_check
 from jaxinterp.actmax import Objective, direction
-from jaxinterp.features._arch import Params, Setting, encode
+from jaxinterp.features._arch import (
+    ARCHS,
+    Params,
+    Setting,
+    _check_one_setting,
+    _check_params,
+    encode,
+)
 from jaxinterp.interventions import capture_sites
 
 
@@ -87,6 +94,7 @@ def top_activations(
     ((2, 4), (2, 4))
     """
     k = check_int(k, "k", lo=1)
+    _check_one_setting(setting, _check_params(params), max_k, ARCHS)  # raise now, not NaN
     feats = check_array(features, "features", ndim=1, kind="integer")
     d_sae = params.b_enc.shape[-1]
     if feats.size and (int(feats.min()) < 0 or int(feats.max()) >= d_sae):
@@ -138,8 +146,21 @@ def activation_histogram(
     >>> counts.tolist(), edges.tolist(), frac
     ([1, 1, 1], [0.0, 0.6666666666666666, 1.3333333333333333, 2.0], 0.75)
     """
-    a = np.asarray(acts, np.float64).reshape(-1)
+    try:
+        a = np.asarray(acts)
+    except (TypeError, ValueError):
+        raise TypeError(f"acts: expected an array, got {type(acts).__name__}") from None
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise TypeError(f"acts: expected a numeric array, got dtype {a.dtype}")
+    a = a.astype(np.float64).reshape(-1)  # float64 as given: no rounding to float32 first
     bins = check_int(bins, "bins", lo=1)
+    if a.size == 0:
+        raise ValueError("acts: expected at least one activation, got an empty array")
+    if not np.isfinite(a).all():
+        raise ValueError(
+            f"acts: expected finite values, got {int((~np.isfinite(a)).sum())} NaN/inf entries "
+            f"of {a.size}"
+        )
     on = a[a > 0]
     vals = np.log10(on) if log10 else on
     if vals.size == 0:
@@ -169,8 +190,17 @@ def logit_effects(params: Params, W_U: Any, features: Any = None) -> jax.Array:
         raise ValueError(
             f"W_U: expected [d_model={params.W_dec.shape[-1]}, vocab], got {tuple(W_U.shape)}"
         )
-    dec = params.W_dec if features is None else params.W_dec[jnp.asarray(features)]
+    dec = params.W_dec if features is None else params.W_dec[_features(features, params)]
     return dec @ W_U
+
+
+def _features(features: Any, params: Params) -> jax.Array:
+    """``features`` as ``[feature]`` latent indices, checked to lie in ``[0, d_sae)``."""
+    feats = check_array(features, "features", ndim=1, kind="integer")
+    d_sae = params.W_dec.shape[0]
+    if not is_traced(feats) and feats.size and (feats.min() < 0 or feats.max() >= d_sae):
+        raise ValueError(f"features: expected indices in [0, {d_sae - 1}], got {feats.tolist()}")
+    return feats
 
 
 def steer(params: Params, feature: Any, scale: Any, *, where: Any = None):
@@ -192,11 +222,33 @@ def steer(params: Params, feature: Any, scale: Any, *, where: Any = None):
     >>> bool(jnp.allclose(out[0, 1], 2.0 * p.W_dec[3]))
     True
     """
+    if not isinstance(params, Params):
+        raise TypeError(
+            f"params: expected a jaxinterp.features.Params, got {type(params).__name__}"
+        )
     if params.W_dec.ndim != 2:
         raise ValueError("params: steering needs one SAE decoder W_dec [d_sae, d_model]")
-    direction = params.W_dec[feature]
+    d_sae, d_model = params.W_dec.shape
+    feature = check_array(feature, "feature", ndim=0, kind="integer")
+    scale_arr = check_array(scale, "scale", kind="number")
+    ok = (feature >= 0) & (feature < d_sae) & jnp.isfinite(scale_arr).all()
+    value_check(
+        ok,
+        f"feature, scale: expected a feature in [0, {d_sae - 1}] and a finite scale, got "
+        "feature {} and scale {}",
+        feature,
+        scale_arr,
+    )
+    direction = params.W_dec[jnp.clip(feature, 0, d_sae - 1)]
+    if is_traced(ok):  # never a clamped row: out of range gives NaN (the package policy)
+        direction = jnp.where(ok, direction, jnp.nan)
 
     def edit(act):
+        if not hasattr(act, "shape") or act.ndim < 1 or act.shape[-1] != d_model:
+            raise ValueError(
+                f"act: steer adds a [d_model={d_model}] direction, but the activation at the "
+                f"site has shape {getattr(act, 'shape', type(act).__name__)}"
+            )
         add = jnp.asarray(scale, act.dtype) * direction.astype(act.dtype)
         if where is None:
             return act + add
@@ -294,6 +346,9 @@ def feature_dashboard(
     2
     """
     from jaxinterp.viz import feature_gallery
+
+    if token_str is not None and not callable(token_str):
+        raise TypeError(f"token_str: expected a function token id -> str, got {type(token_str)}")
 
     toks = np.asarray(inputs)
     if toks.ndim != 2:

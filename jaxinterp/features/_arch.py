@@ -36,13 +36,13 @@ per-source norms; one source: the row norm). The encoder has no pre-encoder bias
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp._checks import check_int, check_key
+from jaxinterp._checks import check_array, check_int, check_key, is_traced, poison, value_check
 
 ARCHS: tuple[str, ...] = ("relu", "topk", "batch_topk", "jumprelu")
 """Architecture names, in the order of their integer codes in :attr:`Setting.arch`."""
@@ -148,6 +148,62 @@ def jumprelu(l0: float, bandwidth: float = 1e-3) -> Setting:
     )
 
 
+def _check_params(params: Any, name: str = "params") -> Params:
+    """``params`` is a :class:`Params` (one dictionary or a stack), else ``TypeError``."""
+    if not isinstance(params, Params):
+        raise TypeError(
+            f"{name}: expected a jaxinterp.features.Params (init_params, load_saelens), got "
+            f"{type(params).__name__}"
+        )
+    return params
+
+
+def _check_one_setting(setting: Any, params: Params, max_k: Any, archs: tuple[str, ...]) -> Any:
+    """Checks one :class:`Setting` against one dictionary; ``ok`` (True, or a traced flag).
+
+    ``k`` above ``max_k`` or ``d_sae`` would keep fewer latents than asked (a clamp), and an
+    architecture left out of ``archs`` would run another branch: concrete settings raise,
+    traced ones give ``ok`` for ``poison`` and register the check.
+    """
+    if not isinstance(setting, Setting):
+        raise TypeError(
+            f"setting: expected a Setting (topk, relu, ...), got {type(setting).__name__}"
+        )
+    if jnp.ndim(setting.arch) != 0:
+        raise ValueError(
+            f"setting: expected one Setting (scalars) for one dictionary, got arch of shape "
+            f"{tuple(jnp.shape(setting.arch))}; vmap over stacked settings and dictionaries"
+        )
+    max_k = check_int(max_k, "max_k", lo=1)
+    d_sae = params.b_enc.shape[-1]
+    codes = jnp.asarray([ARCHS.index(a) for a in archs])
+    topk_like = (setting.arch == ARCHS.index("topk")) | (setting.arch == ARCHS.index("batch_topk"))
+    limit = min(max_k, d_sae)
+    k_ok = ~topk_like | ((setting.k >= 1) & (setting.k <= limit))
+    arch_ok = jnp.any(setting.arch == codes)
+    ok = k_ok & arch_ok
+    if not is_traced(ok):
+        if not bool(arch_ok):
+            raise ValueError(
+                f"archs: the setting's architecture {ARCHS[int(setting.arch)]!r} is not in "
+                f"archs={list(archs)}; its branch would not be computed"
+            )
+        if not bool(k_ok):
+            raise ValueError(
+                f"setting: k={int(setting.k)} latents per example, expected k in [1, "
+                f"{limit}] (max_k={max_k}, d_sae={d_sae})"
+            )
+        return True
+    value_check(
+        ok,
+        f"setting: arch code {{}} with k={{}}: expected an architecture in {list(archs)} and "
+        f"k in [1, {limit}] (max_k={max_k}, d_sae={d_sae})",
+        setting.arch,
+        setting.k,
+    )
+    return ok
+
+
 def stack_settings(settings: list[Setting]) -> Setting:
     """Stacks settings along a leading ``[dict]`` axis.
 
@@ -192,6 +248,17 @@ def init_params(
     1.0
     """
     key = check_key(key)
+    for name, shp in (("in_shape", in_shape), ("out_shape", out_shape)):
+        if not isinstance(shp, (int, np.integer, tuple, list, type(None))) or isinstance(shp, bool):
+            raise TypeError(f"{name}: expected d or (n_sources, d), got {shp!r}")
+    for name, value, zero_ok in (("threshold", threshold, True), ("scale", scale, False)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+        if not np.isfinite(value) or (not zero_ok and value <= 0):
+            want = "a finite number" if zero_ok else "a finite number > 0"
+            raise ValueError(f"{name}: expected {want}, got {value!r}")
+    if in_shape is None:
+        raise TypeError("in_shape: expected d or (n_sources, d), got None")
     in_shape = (in_shape,) if isinstance(in_shape, (int, np.integer)) else tuple(in_shape)
     out_shape = in_shape if out_shape is None else out_shape
     out_shape = (out_shape,) if isinstance(out_shape, (int, np.integer)) else tuple(out_shape)
@@ -225,6 +292,7 @@ def decoder_norms(params: Params) -> jax.Array:
     >>> decoder_norms(p).shape
     (8,)
     """
+    _check_params(params)
     sq = jnp.sum(params.W_dec**2, axis=-1)
     pos = sq > 0  # masked (all-zero) rows: norm 0 with a zero gradient, not NaN
     norms = jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
@@ -245,6 +313,8 @@ def pre_activations(params: Params, x: jax.Array) -> jax.Array:
     >>> pre_activations(p, jnp.ones(4)).shape
     (6,)
     """
+    _check_params(params)
+    x = check_array(x, "x", kind="number")
     nd = params.W_enc.ndim - 1
     if x.shape != params.W_enc.shape[:-1]:
         raise ValueError(
@@ -367,6 +437,7 @@ def encode(
     (3, 64)
     """
     archs = _present(archs)
+    ok = _check_one_setting(setting, _check_params(params), max_k, archs)
     pre = pre_activations(params, x)
     pos = jax.nn.relu(pre)
     branches = {}
@@ -383,7 +454,8 @@ def encode(
             branches[name] = pos * keep.astype(pre.dtype)
         else:
             branches[name] = jump_ste(pre, params.threshold, setting.bandwidth)
-    return _select(setting, branches)
+    out = _select(setting, branches)
+    return out if ok is True else poison(out, ok)
 
 
 def decode(params: Params, acts: jax.Array) -> jax.Array:
@@ -400,6 +472,13 @@ def decode(params: Params, acts: jax.Array) -> jax.Array:
     >>> decode(p, jnp.ones(8)).shape
     (2, 4)
     """
+    _check_params(params)
+    acts = check_array(acts, "acts", kind="number")
+    if acts.shape != params.W_dec.shape[:1]:
+        raise ValueError(
+            f"acts: expected one example's [d_sae={params.W_dec.shape[0]}] activations, got "
+            f"shape {tuple(acts.shape)} (vmap over a batch)"
+        )
     return jnp.tensordot(acts, params.W_dec, axes=1) + params.b_dec
 
 
@@ -419,11 +498,19 @@ def batch_topk_threshold(pre: jax.Array, k: jax.Array, max_k: int) -> jax.Array:
     >>> batch_topk_threshold(pre, jnp.array(1), 2).item()
     2.0
     """
-    batch = pre.shape[0]
+    pre = check_array(pre, "pre", ndim=2, kind="floating")
+    max_k = check_int(max_k, "max_k", lo=1)
+    batch, d_sae = pre.shape
+    if batch == 0 or d_sae == 0:
+        raise ValueError(f"pre: expected a non-empty [batch, d_sae] array, got {pre.shape}")
+    k = check_array(k, "k", ndim=0, kind="integer")
+    limit = min(max_k, d_sae)
+    ok = (k >= 1) & (k <= limit)
+    value_check(ok, f"k: expected k in [1, {limit}] (max_k={max_k}, d_sae={d_sae}), got {{}}", k)
     n = min(max_k * batch, pre.size)
     vals, _ = jax.lax.top_k(jax.nn.relu(pre).reshape(-1), n)
-    idx = jnp.clip(k * batch - 1, 0, n - 1)
-    return vals[idx]
+    idx = jnp.clip(k * batch - 1, 0, n - 1)  # in range whenever ok (else poisoned below)
+    return vals[idx] if not is_traced(ok) else poison(vals[idx], ok)
 
 
 class Loss(NamedTuple):
@@ -486,6 +573,15 @@ def loss(
     (True, (8,))
     """
     archs = _present(archs)
+    _check_params(params)
+    target = check_array(target, "target", kind="number")
+    if dead is not None:
+        dead = check_array(dead, "dead", kind="bool", shape=(params.b_enc.shape[-1],))
+    k_aux = check_int(k_aux, "k_aux", lo=0)
+    if not is_traced(sparsity_scale) and not (
+        np.all(np.isfinite(np.asarray(sparsity_scale))) and np.all(np.asarray(sparsity_scale) >= 0)
+    ):
+        raise ValueError(f"sparsity_scale: expected a finite number >= 0, got {sparsity_scale!r}")
     if target.shape != params.b_dec.shape:
         raise ValueError(
             f"target: expected one example of shape {tuple(params.b_dec.shape)}, got "

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp._checks import check_array, check_finite
 from jaxinterp.features._arch import Params, Setting, decode, encode
 from jaxinterp.features._train import archs_of
 from jaxinterp.interventions import capture_sites, intervene, replace, zero
@@ -107,9 +108,25 @@ def evaluate(
     >>> m.frequency.shape, m.tokens, bool(m.l0[0] <= 2)
     ((1, 8), 100, True)
     """
+    if not isinstance(params, Params) or params.b_enc.ndim != 2:
+        got = params.b_enc.shape if isinstance(params, Params) else type(params).__name__
+        raise ValueError(
+            f"params: expected a stack of dictionaries (b_enc [dict, d_sae]; one dictionary: "
+            f"jax.tree.map(lambda a: a[None], params)), got {got}"
+        )
+    if not isinstance(settings, Setting) or jnp.shape(settings.arch) != params.b_enc.shape[:1]:
+        got = jnp.shape(settings.arch) if isinstance(settings, Setting) else type(settings)
+        raise ValueError(
+            f"settings: expected {params.b_enc.shape[0]} stacked settings (stack_settings), "
+            f"got {got}"
+        )
     n = settings.arch.shape[0]
-    read = np.zeros((n,), np.int32) if read is None else np.asarray(read, np.int32)
-    write = read if write is None else np.asarray(write, np.int32)
+    read = np.zeros((n,), np.int32) if read is None else np.asarray(read)
+    write = read if write is None else np.asarray(write)
+    for name, idx in (("read", read), ("write", write)):
+        if not np.issubdtype(idx.dtype, np.integer) or idx.ndim not in (1, 2) or len(idx) != n:
+            raise ValueError(f"{name}: expected {n} int site indices, got {idx.tolist()}")
+    read, write = read.astype(np.int32), write.astype(np.int32)
     archs = archs_of(settings)
     tot = None
     count = 0
@@ -119,6 +136,19 @@ def evaluate(
         ys = jnp.asarray(ys, jnp.float32)
         if xs.ndim == 2:
             xs, ys = xs[:, None], (ys[:, None] if ys.ndim == 2 else ys)
+        if xs.ndim != 3 or ys.ndim != 3 or ys.shape[0] != xs.shape[0]:
+            raise ValueError(
+                f"chunks: expected [tokens, n_sites, d] arrays (or [tokens, d]; pairs for "
+                f"targets), got shapes {tuple(xs.shape)} and {tuple(ys.shape)}"
+            )
+        for name, idx, arr in (("read", read, xs), ("write", write, ys)):
+            if idx.size and (idx.min() < 0 or idx.max() >= arr.shape[1]):
+                raise ValueError(
+                    f"{name}: expected site indices in [0, {arr.shape[1] - 1}] (the chunks' "
+                    f"site axis), got {idx.tolist()}"
+                )
+        check_finite(xs, "chunks")
+        check_finite(ys, "chunks")
         s = _sums(params, settings, jnp.asarray(read), jnp.asarray(write), xs, ys, max_k, archs)
         s = [np.asarray(a, np.float64) for a in s]
         tot = s if tot is None else [a + b for a, b in zip(tot, s)]
@@ -155,7 +185,17 @@ def reconstruct(params: Params, setting: Setting, acts: jax.Array, *, max_k: int
     >>> reconstruct(init_params(jax.random.key(0), 4, 8), relu(0.0), jnp.ones((2, 3, 4))).shape
     (2, 3, 4)
     """
+    if not isinstance(params, Params):
+        raise TypeError(
+            f"params: expected a jaxinterp.features.Params, got {type(params).__name__}"
+        )
+    acts = check_array(acts, "acts", kind="number")
     in_nd = params.W_enc.ndim - 1
+    if acts.shape[acts.ndim - in_nd :] != params.W_enc.shape[:-1] or acts.ndim < in_nd:
+        raise ValueError(
+            f"acts: expected [..., {', '.join(map(str, params.W_enc.shape[:-1]))}] (the "
+            f"dictionary's input shape last), got shape {tuple(acts.shape)}"
+        )
     lead = acts.shape[: acts.ndim - in_nd]
     flat = acts.reshape(-1, *acts.shape[acts.ndim - in_nd :])
     _, recon = _recon_batch(params, setting, flat, max_k, None)
@@ -230,10 +270,23 @@ def spliced_loss(
     (True, 1.0)
     """
     write_site = site if write_site is None else write_site
+    if not isinstance(params, Params) or not isinstance(settings, Setting):
+        raise TypeError(
+            f"params, settings: expected Params and Setting, got {type(params).__name__} and "
+            f"{type(settings).__name__}"
+        )
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected (output, inputs) -> scalar, got {type(loss_fn)}")
     stacked = params.b_enc.ndim == 2
     mask = None if where is None else jnp.asarray(where)
     if mask is not None and mask.dtype != jnp.bool_:
         raise TypeError(f"where: expected a bool mask, got dtype {mask.dtype}")
+    want = params.b_enc.shape[:1] if stacked else ()
+    if jnp.shape(settings.arch) != want:
+        raise ValueError(
+            f"settings: expected {'a stack of ' + str(want[0]) if stacked else 'one Setting'} "
+            f"(as params), got arch of shape {jnp.shape(settings.arch)}"
+        )
     return _spliced(
         model, variables, params, settings, site, write_site, inputs, loss_fn, max_k, stacked, mask
     )
@@ -258,6 +311,11 @@ def _spliced(
         sites = [site] if write_site == site else [site, write_site]
         out, acts = capture_sites(model, variables, sites)(inputs)
         clean = loss_fn(out, inputs)
+        if jnp.ndim(clean) != 0:
+            raise ValueError(
+                f"loss_fn: expected a scalar loss (e.g. the mean over the batch), got shape "
+                f"{jnp.shape(clean)}"
+            )
         shape = acts[write_site].shape
         if mask is not None and not _leading(mask.shape, shape):
             raise ValueError(

@@ -76,6 +76,11 @@ def save_saelens(
         from safetensors.numpy import save_file
     except ImportError as e:  # pragma: no cover - safetensors is a dependency
         raise ImportError("save_saelens needs the safetensors package") from e
+    if not isinstance(hook_name, str) or not hook_name:
+        raise ValueError(
+            f"hook_name: expected the site the dictionary reads (e.g. 'block_0'), got "
+            f"{hook_name!r}; SAELens needs it to place the dictionary"
+        )
     if not isinstance(params, Params) or params.W_enc.ndim != 2:
         shape = getattr(getattr(params, "W_enc", None), "shape", None)
         raise ValueError(

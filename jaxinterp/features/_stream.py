@@ -81,7 +81,10 @@ def activation_chunks(
         arr = np.stack([np.asarray(a, np.float32) for a in acts], axis=-2)
         arr = arr.reshape(-1, len(sites), arr.shape[-1])
         if keep is not None:
-            mask = np.asarray(keep(x), bool).reshape(-1)
+            mask = np.asarray(keep(x))
+            if not (mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer)):
+                raise TypeError(f"keep: expected a bool (or 0/1) mask, got dtype {mask.dtype}")
+            mask = mask.astype(bool).reshape(-1)
             if mask.shape[0] != arr.shape[0]:
                 raise ValueError(
                     f"keep: expected a mask of {arr.shape[0]} tokens, got {mask.shape[0]}"
@@ -115,9 +118,14 @@ class ShuffleBuffer:
         """Adds a chunk (array ``[n, ...]`` or a tuple of arrays with one ``n``)."""
         chunk = chunk if isinstance(chunk, tuple) else (chunk,)
         chunk = tuple(np.asarray(c) for c in chunk)
-        if len({c.shape[0] for c in chunk}) != 1:
+        if any(c.ndim == 0 for c in chunk) or len({c.shape[0] for c in chunk}) != 1:
             raise ValueError(
                 f"chunk: expected arrays of one length, got {[c.shape for c in chunk]}"
+            )
+        if self._rows and [c.shape[1:] for c in chunk] != [c.shape[1:] for c in self._rows[0]]:
+            raise ValueError(
+                f"chunk: expected rows of shape {[c.shape[1:] for c in self._rows[0]]} (as the "
+                f"chunks before), got {[c.shape[1:] for c in chunk]}"
             )
         self._rows.append(chunk)
         self._n += chunk[0].shape[0]
@@ -335,6 +343,11 @@ def train(
         if rest is not None:
             feed(rest)
     dropped = n_pending
+    if steps == 0:
+        raise ValueError(
+            f"chunks: gave {dropped} tokens, fewer than one call's batch_size * steps_per_call "
+            f"= {block}; no training step ran (pass more data or smaller sizes)"
+        )
     if checkpoint is not None:
         save_checkpoint(checkpoint, state)
     metrics = (

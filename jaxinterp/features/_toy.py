@@ -67,6 +67,13 @@ def max_cosine(W_dec: jax.Array, features: jax.Array) -> jax.Array:
     >>> round(float(max_cosine(f, f)), 4)
     1.0
     """
+    W_dec = check_array(W_dec, "W_dec", kind="floating")
+    features = check_array(features, "features", ndim=2, kind="floating")
+    if W_dec.ndim < 2 or W_dec.shape[-1] != features.shape[-1]:
+        raise ValueError(
+            f"W_dec: expected [..., d_sae, d={features.shape[-1]}] (features' d), got shape "
+            f"{tuple(W_dec.shape)}"
+        )
     w = W_dec / jnp.maximum(jnp.linalg.norm(W_dec, axis=-1, keepdims=True), 1e-12)
     f = features / jnp.linalg.norm(features, axis=-1, keepdims=True)
     return jnp.einsum("...kd,td->...tk", w, f).max(-1).mean(-1)

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxinterp._checks import check_int
+from jaxinterp._checks import check_array, check_finite, check_int
 from jaxinterp.features._arch import (
     ARCHS,
     Params,
@@ -90,6 +90,11 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name}: expected a number > 0, got {v!r}")
+        for name, hi in (("b1", 1.0), ("b2", 1.0), ("threshold_decay", 1.0 + 1e-12)):
+            v = getattr(self, name)
+            if not v < hi:  # b1 = 1 divides by 1 - b1^t = 0; a decay > 1 diverges
+                want = "(0, 1)" if name != "threshold_decay" else "(0, 1]"
+                raise ValueError(f"{name}: expected a number in {want}, got {v!r}")
 
     def optimizer(self) -> optax.GradientTransformation:
         """Adam with the linear learning-rate warm-up."""
@@ -377,6 +382,11 @@ def train_steps(
     """
     if not isinstance(state, TrainState):
         raise TypeError(f"state: expected a TrainState, got {type(state).__name__}")
+    if any(getattr(a, "is_deleted", lambda: False)() for a in jax.tree.leaves(state)):
+        raise ValueError(
+            "state: its arrays were donated to an earlier train_steps call; pass the state "
+            "that call returned"
+        )
     if not isinstance(settings, Setting):
         raise TypeError(f"settings: expected a stacked Setting, got {type(settings).__name__}")
     n = state.step.shape[0]
@@ -402,6 +412,21 @@ def train_steps(
             f"ys: expected [steps, batch, n_targets, d_out] with steps, batch = "
             f"{tuple(xs.shape[:2])}, got shape {tuple(ys.shape)}"
         )
+    if xs.shape[1] == 0:
+        raise ValueError(f"xs: expected a batch of at least one example, got shape {xs.shape}")
+    d_sae = state.params.b_enc.shape[-1]
+    ks, topk_like = (
+        np.asarray(settings.k),
+        np.isin(np.asarray(settings.arch), (ARCHS.index("topk"), ARCHS.index("batch_topk"))),
+    )
+    if (topk_like & ((ks < 1) | (ks > d_sae))).any():
+        raise ValueError(
+            f"settings: k={ks[topk_like].tolist()} latents per example, expected k in [1, "
+            f"d_sae={d_sae}]"
+        )
+    for name, arr in (("xs", xs), ("ys", ys)):
+        check_array(arr, name, kind="number")
+        check_finite(arr, name)
     read = _index(read, n, "read", xs.shape[2])
     write = _index(read if write is None else write, n, "write", ys.shape[2])
     return _scan(state, settings, read, write, xs, ys, config, _groups(settings))

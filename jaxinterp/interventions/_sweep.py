@@ -84,6 +84,11 @@ class Sites:
       axes: static, the activation axes that ``index`` selects on (negative, from the end).
       grid: static, the shape results reshape to, ``(len(paths), *sizes)``, or ``()``.
       names: static, axis names of ``grid``, e.g. ``("layer", "head")``.
+      whole: static, whether the grid claims every index of its axes (:func:`head_sites`,
+        :func:`position_sites`, :func:`head_position_sites`): a sweep then refuses an axis
+        longer than the grid, so ``head_sites(L, 3)`` on a model with 4 heads raises instead
+        of patching heads 0-2 only (a shorter axis fails the index range check).
+        :func:`site_grid` builds subsets (``False``).
     """
 
     layer: jax.Array
@@ -92,6 +97,7 @@ class Sites:
     axes: tuple[int, ...]
     grid: tuple[int, ...] = ()
     names: tuple[str, ...] = ()
+    whole: bool = False
 
     def unflatten(self, values: jax.Array) -> jax.Array:
         """Reshapes per-site ``values [site, ...]`` to ``[*grid, ...]``, axes named ``names``.
@@ -120,7 +126,9 @@ class Sites:
 
 
 jax.tree_util.register_dataclass(
-    Sites, data_fields=["layer", "index"], meta_fields=["paths", "axes", "grid", "names"]
+    Sites,
+    data_fields=["layer", "index"],
+    meta_fields=["paths", "axes", "grid", "names", "whole"],
 )
 
 
@@ -249,7 +257,7 @@ def head_sites(
     """
     n_heads = check_int(n_heads, "n_heads", lo=1)
     paths = _head_paths(template, n_layers, n_heads, merged)
-    return site_grid(paths, [(-2, n_heads)], ("layer", "head"))
+    return dataclasses.replace(site_grid(paths, [(-2, n_heads)], ("layer", "head")), whole=True)
 
 
 def position_sites(n_layers: int, seq_len: int, *, template: str = "block_{layer}") -> Sites:
@@ -269,7 +277,8 @@ def position_sites(n_layers: int, seq_len: int, *, template: str = "block_{layer
     ('layer', 'position')
     """
     paths = _layer_paths(template, n_layers)
-    return site_grid(paths, [(-2, check_int(seq_len, "seq_len", lo=1))], ("layer", "position"))
+    seq_len = check_int(seq_len, "seq_len", lo=1)
+    return dataclasses.replace(site_grid(paths, [(-2, seq_len)], ("layer", "position")), whole=True)
 
 
 def head_position_sites(
@@ -303,7 +312,8 @@ def head_position_sites(
     n_heads = check_int(n_heads, "n_heads", lo=1)
     seq_len = check_int(seq_len, "seq_len", lo=1)
     paths = _head_paths(template, n_layers, n_heads, merged)
-    return site_grid(paths, [(-2, n_heads), (-3, seq_len)], ("layer", "head", "position"))
+    grid = site_grid(paths, [(-2, n_heads), (-3, seq_len)], ("layer", "head", "position"))
+    return dataclasses.replace(grid, whole=True)
 
 
 class PatchResult(NamedTuple):
@@ -507,6 +517,17 @@ def _sites_ok(sites: Sites, acts: dict) -> Any:
             )
     sizes = np.asarray([[acts[p].shape[ax] for ax in sites.axes] for p in sites.paths], np.int32)
     sizes = sizes.reshape(n_layers, len(sites.axes))
+    if sites.whole and len(sites.grid) == 1 + len(sites.axes):
+        for i, p in enumerate(sites.paths):
+            for j, ax in enumerate(sites.axes):
+                want, size = sites.grid[1 + j], int(sizes[i, j])
+                if want < size:  # (more entries than the axis: the index range check below)
+                    what = sites.names[1 + j] if len(sites.names) > 1 + j else f"axis {ax}"
+                    raise ValueError(
+                        f"sites: the grid has {want} {what} entries (axis {ax}) but {p!r} has "
+                        f"{size} there (activation shape {acts[p].shape}); build the sites "
+                        f"with {size} (or use site_grid for a subset of the indices)"
+                    )
     if not is_traced((sites.layer, sites.index)):
         index, layer = np.asarray(sites.index), np.asarray(sites.layer)
         bad = layer[(layer < 0) | (layer >= n_layers)]

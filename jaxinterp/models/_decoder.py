@@ -90,7 +90,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp._checks import check_array, check_int, is_traced, poison, value_check
+from jaxinterp._checks import check_array, check_int, check_key, is_traced, poison, value_check
 from jaxinterp.models._decoder_config import DecoderConfig
 from jaxinterp.models._safetensors import read_safetensors
 
@@ -566,8 +566,14 @@ def _check_mask(mask: Any, shape: tuple[int, int]) -> tuple[jax.Array, jax.Array
         mask.ravel()[jnp.argmin(binary.ravel())],
     )
     real = mask == 1
+    some = real.any(-1)  # a row of padding only has no output to read
+    value_check(
+        some.all(),
+        "attention_mask: expected a real token (a 1) in every row, got row {} all 0",
+        jnp.argmin(some),
+    )
     pos = jnp.maximum(jnp.cumsum(real, -1, dtype=jnp.int32) - 1, 0)
-    return real, pos, binary.all(-1)
+    return real, pos, binary.all(-1) & some
 
 
 def init_cache(
@@ -614,13 +620,17 @@ def last_token_index(attention_mask: Any) -> jax.Array:
     [3, 2]
     """
     mask = check_array(attention_mask, "attention_mask", ndim=2)
+    if not (jnp.issubdtype(mask.dtype, jnp.integer) or mask.dtype == jnp.bool_):
+        raise TypeError(f"attention_mask: expected integer or bool 0/1 values, got {mask.dtype}")
+    binary = ((mask == 0) | (mask == 1)).all()
+    value_check(binary, "attention_mask: expected 0/1 values, got {}", mask.max())
     real = mask != 0
     seq = mask.shape[1]
     last = seq - 1 - jnp.argmax(real[:, ::-1], axis=1).astype(jnp.int32)
     has = real.any(1)
     value_check(has.all(), "attention_mask: expected a real token in every row, got row {}",
                 jnp.argmin(has))  # fmt: skip
-    return jnp.where(has, last, -1)
+    return jnp.where(has & binary, last, -1)
 
 
 def _pick(logits: jax.Array, key: Any, temperature: Any, top_k: int | None, top_p: Any):
@@ -701,7 +711,7 @@ def generate(
       prompt: ``[batch, seq]`` token ids; with padding, give ``attention_mask``.
       n_new: number of tokens to generate (>= 1).
       key: a PRNG key to sample; ``None`` (default) is greedy.
-      temperature: > 0; divides the logits before sampling.
+      temperature: > 0; divides the logits before sampling (``0`` without a key: greedy).
       top_k: keep only the ``top_k`` most likely tokens (1 is greedy), in ``[1, vocab]``.
       top_p: nucleus sampling, in ``(0, 1]``.
       attention_mask: ``[batch, seq]``, 1 for real tokens, 0 for padding (left or right):
@@ -735,7 +745,14 @@ def generate(
     >>> generate(m, v, jnp.array([[1, 2, 3]]), 2, edits=steer).shape
     (1, 2)
     """
+    if not isinstance(model, Decoder):
+        raise TypeError(
+            f"model: expected a jaxinterp.models.Decoder, got {type(model).__name__} (for any "
+            "linen model, jaxinterp.circuits.generate)"
+        )
     prompt = check_array(prompt, "prompt", ndim=2, kind="integer")
+    if 0 in prompt.shape:
+        raise ValueError(f"prompt: expected at least one token per row, got shape {prompt.shape}")
     check_int(n_new, "n_new", lo=1)
     if edits:
         if attention_mask is not None:
@@ -755,6 +772,10 @@ def generate(
             top_p=top_p,
         )  # fmt: skip
     vocab = model.cfg.vocab_size
+    if key is not None:
+        key = check_key(key)
+    if key is None and not is_traced(temperature) and temperature == 0:
+        temperature = 1.0  # temperature 0 is greedy, as key=None is
     if key is None:
         if temperature != 1.0 or top_k is not None or top_p is not None:
             raise ValueError(
@@ -762,7 +783,10 @@ def generate(
             )
     else:
         if not is_traced(temperature) and not float(temperature) > 0:
-            raise ValueError(f"temperature: expected > 0, got {temperature}")
+            raise ValueError(
+                f"temperature: expected > 0 when sampling with a key (greedy: key=None), got "
+                f"{temperature}"
+            )
         if top_k is not None:
             top_k = check_int(top_k, "top_k", lo=1)
             if top_k > vocab:
@@ -927,7 +951,26 @@ def decoder_params_from_hf(tensors: dict[str, np.ndarray], cfg: DecoderConfig, d
         if not cfg.tie_embeddings:
             p["unembed"] = {"kernel": get("lm_head.weight").T}
     _warn_unused(t, used, cfg)
+    _check_shapes(p, cfg)
     return {"params": jax.tree.map(lambda a: jnp.asarray(a, dtype), p)}
+
+
+def _check_shapes(params: dict, cfg: DecoderConfig) -> None:
+    """Every loaded tensor has the shape the config's model makes (a tensor of another size
+    would otherwise load and fail, or broadcast, only at the first call)."""
+    want = jax.eval_shape(
+        lambda: Decoder(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    )["params"]
+    got_paths = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    for path, leaf in jax.tree_util.tree_flatten_with_path(want)[0]:
+        have = got_paths.get(path)
+        if have is not None and tuple(np.shape(have)) != tuple(leaf.shape):
+            name = "/".join(str(getattr(k, "key", k)) for k in path)
+            raise ValueError(
+                f"tensors: {name} has shape {tuple(np.shape(have))}, but the config "
+                f"({cfg.family}, d_model={cfg.d_model}, d_mlp={cfg.d_mlp}, ...) makes "
+                f"{tuple(leaf.shape)}"
+            )
 
 
 # buffers some writers save that hold no weights: RoPE frequencies, GPT-2's causal mask

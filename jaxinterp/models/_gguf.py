@@ -333,6 +333,12 @@ def load_gguf(
     ...
     FileNotFoundError: path: expected a .gguf file, /no/such/model.gguf does not exist
     """
+    try:
+        jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(
+            f"dtype: expected a floating dtype such as jnp.float32, got {dtype!r}"
+        ) from None
     if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
         raise ValueError(f"dtype: expected a floating dtype, got {jnp.dtype(dtype).name}")
     reader = _reader(path)
