@@ -145,7 +145,9 @@ def attention_figures(out: Path) -> None:
     fig = plotting.attention_grid(np.asarray(w), labels, suptitle="one sequence, layer × head")
     _save(out, "attention_grid", fig)
     fig = plotting.attention_heatmap(
-        np.asarray(attention.rollout(w, layout="lhqk")), labels, title="attention rollout over both layers"
+        np.asarray(attention.rollout(w, layout="lhqk")),
+        labels,
+        title="attention rollout over both layers",
     )
     _save(out, "attention_rollout", fig)
 
