@@ -35,6 +35,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import times
 
 from jaxinterp import features as F
 from jaxinterp.features._train import _groups, _scan
@@ -99,18 +100,9 @@ def run(quick: bool = False) -> dict:
             out.append(st.params)
         return jax.block_until_ready(out)
 
-    t0 = time.perf_counter()
-    stacked()
-    t_stacked_first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    stacked()
-    t_stacked = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    loop()
-    t_loop_first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    loop()
-    t_loop = time.perf_counter() - t0
+    # the first call (compilation counted) and the next one
+    t_stacked_first, t_stacked = times(stacked, 2, warmup=False)
+    t_loop_first, t_loop = times(loop, 2, warmup=False)
 
     st_all = F.init_train(_init(n, d, d_sae), CFG)
     st_one = F.init_train(_init(1, d, d_sae), CFG)
@@ -182,12 +174,7 @@ def vs_saelens(python: str, d_sae: int = 1024, k: int = 32, batch: int = 256, st
         st, _ = F.train_steps(st, setting, xs, config=cfg)
         return jax.block_until_ready(st.params)
 
-    t0 = time.perf_counter()
-    ours()
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ours()
-    compiled = time.perf_counter() - t0
+    first, compiled = times(ours, 2, warmup=False)
     out = {
         "d": 256, "d_sae": d_sae, "k": k, "batch": batch, "steps": steps,
         "jaxinterp_tokens_per_s_with_compile": steps * batch / first,
