@@ -153,6 +153,29 @@ def test_jumprelu_ste_gradient_is_the_documented_pseudo_derivative():
     np.testing.assert_allclose(g, ref, rtol=1e-3, atol=1e-3)
 
 
+def test_ste_functions_broadcast_theta_over_a_batch_and_sum_its_gradient():
+    z = RNG.normal(size=(32, 5)).astype(np.float32)
+    theta = (z[0] - 0.01).astype(np.float32)  # row 0 sits inside every kernel window
+    eps = 0.1
+    kern = (np.abs((z - theta) / eps) < 0.5) / eps  # [32, 5]: manual rectangle kernel
+    g_step = jax.jit(jax.grad(lambda t: F.step_ste(z, t, eps).sum()))(theta)
+    np.testing.assert_allclose(g_step, -kern.sum(0), rtol=1e-5)
+    g_jump = jax.jit(jax.grad(lambda t: F.jump_ste(z, t, eps).sum()))(theta)
+    np.testing.assert_allclose(g_jump, (-theta * kern).sum(0), rtol=1e-5)
+    gz = jax.grad(lambda x: F.jump_ste(x, theta, eps).sum())(z)
+    np.testing.assert_array_equal(gz, (z > theta).astype(np.float32))
+    # the same as the per-example calls, vmapped
+    per = jax.vmap(jax.grad(lambda t, zi: F.jump_ste(zi, t, eps).sum()), (None, 0))(theta, z)
+    np.testing.assert_allclose(g_jump, per.sum(0), rtol=1e-5)
+    np.testing.assert_array_equal(F.step_ste(z, theta, eps), (z > theta).astype(np.float32))
+    with pytest.raises(ValueError, match=r"theta, bandwidth: .*z \(32, 5\).*theta \(4,\)"):
+        F.step_ste(z, jnp.zeros(4), eps)
+    with pytest.raises(ValueError, match="bandwidth: expected positive values"):
+        F.jump_ste(z, theta, 0.0)
+    with pytest.raises(TypeError, match="z: "):
+        F.jump_ste(np.ones(3, np.int32), 0.5, eps)
+
+
 def test_encode_rejects_a_batch_and_bad_settings():
     p = _params()
     with pytest.raises(ValueError, match=r"x: expected one example of shape \(6,\)"):

@@ -328,21 +328,80 @@ def _rect(u: jax.Array) -> jax.Array:
     return (jnp.abs(u) < 0.5).astype(u.dtype)
 
 
-@jax.custom_vjp
+def _ste_inputs(z: Any, theta: Any, bandwidth: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Checks the three arguments and broadcasts them to one shape (the gradient of a broadcast
+    ``theta`` or ``bandwidth`` is then summed back to its own shape by autodiff)."""
+    z = check_array(z, "z", kind="floating")
+    theta = check_array(theta, "theta", kind="number")
+    bandwidth = check_array(bandwidth, "bandwidth", kind="number")
+    try:
+        shape = jnp.broadcast_shapes(z.shape, theta.shape, bandwidth.shape)
+    except ValueError:
+        raise ValueError(
+            f"theta, bandwidth: expected shapes that broadcast against z {tuple(z.shape)}, got "
+            f"theta {tuple(theta.shape)} and bandwidth {tuple(bandwidth.shape)}"
+        ) from None
+    if not is_traced(bandwidth) and not bool(np.all(np.asarray(bandwidth) > 0)):
+        raise ValueError(f"bandwidth: expected positive values, got {np.asarray(bandwidth)}")
+    return tuple(jnp.broadcast_to(a.astype(z.dtype), shape) for a in (z, theta, bandwidth))
+
+
 def step_ste(z: jax.Array, theta: jax.Array, bandwidth: jax.Array) -> jax.Array:
     """Heaviside ``H(z − θ)`` with the straight-through pseudo-derivative in θ.
 
     Forward: ``[z > θ]``. Backward: no gradient to ``z``; ``∂/∂θ = −K((z−θ)/ε)/ε`` with the
     rectangle kernel ``K(u) = [|u| < 1/2]`` (Rajamanoharan et al. 2024, eq. 11).
 
+    Args:
+      z: pre-activations, any shape, floating.
+      theta: thresholds, broadcastable against ``z`` (e.g. ``[d_sae]`` for ``z`` of
+        ``[batch, d_sae]``; its gradient is summed over the broadcast axes).
+      bandwidth: ε > 0, broadcastable against ``z`` (usually a scalar).
+
+    Returns:
+      ``H(z − θ)`` in ``z``'s dtype, of the broadcast shape.
+
+    Raises:
+      ValueError: the shapes do not broadcast, or a concrete ``bandwidth`` is not positive.
+
     >>> jax.grad(lambda t: step_ste(jnp.array(1.0), t, jnp.array(0.5)))(jnp.array(0.9)).item()
     -2.0
+    >>> jax.grad(lambda t: step_ste(jnp.ones((3, 2)), t, 0.5).sum())(jnp.array([0.9, 0.0]))
+    Array([-6.,  0.], dtype=float32)
     """
+    return _step(*_ste_inputs(z, theta, bandwidth))
+
+
+def jump_ste(z: jax.Array, theta: jax.Array, bandwidth: jax.Array) -> jax.Array:
+    """JumpReLU ``z · H(z − θ)`` with the straight-through pseudo-derivative in θ.
+
+    Backward: ``∂/∂z = H(z − θ)``; ``∂/∂θ = −θ · K((z−θ)/ε)/ε`` (Rajamanoharan et al. 2024,
+    eq. 12).
+
+    Args:
+      z: pre-activations, any shape, floating.
+      theta: thresholds, broadcastable against ``z`` (gradient summed over broadcast axes).
+      bandwidth: ε > 0, broadcastable against ``z``.
+
+    Returns:
+      ``z · H(z − θ)``, of the broadcast shape.
+
+    Raises:
+      ValueError: the shapes do not broadcast, or a concrete ``bandwidth`` is not positive.
+
+    >>> jax.grad(lambda t: jump_ste(jnp.array(1.0), t, jnp.array(0.5)))(jnp.array(0.9)).item()
+    -1.7999999523162842
+    """
+    return _jump(*_ste_inputs(z, theta, bandwidth))
+
+
+@jax.custom_vjp
+def _step(z: jax.Array, theta: jax.Array, bandwidth: jax.Array) -> jax.Array:
     return (z > theta).astype(z.dtype)
 
 
 def _step_fwd(z, theta, bandwidth):
-    return step_ste(z, theta, bandwidth), (z, theta, bandwidth)
+    return _step(z, theta, bandwidth), (z, theta, bandwidth)
 
 
 def _step_bwd(res, g):
@@ -350,24 +409,16 @@ def _step_bwd(res, g):
     return jnp.zeros_like(z), -g * _rect((z - theta) / eps) / eps, jnp.zeros_like(eps)
 
 
-step_ste.defvjp(_step_fwd, _step_bwd)
+_step.defvjp(_step_fwd, _step_bwd)
 
 
 @jax.custom_vjp
-def jump_ste(z: jax.Array, theta: jax.Array, bandwidth: jax.Array) -> jax.Array:
-    """JumpReLU ``z · H(z − θ)`` with the straight-through pseudo-derivative in θ.
-
-    Backward: ``∂/∂z = H(z − θ)``; ``∂/∂θ = −θ · K((z−θ)/ε)/ε`` (Rajamanoharan et al. 2024,
-    eq. 12).
-
-    >>> jax.grad(lambda t: jump_ste(jnp.array(1.0), t, jnp.array(0.5)))(jnp.array(0.9)).item()
-    -1.7999999523162842
-    """
+def _jump(z: jax.Array, theta: jax.Array, bandwidth: jax.Array) -> jax.Array:
     return z * (z > theta).astype(z.dtype)
 
 
 def _jump_fwd(z, theta, bandwidth):
-    return jump_ste(z, theta, bandwidth), (z, theta, bandwidth)
+    return _jump(z, theta, bandwidth), (z, theta, bandwidth)
 
 
 def _jump_bwd(res, g):
@@ -376,7 +427,7 @@ def _jump_bwd(res, g):
     return gz, -g * theta * _rect((z - theta) / eps) / eps, jnp.zeros_like(eps)
 
 
-jump_ste.defvjp(_jump_fwd, _jump_bwd)
+_jump.defvjp(_jump_fwd, _jump_bwd)
 
 
 def _keep_top(values: jax.Array, k: jax.Array, max_k: int) -> jax.Array:
