@@ -168,6 +168,13 @@ def test_ste_functions_broadcast_theta_over_a_batch_and_sum_its_gradient():
     per = jax.vmap(jax.grad(lambda t, zi: F.jump_ste(zi, t, eps).sum()), (None, 0))(theta, z)
     np.testing.assert_allclose(g_jump, per.sum(0), rtol=1e-5)
     np.testing.assert_array_equal(F.step_ste(z, theta, eps), (z > theta).astype(np.float32))
+    # bf16 activations against f32 thresholds: compared as jnp promotes, gradients in f32
+    zb = jnp.asarray(z, jnp.bfloat16)
+    out = F.jump_ste(zb, theta, eps)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(out, zb * (zb.astype(np.float32) > theta))
+    g = jax.grad(lambda t: F.jump_ste(zb, t, eps).astype(jnp.float32).sum())(theta)
+    assert g.dtype == jnp.float32 and np.all(np.isfinite(g))
     with pytest.raises(ValueError, match=r"theta, bandwidth: .*z \(32, 5\).*theta \(4,\)"):
         F.step_ste(z, jnp.zeros(4), eps)
     with pytest.raises(ValueError, match="bandwidth: expected positive values"):

@@ -343,7 +343,7 @@ def _ste_inputs(z: Any, theta: Any, bandwidth: Any) -> tuple[jax.Array, jax.Arra
         ) from None
     if not is_traced(bandwidth) and not bool(np.all(np.asarray(bandwidth) > 0)):
         raise ValueError(f"bandwidth: expected positive values, got {np.asarray(bandwidth)}")
-    return tuple(jnp.broadcast_to(a.astype(z.dtype), shape) for a in (z, theta, bandwidth))
+    return tuple(jnp.broadcast_to(a, shape) for a in (z, theta, bandwidth))
 
 
 def step_ste(z: jax.Array, theta: jax.Array, bandwidth: jax.Array) -> jax.Array:
@@ -406,7 +406,8 @@ def _step_fwd(z, theta, bandwidth):
 
 def _step_bwd(res, g):
     z, theta, eps = res
-    return jnp.zeros_like(z), -g * _rect((z - theta) / eps) / eps, jnp.zeros_like(eps)
+    g_theta = -g * _rect((z - theta) / eps) / eps
+    return jnp.zeros_like(z), g_theta.astype(theta.dtype), jnp.zeros_like(eps)
 
 
 _step.defvjp(_step_fwd, _step_bwd)
@@ -424,7 +425,8 @@ def _jump_fwd(z, theta, bandwidth):
 def _jump_bwd(res, g):
     z, theta, eps = res
     gz = g * (z > theta).astype(z.dtype)
-    return gz, -g * theta * _rect((z - theta) / eps) / eps, jnp.zeros_like(eps)
+    g_theta = -g * theta * _rect((z - theta) / eps) / eps
+    return gz.astype(z.dtype), g_theta.astype(theta.dtype), jnp.zeros_like(eps)
 
 
 _jump.defvjp(_jump_fwd, _jump_bwd)
