@@ -91,8 +91,8 @@ def _check_interventions(ns):  # block 4
     for k in exact:
         np.testing.assert_allclose(ns["resid"][k], ref[k], rtol=1e-6)
     # "compiles once per batch shape and reuses the program for new data of that shape"
-    # Counted by jax's own trace events (the jit object's C++ cache size is not reliable: it
-    # stays 0 where the C++ fast path is off, as in one CI run).
+    # Counted by jax's own trace events: the jit object's C++ dispatch-cache size read 0 in one
+    # CI run (2 here, cold or warm persistent cache), so it is no measure of compilation.
     sweep, traced = ns["sweep"], []
 
     def listener(event: str, duration: float, **kwargs) -> None:

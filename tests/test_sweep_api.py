@@ -233,7 +233,7 @@ def test_readme_jit_idiom_compiles_once_per_batch_shape(setup):
     sweep = jax.jit(
         lambda v, task: iv.patch_sweep(model, v, task.clean, task.corrupted, sites, task.metric)
     )
-    traced = []  # jax's own trace events (the C++ cache size is 0 where its fast path is off)
+    traced = []  # jax's own trace events (the C++ dispatch-cache size once read 0 in CI)
 
     def listener(event: str, duration: float, **kwargs) -> None:
         if event == "/jax/core/compile/jaxpr_trace_duration" and kwargs["fun_name"] == "<lambda>":
