@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from _traces import traced_names
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -94,20 +95,12 @@ def _check_interventions(ns):  # block 4
     # Counted by jax's own trace events: the jit object's C++ dispatch-cache size read 0 in one
     # CI run (2 here, cold or warm persistent cache), so it is no measure of compilation.
     sweep, traced = ns["sweep"], []
-
-    def listener(event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/jaxpr_trace_duration":
-            traced.append((kwargs.get("fun_name"), seed))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        for seed, batch in [(1, 64), (2, 32), (3, 32)]:
-            task = iv.offset_patching_task(jax.random.key(seed), batch, tf.model.cfg)
-            jax.block_until_ready(sweep(tf.variables, task))
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+    for seed, batch in [(1, 64), (2, 32), (3, 32)]:
+        task = iv.offset_patching_task(jax.random.key(seed), batch, tf.model.cfg)
+        if "<lambda>" in traced_names(lambda task=task: sweep(tf.variables, task)):
+            traced.append(seed)
     # the README block already ran it on 64 prompts: only the first batch of 32 (seed 2) traces it
-    assert [s for name, s in traced if name == "<lambda>"] == [2], traced
+    assert traced == [2], traced
 
 
 def _check_smollm2(ns):  # block 5
