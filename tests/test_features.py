@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxinterp
 from jaxinterp import features as F
 
 RNG = np.random.default_rng(0)
@@ -177,8 +178,11 @@ def test_ste_functions_broadcast_theta_over_a_batch_and_sum_its_gradient():
     assert g.dtype == jnp.float32 and np.all(np.isfinite(g))
     with pytest.raises(ValueError, match=r"theta, bandwidth: .*z \(32, 5\).*theta \(4,\)"):
         F.step_ste(z, jnp.zeros(4), eps)
+    for bad in (0.0, -0.1, np.inf, np.nan):
+        with pytest.raises(ValueError, match="bandwidth: expected positive values"):
+            F.jump_ste(z, theta, bad)
     with pytest.raises(ValueError, match="bandwidth: expected positive values"):
-        F.jump_ste(z, theta, 0.0)
+        jaxinterp.checked(lambda b: F.step_ste(z, theta, b))(jnp.float32(0.0))
     with pytest.raises(TypeError, match="z: "):
         F.jump_ste(np.ones(3, np.int32), 0.5, eps)
 

@@ -341,8 +341,11 @@ def _ste_inputs(z: Any, theta: Any, bandwidth: Any) -> tuple[jax.Array, jax.Arra
             f"theta, bandwidth: expected shapes that broadcast against z {tuple(z.shape)}, got "
             f"theta {tuple(theta.shape)} and bandwidth {tuple(bandwidth.shape)}"
         ) from None
-    if not is_traced(bandwidth) and not bool(np.all(np.asarray(bandwidth) > 0)):
-        raise ValueError(f"bandwidth: expected positive values, got {np.asarray(bandwidth)}")
+    value_check(
+        jnp.all(jnp.isfinite(bandwidth) & (bandwidth > 0)),
+        "bandwidth: expected positive values that are finite, got {}",
+        bandwidth,
+    )
     return tuple(jnp.broadcast_to(a, shape) for a in (z, theta, bandwidth))
 
 
@@ -362,7 +365,8 @@ def step_ste(z: jax.Array, theta: jax.Array, bandwidth: jax.Array) -> jax.Array:
       ``H(z − θ)`` in ``z``'s dtype, of the broadcast shape.
 
     Raises:
-      ValueError: the shapes do not broadcast, or a concrete ``bandwidth`` is not positive.
+      ValueError: the shapes do not broadcast, or ``bandwidth`` is not finite and positive
+        (under ``jit`` through :func:`jaxinterp.checked`).
 
     >>> jax.grad(lambda t: step_ste(jnp.array(1.0), t, jnp.array(0.5)))(jnp.array(0.9)).item()
     -2.0
@@ -387,7 +391,8 @@ def jump_ste(z: jax.Array, theta: jax.Array, bandwidth: jax.Array) -> jax.Array:
       ``z · H(z − θ)``, of the broadcast shape.
 
     Raises:
-      ValueError: the shapes do not broadcast, or a concrete ``bandwidth`` is not positive.
+      ValueError: the shapes do not broadcast, or ``bandwidth`` is not finite and positive
+        (under ``jit`` through :func:`jaxinterp.checked`).
 
     >>> jax.grad(lambda t: jump_ste(jnp.array(1.0), t, jnp.array(0.5)))(jnp.array(0.9)).item()
     -1.7999999523162842
